@@ -1,0 +1,11 @@
+//! The fleet's job types. One file per job; this crate knows nothing of how jobs are
+//! stored, claimed or scheduled (that is the runtime in `src/`). Follow-up work is
+//! enqueued through SQL (`fleet.enqueue` or triggers), never by calling another job.
+
+mod contract;
+mod registry;
+
+pub mod canary;
+
+pub use contract::{Backoff, Job, JobContext, JobError, JobFuture, JobHandler, JobSpec};
+pub use registry::registry;

@@ -1,0 +1,3 @@
+//! Benchmarks that print numbers (`pulse-fleet bench ...`).
+
+pub mod queue;

@@ -1,0 +1,223 @@
+//! The one binary: a subcommand per process type (the Procfile maps them) plus the
+//! operators' tools.
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::watch;
+
+use crate::{
+    bench, config::Settings, db, queue, queue::enqueue::EnqueueOptions, scheduler, telemetry, web,
+    worker,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pulse-fleet",
+    version,
+    about = "Background jobs on PostgreSQL for the trading platform"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations and record the job types (the Procfile's `release`).
+    Migrate,
+    /// Run jobs.
+    Worker(WorkerArgs),
+    /// Enqueue the cron schedules of config/.
+    Scheduler,
+    /// Serve /internal/health and /metrics.
+    Web,
+    /// Every process role in one (local runs and demos): migrate, worker, scheduler, web.
+    All(WorkerArgs),
+    /// Inspect and act on jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Enqueue one job.
+    Enqueue(EnqueueArgs),
+    /// Benchmarks that print numbers.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Queues (job names) to run, comma-separated; default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub queues: Option<Vec<String>>,
+    /// Jobs at once per queue (overrides config).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List(queue::admin::Filter),
+    /// One job with its payload and every attempt's error.
+    Show { id: i64 },
+    /// Make dead or cancelled jobs runnable again, with a fresh set of attempts.
+    Retry(queue::admin::Selection),
+    /// Cancel jobs that have not finished (a running attempt's result is then refused).
+    Cancel(queue::admin::Selection),
+    /// Jobs by name and state, from the stats tables (no scan of the job table).
+    Stats,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    pub job: String,
+    /// The payload, as JSON.
+    pub payload: String,
+    #[arg(long)]
+    pub key: Option<String>,
+    /// RFC 3339 time, e.g. 2026-11-23T10:00:00Z.
+    #[arg(long)]
+    pub run_at: Option<DateTime<Utc>>,
+    #[arg(long, default_value_t = 0)]
+    pub priority: i32,
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+    #[arg(long)]
+    pub concurrency_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The queue: drain rate, idle latency, trigger enqueue cost.
+    Queue(bench::queue::QueueBenchArgs),
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    let specs = worker::all_specs(&settings);
+    match cli.command {
+        Command::Migrate => {
+            let pool = db::app_pool(&settings).await?;
+            db::migrate(&pool, &specs).await?;
+            println!("migrations applied; {} job types recorded", specs.len());
+        }
+        Command::Worker(args) => run_roles(&settings, &specs, Some(args), false, false).await?,
+        Command::Scheduler => run_roles(&settings, &specs, None, true, false).await?,
+        Command::Web => run_roles(&settings, &specs, None, false, true).await?,
+        Command::All(args) => {
+            let pool = db::app_pool(&settings).await?;
+            db::migrate(&pool, &specs).await?;
+            run_roles(&settings, &specs, Some(args), true, true).await?
+        }
+        Command::Jobs(command) => {
+            let pool = db::app_pool(&settings).await?;
+            let out = match command {
+                JobsCommand::List(filter) => queue::admin::list(&pool, &filter).await?,
+                JobsCommand::Show { id } => queue::admin::show(&pool, id).await?,
+                JobsCommand::Retry(selection) => queue::admin::retry(&pool, &selection).await?,
+                JobsCommand::Cancel(selection) => queue::admin::cancel(&pool, &selection).await?,
+                JobsCommand::Stats => queue::admin::stats(&pool).await?,
+            };
+            println!("{out}");
+        }
+        Command::Enqueue(args) => {
+            let payload: serde_json::Value = serde_json::from_str(&args.payload)
+                .map_err(|e| anyhow::anyhow!("the payload is not JSON: {e}"))?;
+            let pool = db::app_pool(&settings).await?;
+            let options = EnqueueOptions {
+                idempotency_key: args.key,
+                run_at: args.run_at,
+                priority: args.priority,
+                max_attempts: args.max_attempts,
+                concurrency_key: args.concurrency_key,
+            };
+            let id = queue::enqueue::enqueue(&pool, &args.job, &payload, &options).await?;
+            println!("{id}");
+        }
+        Command::Bench(BenchCommand::Queue(args)) => bench::queue::run(&settings, args).await?,
+    }
+    Ok(())
+}
+
+/// Runs the chosen roles in this process until SIGTERM or Ctrl-C.
+async fn run_roles(
+    settings: &Settings,
+    specs: &[jobs::JobSpec],
+    worker_args: Option<WorkerArgs>,
+    with_scheduler: bool,
+    with_web: bool,
+) -> anyhow::Result<()> {
+    let app_pool = db::app_pool(settings).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let mut worker = match &worker_args {
+        Some(args) => {
+            let queues =
+                worker::select_queues(specs, args.queues.as_deref(), args.concurrency, settings)?;
+            let pools = db::queue_pools(settings, queues.len()).await?;
+            Some(worker::start(app_pool.clone(), pools, queues, &settings.worker).await?)
+        }
+        None => None,
+    };
+    if with_scheduler {
+        let schedules = scheduler::parse_all(&settings.schedules)?;
+        tasks.spawn(scheduler::run(app_pool.clone(), schedules, stop_rx.clone()));
+    }
+    if with_web {
+        let listener = tokio::net::TcpListener::bind(&settings.web.bind).await?;
+        tracing::info!("web listening on http://{}", listener.local_addr()?);
+        let state = web::AppState::new(app_pool.clone(), settings.clone(), specs);
+        let mut stop_web = stop_rx.clone();
+        tasks.spawn(async move {
+            let shutdown = async move {
+                let _ = stop_web.wait_for(|s| *s).await;
+            };
+            if let Err(error) = web::serve(listener, state, shutdown).await {
+                tracing::error!(%error, "web server failed");
+            }
+        });
+    }
+
+    match worker.as_mut() {
+        Some(w) => tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = w.wait_for_failure() => anyhow::bail!("a queue worker died; exiting so the supervisor restarts us"),
+        },
+        None => shutdown_signal().await,
+    }
+    let _ = stop.send(true);
+    if let Some(w) = worker {
+        w.shutdown().await?;
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,136 @@
+//! Settings: `config/default.toml`, then `config/<APP_ENV>.toml`, then environment.
+//!
+//! Environment variables read here:
+//! - `APP_ENV`: which file in `config/` layers on the defaults (default `local`).
+//! - `PULSE_CONFIG_DIR`: where `config/` is (default `./config`).
+//! - `PULSE__<SECTION>__<KEY>`: any setting, e.g. `PULSE__WORKER__CONCURRENCY=32`.
+//! - `DATABASE_URL`: shortcut for `database.url`.
+//! - `PORT`: shortcut for the port of `web.bind` (Procfile platforms set it).
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub worker: WorkerSettings,
+    pub retention: RetentionSettings,
+    pub web: WebSettings,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobSettings>,
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub poll_interval_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub lease_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub stats_flush_ms: u64,
+}
+
+impl WorkerSettings {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub fn lease_timeout(&self) -> Duration {
+        Duration::from_millis(self.lease_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+    pub fn stats_flush(&self) -> Duration {
+        Duration::from_millis(self.stats_flush_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    pub completed_hours: u64,
+    pub dead_hours: u64,
+    pub workers_hours: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebSettings {
+    pub bind: String,
+    pub max_queue_lag_secs: u64,
+}
+
+/// Per job type overrides of the code's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct JobSettings {
+    pub concurrency: Option<usize>,
+    pub max_attempts: Option<i32>,
+    pub timeout_ms: Option<u64>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub backoff_jitter: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScheduleSettings {
+    /// Six fields, seconds first, UTC: `0 */5 * * * *`.
+    pub cron: String,
+    pub job: String,
+    #[serde(default = "empty_object")]
+    pub payload: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+impl Settings {
+    pub fn load() -> anyhow::Result<Self> {
+        let dir = std::env::var("PULSE_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from("config"));
+        let env = std::env::var("APP_ENV").unwrap_or_else(|_| "local".into());
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(true))
+            .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
+            .add_source(
+                config::Environment::with_prefix("PULSE")
+                    .prefix_separator("__")
+                    .separator("__"),
+            );
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            builder = builder.set_override("database.url", url)?;
+        }
+        let mut settings: Settings = builder
+            .build()
+            .with_context(|| format!("Failed to read settings from {}", dir.display()))?
+            .try_deserialize()
+            .context("Failed to parse settings")?;
+        if let Ok(port) = std::env::var("PORT") {
+            let host = settings
+                .web
+                .bind
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_else(|| "0.0.0.0".into());
+            settings.web.bind = format!("{host}:{port}");
+        }
+        Ok(settings)
+    }
+
+    pub fn job(&self, name: &str) -> JobSettings {
+        self.jobs.get(name).cloned().unwrap_or_default()
+    }
+}

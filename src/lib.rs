@@ -1,0 +1,13 @@
+//! Pulse Fleet: the runtime that runs the `jobs` crate's job types on PostgreSQL.
+
+pub mod bench;
+pub mod builtin;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod queue;
+pub mod scheduler;
+pub mod stats;
+pub mod telemetry;
+pub mod web;
+pub mod worker;

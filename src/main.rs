@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    pulse_fleet::cli::main()
+}

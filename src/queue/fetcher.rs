@@ -1,0 +1,136 @@
+//! Claims batches of due jobs for one queue, as many as the queue has free
+//! concurrency, and passes them to the queue's [`FleetBackend`](super::backend::FleetBackend).
+//! Woken by NOTIFY; polls only as the fallback (and so picks up scheduled jobs and
+//! retries within one poll interval of becoming due).
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use uuid::Uuid;
+
+use super::ClaimedJob;
+
+const CLAIM_SQL: &str = include_str!("sql/claim.sql");
+
+#[derive(Debug, Clone)]
+pub struct FetcherConfig {
+    pub queue: &'static str,
+    pub worker_id: Uuid,
+    pub batch_size: usize,
+    pub poll_interval: Duration,
+}
+
+type ClaimRow = (
+    i64,
+    serde_json::Value,
+    i32,
+    i32,
+    i32,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// Claims up to `limit` jobs of `queue` for `worker_id`.
+pub async fn claim(
+    pool: &PgPool,
+    queue: &str,
+    limit: usize,
+    worker_id: Uuid,
+) -> sqlx::Result<Vec<ClaimRow>> {
+    sqlx::query_as(CLAIM_SQL)
+        .bind(queue)
+        .bind(limit as i64)
+        .bind(worker_id)
+        .fetch_all(pool)
+        .await
+}
+
+/// Runs until `stop` turns true. Dropping `out` on return tells the backend that no
+/// more jobs will come.
+pub async fn run(
+    pool: PgPool,
+    config: FetcherConfig,
+    permits: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    out: mpsc::Sender<ClaimedJob>,
+) {
+    let queue = config.queue;
+    let mut failures = 0u32;
+    loop {
+        // Wait for one free slot, then take as many more as are free, up to a batch.
+        let first = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let mut held: Vec<OwnedSemaphorePermit> = vec![first];
+        while held.len() < config.batch_size {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        match claim(&pool, queue, held.len(), config.worker_id).await {
+            Ok(rows) => {
+                tracing::debug!(queue, asked = held.len(), got = rows.len(), elapsed = ?started.elapsed(), "claimed");
+                failures = 0;
+                let got = rows.len();
+                let now = Utc::now();
+                for (row, permit) in rows.into_iter().zip(held.drain(..)) {
+                    let job = ClaimedJob {
+                        id: row.0,
+                        job_name: queue,
+                        payload: row.1,
+                        attempt: row.2,
+                        max_attempts: row.3,
+                        lease_token: row.4,
+                        run_at: row.5,
+                        created_at: row.6,
+                        claimed_at: row.7.max(now),
+                        permit: Some(permit),
+                    };
+                    if out.send(job).await.is_err() {
+                        // The worker is gone; its leases lapse and are rescued.
+                        return;
+                    }
+                }
+                drop(held);
+                if got == 0 {
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(config.poll_interval) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+            Err(error) => {
+                drop(held);
+                let race = error
+                    .as_database_error()
+                    .is_some_and(|e| e.is_unique_violation());
+                if race {
+                    // Two claimers picked the same concurrency key: one lost; claim again.
+                    tracing::debug!(queue, "concurrency-key race on claim; claiming again");
+                    continue;
+                }
+                failures = failures.saturating_add(1);
+                let backoff = config.poll_interval * failures.min(10);
+                tracing::warn!(queue, %error, "claim failed; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}

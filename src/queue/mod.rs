@@ -1,0 +1,44 @@
+//! The queue: our own PostgreSQL storage for apalis 1.0 (the stock apalis-postgres
+//! storage fails the contract in ways `shared/notes/apalis-1.0.md` lists: no SQL
+//! enqueue, no durable backoff, orphaned leases, per-row triple writes).
+//!
+//! - [`enqueue`]: the one way in from Rust (it calls `fleet.enqueue`).
+//! - [`fetcher`]: claims batches under a lease for one queue and hands them to
+//!   [`backend::FleetBackend`], the apalis `Backend` a worker polls.
+//! - [`ack`]: the backend's middleware classifies each attempt's outcome, and the
+//!   [`ack::Acker`] settles outcomes in batches, fenced by the lease token.
+//! - [`lease`]: worker identity, heartbeats and the rescue of dead workers' jobs.
+//! - [`listener`]: LISTEN `fleet_jobs`, waking the fetcher of the named queue.
+//! - [`admin`]: what operators do to jobs (list, show, retry, cancel, stats).
+
+pub mod ack;
+pub mod admin;
+pub mod backend;
+pub mod enqueue;
+pub mod fetcher;
+pub mod lease;
+pub mod listener;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// NOTIFY channel of `fleet.enqueue`; the payload is the job name.
+pub const NOTIFY_CHANNEL: &str = "fleet_jobs";
+
+/// A job claimed by this process: the apalis task's arguments.
+#[derive(Debug)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub job_name: &'static str,
+    pub payload: serde_json::Value,
+    /// This attempt, 1-based.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// The fencing token the ack must present.
+    pub lease_token: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub claimed_at: DateTime<Utc>,
+    /// One unit of the queue's concurrency, released when the attempt is settled.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}

@@ -1,0 +1,41 @@
+-- Claim up to $2 due jobs of queue $1 for worker $3, in priority then due order.
+-- At most one job per concurrency key is running fleet-wide: keys already running are
+-- skipped, one job per key is picked from the batch, and the partial unique index
+-- jobs_one_running_per_concurrency_key refuses the rare race between two claimers.
+-- Every claim bumps lease_token: the fencing token that acks must present.
+WITH candidates AS (
+    SELECT j.id, j.concurrency_key
+    FROM fleet.jobs j
+    WHERE j.job_name = $1
+      AND j.state = 'available'
+      AND j.run_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM fleet.paused_queues p WHERE p.job_name = $1)
+      AND (j.concurrency_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM fleet.jobs r
+            WHERE r.concurrency_key = j.concurrency_key AND r.state = 'running'))
+    ORDER BY j.priority DESC, j.run_at, j.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT DISTINCT ON (coalesce(concurrency_key, id::text)) id
+    FROM candidates
+    ORDER BY coalesce(concurrency_key, id::text), id
+), claimed AS (
+    UPDATE fleet.jobs j
+    SET state = 'running',
+        attempts = j.attempts + 1,
+        lease_token = j.lease_token + 1,
+        lease_owner = $3,
+        started_at = now()
+    -- An array of ids, not a join: always primary-key lookups, whatever the estimates.
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.payload, j.attempts, j.max_attempts, j.lease_token, j.run_at, j.created_at, j.started_at
+), counted AS (
+    INSERT INTO fleet.stat_deltas (metric, job_name, label, delta)
+    SELECT 'jobs', $1, s.label, s.sign * c.n
+    FROM (SELECT count(*) AS n FROM claimed) c,
+         (VALUES ('available', -1), ('running', 1)) AS s(label, sign)
+    WHERE c.n > 0
+)
+SELECT id, payload, attempts, max_attempts, lease_token, run_at, created_at, started_at
+FROM claimed

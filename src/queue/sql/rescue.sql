@@ -1,0 +1,35 @@
+-- Give back the jobs of dead workers: those whose owner's heartbeat is older than the
+-- lease timeout ($1 seconds), that stopped, or that no longer exist. The abandoned
+-- attempt counts (a job that kills its worker must end up dead, not loop forever).
+-- Any process may run this; SKIP LOCKED keeps two rescuers off the same rows.
+WITH stale AS (
+    SELECT j.id
+    FROM fleet.jobs j
+    LEFT JOIN fleet.workers w ON w.id = j.lease_owner
+    WHERE j.lease_owner IS NOT NULL
+      AND j.state = 'running'
+      AND (w.id IS NULL
+           OR w.stopped_at IS NOT NULL
+           OR w.last_heartbeat_at < now() - make_interval(secs => $1))
+    FOR UPDATE OF j SKIP LOCKED
+), rescued AS (
+    UPDATE fleet.jobs j
+    SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'available' END::fleet.job_state,
+        lease_owner = NULL,
+        run_at = now(),
+        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts, 'at', now(), 'kind', 'lease_expired',
+            'error', 'the worker running this attempt stopped heartbeating; attempt abandoned'))
+    FROM stale
+    WHERE j.id = stale.id
+    RETURNING j.id, j.job_name, j.state
+), counted AS (
+    INSERT INTO fleet.stat_deltas (metric, job_name, label, delta)
+    SELECT 'jobs', job_name, state::text, count(*) FROM rescued GROUP BY job_name, state
+    UNION ALL
+    SELECT 'jobs', job_name, 'running', -count(*) FROM rescued GROUP BY job_name
+    UNION ALL
+    SELECT 'rescued', job_name, '', count(*) FROM rescued GROUP BY job_name
+)
+SELECT id, job_name FROM rescued

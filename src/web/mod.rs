@@ -1,0 +1,66 @@
+//! The web process: `/internal/health`, `/metrics` and the operator dashboard `/`.
+//! None of them scans the job table: counts come from `fleet.stats`, lag from one
+//! index probe per queue.
+
+mod health;
+mod metrics;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{Router, routing::get};
+use sqlx::PgPool;
+
+use crate::config::Settings;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub job_names: Arc<Vec<String>>,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, settings: Settings, specs: &[jobs::JobSpec]) -> Self {
+        Self {
+            pool,
+            settings: Arc::new(settings),
+            job_names: Arc::new(specs.iter().map(|s| s.name.to_string()).collect()),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(health::dashboard))
+        .route("/internal/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
+        .with_state(state)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Seconds the job at the head of each queue has been due (0 when none is due): one
+/// probe of the claim index per queue.
+pub async fn queue_lags(pool: &PgPool, names: &[String]) -> sqlx::Result<Vec<(String, f64)>> {
+    sqlx::query_as(
+        "SELECT q.name, coalesce(extract(epoch FROM now() - head.run_at)::float8, 0)
+         FROM unnest($1::text[]) AS q(name)
+         LEFT JOIN LATERAL (
+             SELECT j.run_at FROM fleet.jobs j
+             WHERE j.job_name = q.name AND j.state = 'available' AND j.run_at <= now()
+             ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1
+         ) head ON true
+         ORDER BY q.name",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await
+}

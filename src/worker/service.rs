@@ -1,0 +1,74 @@
+//! The innermost apalis service: runs one attempt of a job. The handler runs in its
+//! own tokio task, so a panic is caught as that task's error and the worker goes on;
+//! a timeout aborts the task.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use apalis_core::task::Task;
+use jobs::{JobContext, JobSpec};
+use sqlx::PgPool;
+use tower_service::Service;
+
+use crate::queue::{ClaimedJob, ack::AttemptFailure};
+
+#[derive(Clone)]
+pub struct JobService {
+    spec: JobSpec,
+    pool: PgPool,
+}
+
+impl JobService {
+    pub fn new(spec: JobSpec, pool: PgPool) -> Self {
+        Self { spec, pool }
+    }
+}
+
+impl Service<Task<ClaimedJob>> for JobService {
+    type Response = ();
+    type Error = AttemptFailure;
+    type Future = Pin<Box<dyn Future<Output = Result<(), AttemptFailure>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, task: Task<ClaimedJob>) -> Self::Future {
+        let (job, _) = task.take();
+        let ctx = JobContext {
+            pool: self.pool.clone(),
+            job_id: job.id,
+            job_name: job.job_name,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            enqueued_at: job.created_at,
+        };
+        let timeout = self.spec.timeout;
+        let mut handle = tokio::spawn((self.spec.handler)(job.payload, ctx));
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, &mut handle).await {
+                Err(_) => {
+                    handle.abort();
+                    Err(AttemptFailure::Timeout(timeout))
+                }
+                Ok(Err(join_error)) => Err(AttemptFailure::Panic(panic_message(join_error))),
+                Ok(Ok(result)) => result.map_err(AttemptFailure::Job),
+            }
+        })
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return "the attempt was cancelled".into();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".into())
+}
