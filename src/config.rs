@@ -7,7 +7,11 @@
 //! - `DATABASE_URL`: shortcut for `database.url`.
 //! - `PORT`: shortcut for the port of `web.bind` (Procfile platforms set it).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -97,11 +101,17 @@ fn empty_object() -> serde_json::Value {
 }
 
 impl Settings {
+    /// Reads `APP_ENV` and `PULSE_CONFIG_DIR`, then [`Settings::load_from`].
     pub fn load() -> anyhow::Result<Self> {
         let dir = std::env::var("PULSE_CONFIG_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| PathBuf::from("config"));
         let env = std::env::var("APP_ENV").unwrap_or_else(|_| "local".into());
+        Self::load_from(&dir, &env)
+    }
+
+    /// `dir/default.toml`, then `dir/<env>.toml`, then the environment variables.
+    pub fn load_from(dir: &Path, env: &str) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from(dir.join("default.toml")).required(true))
             .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole fleet in one process on a local PostgreSQL (set up if none answers):
+# migrations, workers for every queue, the scheduler and the web process on
+# http://127.0.0.1:8080 (dashboard at /, /internal/health, /metrics).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${DATABASE_URL:-}" ]; then
+  SERVER="$(scripts/ensure-postgres.sh)"
+  psql -X -q "$SERVER/postgres" -c "CREATE DATABASE pulse_fleet" >/dev/null 2>&1 || true
+  export DATABASE_URL="$SERVER/pulse_fleet"
+fi
+export APP_ENV="${APP_ENV:-local}"
+cargo build --release --quiet
+exec target/release/pulse-fleet all "$@"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every test, against a local PostgreSQL (set up if none answers). Each test makes
+# and drops its own database on that server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${DATABASE_URL:-}" ]; then
+  export DATABASE_URL="$(scripts/ensure-postgres.sh)/postgres"
+fi
+cargo test --workspace --quiet "$@"

@@ -1,0 +1,359 @@
+//! Every way an attempt can fail, and what it leaves behind.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use jobs::JobError;
+use pulse_fleet::queue::{
+    ack::{self, Ack, Settle},
+    admin::{self, Selection},
+    enqueue::EnqueueOptions,
+    fetcher,
+    lease::{self, WorkerIdentity},
+};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn retryable_failures_back_off_exponentially_then_the_job_is_dead_with_every_error() {
+    let always_fails = spec("always_fails", 3, NO_JITTER, |_, ctx| async move {
+        Err(JobError::Retryable(format!(
+            "upstream 503 on attempt {}",
+            ctx.attempt
+        )))
+    });
+    let db = TestDb::new(std::slice::from_ref(&always_fails)).await;
+    let worker = db.start_worker(vec![always_fails], 2).await;
+    let id = db.enqueue("always_fails", serde_json::json!({})).await;
+    let job = db.wait_for_state(id, "dead", Duration::from_secs(20)).await;
+    worker.shutdown().await.unwrap();
+
+    assert_eq!(job.attempts, 3);
+    let errors = job.errors.as_array().unwrap();
+    assert_eq!(errors.len(), 3, "one error per attempt: {errors:?}");
+    for (i, e) in errors.iter().enumerate() {
+        assert_eq!(e["attempt"], i as i64 + 1);
+        assert_eq!(e["kind"], "retryable");
+        assert_eq!(e["error"], format!("upstream 503 on attempt {}", i + 1));
+    }
+    // Attempt n+1 waited base * 2^(n-1) after attempt n failed (no jitter): 1 s, then 2 s.
+    let at = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(errors[i]["at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let gap1 = (at(1) - at(0)).num_milliseconds();
+    let gap2 = (at(2) - at(1)).num_milliseconds();
+    assert!(
+        (1000..1900).contains(&gap1),
+        "first backoff ~1 s, was {gap1} ms"
+    );
+    assert!(
+        (2000..2900).contains(&gap2),
+        "second backoff ~2 s, was {gap2} ms"
+    );
+}
+
+#[tokio::test]
+async fn a_snooze_reschedules_without_using_an_attempt_or_recording_an_error() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let snoozer = spec("snoozer", 1, NO_JITTER, move |_, _| {
+        let c = c.clone();
+        async move {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(JobError::Snooze(Duration::from_millis(800)))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let db = TestDb::new(std::slice::from_ref(&snoozer)).await;
+    let worker = db.start_worker(vec![snoozer], 2).await;
+    let id = db.enqueue("snoozer", serde_json::json!({})).await;
+    // max_attempts is 1: had the snooze used the attempt, the job would now be dead.
+    let job = db
+        .wait_for_state(id, "completed", Duration::from_secs(10))
+        .await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.errors, serde_json::json!([]));
+    let ran_after = job.started_at.unwrap() - job.run_at;
+    assert!(ran_after < chrono::Duration::seconds(1));
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_at_once() {
+    let rejects = spec("rejects", 25, NO_JITTER, |_, _| async {
+        Err(JobError::Permanent(
+            "venue said 422: client_order_id reused".into(),
+        ))
+    });
+    let db = TestDb::new(std::slice::from_ref(&rejects)).await;
+    let worker = db.start_worker(vec![rejects], 2).await;
+    let id = db.enqueue("rejects", serde_json::json!({})).await;
+    let job = db.wait_for_state(id, "dead", Duration::from_secs(10)).await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.errors[0]["kind"], "permanent");
+    assert_eq!(
+        job.errors[0]["error"],
+        "venue said 422: client_order_id reused"
+    );
+}
+
+#[tokio::test]
+async fn a_poison_payload_kills_only_its_job_and_the_worker_goes_on() {
+    let db = TestDb::new(&[]).await;
+    let worker = db.start_worker(vec![canary()], 4).await;
+    let poison = db
+        .enqueue("canary", serde_json::json!({"sleep_ms": "not a number"}))
+        .await;
+    let good = db
+        .enqueue("canary", serde_json::json!({"quiet": true}))
+        .await;
+    let dead = db
+        .wait_for_state(poison, "dead", Duration::from_secs(10))
+        .await;
+    db.wait_for_state(good, "completed", Duration::from_secs(10))
+        .await;
+    // And the worker still takes new work.
+    let after = db
+        .enqueue("canary", serde_json::json!({"quiet": true}))
+        .await;
+    db.wait_for_state(after, "completed", Duration::from_secs(10))
+        .await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(dead.attempts, 1, "no retry can fix a payload");
+    let error = dead.errors[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("payload does not match job `canary`"),
+        "{error}"
+    );
+    assert!(error.contains("invalid type"), "{error}");
+}
+
+#[tokio::test]
+async fn a_panic_fails_that_attempt_only_and_the_retry_succeeds() {
+    let db = TestDb::new(&[]).await;
+    let worker = db.start_worker(vec![canary()], 4).await;
+    let id = db
+        .enqueue(
+            "canary",
+            serde_json::json!({"fail_first_attempts": 1, "panic": true, "quiet": true}),
+        )
+        .await;
+    let job = db
+        .wait_for_state(id, "completed", Duration::from_secs(15))
+        .await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.errors[0]["kind"], "panic");
+    assert!(
+        job.errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("canary fails attempt 1")
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_fails_as_a_timeout() {
+    let mut slow = spec("slow", 1, NO_JITTER, |_, _| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    });
+    slow.timeout = Duration::from_millis(200);
+    let db = TestDb::new(std::slice::from_ref(&slow)).await;
+    let worker = db.start_worker(vec![slow], 2).await;
+    let id = db.enqueue("slow", serde_json::json!({})).await;
+    let job = db.wait_for_state(id, "dead", Duration::from_secs(10)).await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(job.errors[0]["kind"], "timeout");
+}
+
+#[tokio::test]
+async fn a_rescued_attempts_late_completion_is_refused() {
+    let db = TestDb::new(&[]).await;
+    let id = db.enqueue("canary", serde_json::json!({})).await;
+    let zombie = WorkerIdentity::new();
+    zombie.register(&db.pool, &["canary"]).await.unwrap();
+    let claimed = fetcher::claim(&db.pool, "canary", 10, zombie.id)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let zombie_token = claimed[0].4;
+
+    // The zombie stops heartbeating; the rescue gives its job back.
+    sqlx::query(
+        "UPDATE fleet.workers SET last_heartbeat_at = now() - interval '1 hour' WHERE id = $1",
+    )
+    .bind(zombie.id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        lease::rescue_expired(&db.pool, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        1
+    );
+    let rescued = db.job(id).await;
+    assert_eq!(rescued.state, "available");
+    assert_eq!(rescued.errors[0]["kind"], "lease_expired");
+
+    let completion = |token: i32| Ack {
+        id,
+        lease_token: token,
+        job_name: "canary",
+        settle: Settle::Completed,
+        run_at: None,
+        refund: 0,
+        error: None,
+        outcome: "completed",
+        wait_secs: None,
+        run_secs: None,
+    };
+    // Refused while the job waits to be re-run...
+    assert!(
+        ack::write(&db.pool, &[completion(zombie_token)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ...and after another worker claimed it: only the new token settles it.
+    let fresh = WorkerIdentity::new();
+    fresh.register(&db.pool, &["canary"]).await.unwrap();
+    let again = fetcher::claim(&db.pool, "canary", 10, fresh.id)
+        .await
+        .unwrap();
+    let fresh_token = again[0].4;
+    assert!(fresh_token > zombie_token);
+    assert!(
+        ack::write(&db.pool, &[completion(zombie_token)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(db.job(id).await.state, "running");
+    assert_eq!(
+        ack::write(&db.pool, &[completion(fresh_token)])
+            .await
+            .unwrap(),
+        vec![id]
+    );
+    let done = db.job(id).await;
+    assert_eq!(done.state, "completed");
+    assert_eq!(done.attempts, 2);
+}
+
+#[tokio::test]
+async fn jobs_sharing_a_concurrency_key_never_run_at_once() {
+    let db = TestDb::new(&[]).await;
+    let worker = db.start_worker(vec![canary()], 8).await;
+    let mut ids = vec![];
+    for _ in 0..4 {
+        ids.push(
+            db.enqueue_with(
+                "canary",
+                serde_json::json!({"sleep_ms": 150, "quiet": true}),
+                EnqueueOptions {
+                    concurrency_key: Some("account:7".into()),
+                    ..Default::default()
+                },
+            )
+            .await,
+        );
+    }
+    let free = db
+        .enqueue(
+            "canary",
+            serde_json::json!({"sleep_ms": 150, "quiet": true}),
+        )
+        .await;
+    db.drain().await;
+    worker.shutdown().await.unwrap();
+    let mut spans = vec![];
+    for id in &ids {
+        let j = db.job(*id).await;
+        assert_eq!(j.state, "completed");
+        spans.push((j.started_at.unwrap(), j.finished_at.unwrap()));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "overlapping runs of one key: {pair:?}"
+        );
+    }
+    assert_eq!(db.job(free).await.state, "completed");
+}
+
+#[tokio::test]
+async fn operators_retry_dead_jobs_and_cancel_waiting_ones() {
+    let db = TestDb::new(&[]).await;
+    let dead = db.enqueue("canary", serde_json::json!({})).await;
+    sqlx::query(
+        "UPDATE fleet.jobs SET state = 'dead', attempts = 5, finished_at = now() WHERE id = $1",
+    )
+    .bind(dead)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let waiting = db.enqueue("canary", serde_json::json!({})).await;
+
+    let out = admin::retry(
+        &db.pool,
+        &Selection {
+            ids: vec![dead],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "1 job(s) queued again");
+    let j = db.job(dead).await;
+    assert_eq!((j.state.as_str(), j.attempts), ("available", 0));
+
+    let out = admin::cancel(
+        &db.pool,
+        &Selection {
+            ids: vec![waiting],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "1 job(s) cancelled");
+    assert_eq!(db.job(waiting).await.state, "cancelled");
+    // Retrying what is not dead or cancelled changes nothing.
+    let out = admin::retry(
+        &db.pool,
+        &Selection {
+            ids: vec![dead],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "0 job(s) queued again");
+    let listed = admin::list(
+        &db.pool,
+        &admin::Filter {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        listed.contains("cancelled") && listed.contains("available"),
+        "{listed}"
+    );
+}

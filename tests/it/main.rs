@@ -1,0 +1,10 @@
+//! Integration tests against a real PostgreSQL (a database per test). The server is
+//! `DATABASE_URL` (default postgres://postgres@127.0.0.1:5432/postgres).
+
+mod helpers;
+
+mod enqueue;
+mod failures;
+mod processes;
+mod schedule;
+mod web;

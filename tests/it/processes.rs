@@ -1,0 +1,151 @@
+//! Real worker processes: SIGKILL and rescue, SIGTERM and the grace period, and
+//! several processes sharing a queue.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_jobs_of_a_sigkilled_worker_are_rerun_within_the_lease_timeout() {
+    let db = TestDb::new(&[]).await;
+    let mut victim = fleet_process(&db, &["worker", "--queues", "canary"], &[]);
+    let id = db
+        .enqueue(
+            "canary",
+            serde_json::json!({"sleep_ms": 60_000, "quiet": true}),
+        )
+        .await;
+    db.wait_for_state(id, "running", Duration::from_secs(20))
+        .await;
+    sigkill(&victim);
+    let killed_at = Instant::now();
+    let status = victim.wait().await.unwrap();
+    assert!(!status.success(), "killed, not exited");
+
+    // A healthy worker (whose canary finishes at once) notices the dead lease.
+    let quick = spec("canary", 5, NO_JITTER, |_, _| async { Ok(()) });
+    let rescuer = db.start_worker(vec![quick], 4).await;
+    let job = db
+        .wait_for_state(id, "completed", Duration::from_secs(30))
+        .await;
+    let took = killed_at.elapsed();
+    rescuer.shutdown().await.unwrap();
+
+    assert_eq!(
+        job.attempts, 2,
+        "the killed attempt counts, the rerun is the second"
+    );
+    assert_eq!(job.errors[0]["kind"], "lease_expired");
+    // config/test.toml: lease 3 s, heartbeat 0.5 s; production default is 10 s + 2 s.
+    assert!(
+        took < Duration::from_secs(15),
+        "re-run {took:?} after the kill"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_running_job_and_leaves_the_rest_untouched() {
+    let db = TestDb::new(&[]).await;
+    let mut worker = fleet_process(
+        &db,
+        &["worker", "--queues", "canary", "--concurrency", "1"],
+        &[],
+    );
+    let running = db
+        .enqueue(
+            "canary",
+            serde_json::json!({"sleep_ms": 1500, "quiet": true}),
+        )
+        .await;
+    db.wait_for_state(running, "running", Duration::from_secs(20))
+        .await;
+    let waiting = db
+        .enqueue("canary", serde_json::json!({"quiet": true}))
+        .await;
+    sigterm(&worker);
+    let status = tokio::time::timeout(Duration::from_secs(20), worker.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert!(status.success(), "graceful exit: {status:?}");
+    let done = db.job(running).await;
+    assert_eq!((done.state.as_str(), done.attempts), ("completed", 1));
+    let w = db.job(waiting).await;
+    assert_eq!(
+        (w.state.as_str(), w.attempts),
+        ("available", 0),
+        "not claimed after SIGTERM"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM fleet.workers WHERE stopped_at IS NOT NULL")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn past_the_grace_period_running_jobs_are_handed_back_without_using_an_attempt() {
+    let db = TestDb::new(&[]).await;
+    let mut worker = fleet_process(
+        &db,
+        &["worker", "--queues", "canary"],
+        &[("PULSE__WORKER__SHUTDOWN_GRACE_MS", "300")],
+    );
+    let id = db
+        .enqueue(
+            "canary",
+            serde_json::json!({"sleep_ms": 60_000, "quiet": true}),
+        )
+        .await;
+    db.wait_for_state(id, "running", Duration::from_secs(20))
+        .await;
+    sigterm(&worker);
+    let status = tokio::time::timeout(Duration::from_secs(10), worker.wait())
+        .await
+        .expect("exits soon after the grace period")
+        .unwrap();
+    assert!(status.success());
+    let job = db.job(id).await;
+    assert_eq!((job.state.as_str(), job.attempts), ("available", 0));
+    assert_eq!(job.errors, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn three_worker_processes_share_a_queue_and_run_no_job_twice() {
+    let db = TestDb::new(&[]).await;
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| {
+            fleet_process(
+                &db,
+                &["worker", "--queues", "canary", "--concurrency", "4"],
+                &[],
+            )
+        })
+        .collect();
+    wait_until(
+        "three workers register",
+        Duration::from_secs(20),
+        || async { db.count("SELECT count(*) FROM fleet.workers").await == 3 },
+    )
+    .await;
+    sqlx::query(
+        "SELECT fleet.enqueue('canary', jsonb_build_object('sleep_ms', 5, 'quiet', true), 'batch:' || i)
+         FROM generate_series(1, 300) i",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    db.drain().await;
+    for w in &workers {
+        sigterm(w);
+    }
+    for w in &mut workers {
+        assert!(w.wait().await.unwrap().success());
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM fleet.jobs WHERE state = 'completed' AND attempts = 1")
+            .await,
+        300,
+        "every job completed on its first and only attempt"
+    );
+}
