@@ -10,10 +10,18 @@ CREATE TABLE fleet.job_types (
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- Waking idle workers. A NOTIFY serialises commits (a global lock at commit), so
+-- enqueue sends one only when a worker may be parked: idle workers hold the advisory
+-- lock (hashtext('fleet.idle'), hashtext(queue)) in shared mode while they wait. If
+-- the enqueuing transaction can take it exclusively, nobody is parked, and holding it
+-- until commit makes any worker about to park wait for the commit and claim again, so
+-- the new job cannot be missed. If it cannot (a worker is parked, or another enqueue
+-- is in flight), it NOTIFYs. Either way, fetchers also poll. (src/queue/fetcher.rs
+-- holds the other side.)
+
 -- Enqueue one job. A duplicate idempotency key is a silent no-op that returns the
 -- existing job's id (its row is kept while it exists, completed jobs included, until
--- retention prunes it). NOTIFY wakes idle workers; PostgreSQL folds identical
--- notifications of one transaction into one, so a bulk insert notifies once.
+-- retention prunes it). A due job wakes idle workers (see above).
 CREATE FUNCTION fleet.enqueue(
     job_name        text,
     payload         jsonb,
@@ -48,7 +56,8 @@ BEGIN
         RETURN v_id;
     END IF;
     INSERT INTO fleet.stat_deltas (metric, job_name, label, delta) VALUES ('jobs', enqueue.job_name, 'available', 1);
-    IF enqueue.run_at IS NULL OR enqueue.run_at <= now() THEN
+    IF (enqueue.run_at IS NULL OR enqueue.run_at <= now())
+       AND NOT pg_try_advisory_xact_lock(hashtext('fleet.idle'), hashtext(enqueue.job_name)) THEN
         PERFORM pg_notify('fleet_jobs', enqueue.job_name);
     END IF;
     RETURN v_id;
@@ -99,7 +108,8 @@ BEGIN
     SELECT 'jobs', enqueue_batch.job_name, 'available', v_new WHERE v_new > 0
     UNION ALL
     SELECT 'dedupe_hits', enqueue_batch.job_name, '', v_total - v_new WHERE v_total > v_new;
-    IF v_new > 0 AND (enqueue_batch.run_at IS NULL OR enqueue_batch.run_at <= now()) THEN
+    IF v_new > 0 AND (enqueue_batch.run_at IS NULL OR enqueue_batch.run_at <= now())
+       AND NOT pg_try_advisory_xact_lock(hashtext('fleet.idle'), hashtext(enqueue_batch.job_name)) THEN
         PERFORM pg_notify('fleet_jobs', enqueue_batch.job_name);
     END IF;
     RETURN v_new;

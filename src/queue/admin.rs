@@ -109,23 +109,15 @@ pub async fn show(pool: &PgPool, id: i64) -> anyhow::Result<String> {
 
 /// Dead or cancelled jobs (by id, or by name/state) run again with all their attempts.
 pub async fn retry(pool: &PgPool, selection: &Selection) -> anyhow::Result<String> {
-    check_state(&selection.state)?;
-    let state = selection.state.clone().unwrap_or_else(|| "dead".into());
-    anyhow::ensure!(
-        state == "dead" || state == "cancelled",
-        "only dead or cancelled jobs can be retried"
-    );
-    anyhow::ensure!(
-        !selection.ids.is_empty() || selection.name.is_some() || selection.state.is_some(),
-        "name jobs by id, or select them with --name/--state"
-    );
     let n = transition(
         pool,
         selection,
-        &["dead", "cancelled"],
-        &state,
-        "state = 'available', attempts = 0, run_at = now(), finished_at = NULL, lease_owner = NULL",
-        "available",
+        Transition {
+            from: &["dead", "cancelled"],
+            default_state: "dead",
+            set: "state = 'available', attempts = 0, run_at = now(), finished_at = NULL, lease_owner = NULL",
+            to: "available",
+        },
     )
     .await?;
     Ok(format!("{n} job(s) queued again"))
@@ -134,39 +126,59 @@ pub async fn retry(pool: &PgPool, selection: &Selection) -> anyhow::Result<Strin
 /// Jobs not yet finished are cancelled. A running attempt goes on, but its ack is
 /// refused (the row is no longer `running`), so it changes nothing in the queue.
 pub async fn cancel(pool: &PgPool, selection: &Selection) -> anyhow::Result<String> {
-    check_state(&selection.state)?;
-    let state = selection
-        .state
-        .clone()
-        .unwrap_or_else(|| "available".into());
-    anyhow::ensure!(
-        ["available", "running", "dead"].contains(&state.as_str()),
-        "only available, running or dead jobs can be cancelled"
-    );
-    anyhow::ensure!(
-        !selection.ids.is_empty() || selection.name.is_some() || selection.state.is_some(),
-        "name jobs by id, or select them with --name/--state"
-    );
     let n = transition(
         pool,
         selection,
-        &["available", "running", "dead"],
-        &state,
-        "state = 'cancelled', finished_at = now(), lease_owner = NULL",
-        "cancelled",
+        Transition {
+            from: &["available", "running", "dead"],
+            default_state: "available",
+            set: "state = 'cancelled', finished_at = now(), lease_owner = NULL",
+            to: "cancelled",
+        },
     )
     .await?;
     Ok(format!("{n} job(s) cancelled"))
 }
 
+/// An operator's move of jobs from some states to one.
+struct Transition {
+    from: &'static [&'static str],
+    /// Which jobs `--name` alone selects.
+    default_state: &'static str,
+    set: &'static str,
+    to: &'static str,
+}
+
+impl Selection {
+    pub fn ids(ids: Vec<i64>) -> Self {
+        Self {
+            ids,
+            ..Default::default()
+        }
+    }
+}
+
 async fn transition(
     pool: &PgPool,
     selection: &Selection,
-    from: &[&str],
-    state_filter: &str,
-    set: &str,
-    to: &str,
+    transition: Transition,
 ) -> anyhow::Result<i64> {
+    check_state(&selection.state)?;
+    let state_filter = selection
+        .state
+        .clone()
+        .unwrap_or_else(|| transition.default_state.into());
+    anyhow::ensure!(
+        transition.from.contains(&state_filter.as_str()),
+        "only jobs that are {} can become {}",
+        transition.from.join(" or "),
+        transition.to
+    );
+    anyhow::ensure!(
+        !selection.ids.is_empty() || selection.name.is_some() || selection.state.is_some(),
+        "name jobs by id, or select them with --name/--state"
+    );
+    let (from, set, to) = (transition.from, transition.set, transition.to);
     let by_ids = !selection.ids.is_empty();
     let sql = format!(
         "WITH old AS (

@@ -10,7 +10,10 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use uuid::Uuid;
 
-use super::ClaimedJob;
+use super::{
+    ClaimedJob,
+    idle::{IdleLock, Park},
+};
 
 const CLAIM_SQL: &str = include_str!("sql/claim.sql");
 
@@ -59,6 +62,8 @@ pub async fn run(
     out: mpsc::Sender<ClaimedJob>,
 ) {
     let queue = config.queue;
+    let mut idle = IdleLock::new(queue, pool.connect_options());
+    let mut parked = false;
     let mut failures = 0u32;
     loop {
         // Wait for one free slot, then take as many more as are free, up to a batch.
@@ -80,45 +85,18 @@ pub async fn run(
             }
         }
         let started = std::time::Instant::now();
-        match claim(&pool, queue, held.len(), config.worker_id).await {
-            Ok(rows) => {
-                tracing::debug!(queue, asked = held.len(), got = rows.len(), elapsed = ?started.elapsed(), "claimed");
-                failures = 0;
-                let got = rows.len();
-                let now = Utc::now();
-                for (row, permit) in rows.into_iter().zip(held.drain(..)) {
-                    let job = ClaimedJob {
-                        id: row.0,
-                        job_name: queue,
-                        payload: row.1,
-                        attempt: row.2,
-                        max_attempts: row.3,
-                        lease_token: row.4,
-                        run_at: row.5,
-                        created_at: row.6,
-                        claimed_at: row.7.max(now),
-                        permit: Some(permit),
-                    };
-                    if out.send(job).await.is_err() {
-                        // The worker is gone; its leases lapse and are rescued.
-                        return;
-                    }
-                }
-                drop(held);
-                if got == 0 {
-                    tokio::select! {
-                        _ = wake.notified() => {}
-                        _ = tokio::time::sleep(config.poll_interval) => {}
-                        _ = stop.wait_for(|s| *s) => return,
-                    }
-                }
-            }
+        let rows = match claim(&pool, queue, held.len(), config.worker_id).await {
+            Ok(rows) => rows,
             Err(error) => {
                 drop(held);
-                let race = error
+                if parked {
+                    idle.unpark().await;
+                    parked = false;
+                }
+                if error
                     .as_database_error()
-                    .is_some_and(|e| e.is_unique_violation());
-                if race {
+                    .is_some_and(|e| e.is_unique_violation())
+                {
                     // Two claimers picked the same concurrency key: one lost; claim again.
                     tracing::debug!(queue, "concurrency-key race on claim; claiming again");
                     continue;
@@ -130,7 +108,66 @@ pub async fn run(
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
+                continue;
             }
+        };
+        failures = 0;
+        tracing::debug!(queue, asked = held.len(), got = rows.len(), elapsed = ?started.elapsed(), "claimed");
+        if !rows.is_empty() {
+            if parked {
+                idle.unpark().await;
+                parked = false;
+            }
+            let now = Utc::now();
+            for (row, permit) in rows.into_iter().zip(held.drain(..)) {
+                let job = ClaimedJob {
+                    id: row.0,
+                    job_name: queue,
+                    payload: row.1,
+                    attempt: row.2,
+                    max_attempts: row.3,
+                    lease_token: row.4,
+                    run_at: row.5,
+                    created_at: row.6,
+                    claimed_at: row.7.max(now),
+                    permit: Some(permit),
+                };
+                if out.send(job).await.is_err() {
+                    // The worker is gone; its leases lapse and are rescued.
+                    return;
+                }
+            }
+            continue;
+        }
+        drop(held);
+        // Nothing due. Park (so that enqueuers NOTIFY us) and look once more before
+        // waiting: an enqueue that skipped its NOTIFY has committed by now.
+        let wait = if parked {
+            config.poll_interval
+        } else {
+            match idle.park().await {
+                Park::Parked => {
+                    parked = true;
+                    continue;
+                }
+                Park::Busy => Duration::from_millis(20),
+                Park::Unavailable => config.poll_interval,
+            }
+        };
+        let stopping = tokio::select! {
+            _ = wake.notified() => false,
+            _ = tokio::time::sleep(wait) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            if parked {
+                idle.unpark().await;
+            }
+            return;
+        }
+        if parked {
+            idle.unpark().await;
+            parked = false;
         }
     }
 }

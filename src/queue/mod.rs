@@ -9,6 +9,7 @@
 //!   [`ack::Acker`] settles outcomes in batches, fenced by the lease token.
 //! - [`lease`]: worker identity, heartbeats and the rescue of dead workers' jobs.
 //! - [`listener`]: LISTEN `fleet_jobs`, waking the fetcher of the named queue.
+//! - [`idle`]: parked fetchers hold an advisory lock so enqueue NOTIFYs only then.
 //! - [`admin`]: what operators do to jobs (list, show, retry, cancel, stats).
 
 pub mod ack;
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod backend;
 pub mod enqueue;
 pub mod fetcher;
+pub mod idle;
 pub mod lease;
 pub mod listener;
 

@@ -308,40 +308,22 @@ async fn operators_retry_dead_jobs_and_cancel_waiting_ones() {
     .unwrap();
     let waiting = db.enqueue("canary", serde_json::json!({})).await;
 
-    let out = admin::retry(
-        &db.pool,
-        &Selection {
-            ids: vec![dead],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let out = admin::retry(&db.pool, &Selection::ids(vec![dead]))
+        .await
+        .unwrap();
     assert_eq!(out, "1 job(s) queued again");
     let j = db.job(dead).await;
     assert_eq!((j.state.as_str(), j.attempts), ("available", 0));
 
-    let out = admin::cancel(
-        &db.pool,
-        &Selection {
-            ids: vec![waiting],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let out = admin::cancel(&db.pool, &Selection::ids(vec![waiting]))
+        .await
+        .unwrap();
     assert_eq!(out, "1 job(s) cancelled");
     assert_eq!(db.job(waiting).await.state, "cancelled");
     // Retrying what is not dead or cancelled changes nothing.
-    let out = admin::retry(
-        &db.pool,
-        &Selection {
-            ids: vec![dead],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let out = admin::retry(&db.pool, &Selection::ids(vec![dead]))
+        .await
+        .unwrap();
     assert_eq!(out, "0 job(s) queued again");
     let listed = admin::list(
         &db.pool,
