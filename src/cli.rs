@@ -65,6 +65,10 @@ pub enum JobsCommand {
     Cancel(queue::admin::Selection),
     /// Jobs by name and state, from the stats tables (no scan of the job table).
     Stats,
+    /// Stop claiming from a queue (a job name); running jobs finish.
+    Pause { queue: String },
+    /// Claim from a paused queue again.
+    Resume { queue: String },
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +129,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 JobsCommand::Retry(selection) => queue::admin::retry(&pool, &selection).await?,
                 JobsCommand::Cancel(selection) => queue::admin::cancel(&pool, &selection).await?,
                 JobsCommand::Stats => queue::admin::stats(&pool).await?,
+                JobsCommand::Pause { queue } => {
+                    known_queue(&specs, &queue)?;
+                    queue::admin::pause(&pool, &queue).await?
+                }
+                JobsCommand::Resume { queue } => {
+                    known_queue(&specs, &queue)?;
+                    queue::admin::resume(&pool, &queue).await?
+                }
             };
             println!("{out}");
         }
@@ -144,6 +156,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Queue(args)) => bench::queue::run(&settings, args).await?,
     }
+    Ok(())
+}
+
+fn known_queue(specs: &[jobs::JobSpec], queue: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        specs.iter().any(|s| s.name == queue),
+        "unknown queue `{queue}`; known: {}",
+        specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }
 

@@ -245,3 +245,32 @@ pub async fn stats(pool: &PgPool) -> anyhow::Result<String> {
     }
     Ok(table.to_string())
 }
+
+/// Stops claiming from a queue (running jobs finish; new ones wait).
+pub async fn pause(pool: &PgPool, queue: &str) -> anyhow::Result<String> {
+    sqlx::query("INSERT INTO fleet.paused_queues (job_name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(queue)
+        .execute(pool)
+        .await?;
+    Ok(format!("queue {queue} paused"))
+}
+
+/// Claims from a paused queue again, waking its idle workers.
+pub async fn resume(pool: &PgPool, queue: &str) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let resumed = sqlx::query("DELETE FROM fleet.paused_queues WHERE job_name = $1")
+        .bind(queue)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("SELECT pg_notify('fleet_jobs', $1)")
+        .bind(queue)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(if resumed == 0 {
+        format!("queue {queue} was not paused")
+    } else {
+        format!("queue {queue} resumed")
+    })
+}

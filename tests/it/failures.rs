@@ -339,3 +339,70 @@ async fn operators_retry_dead_jobs_and_cancel_waiting_ones() {
         "{listed}"
     );
 }
+
+#[tokio::test]
+async fn a_paused_queue_is_not_claimed_until_resumed() {
+    let db = TestDb::new(&[]).await;
+    admin::pause(&db.pool, "canary").await.unwrap();
+    let id = db
+        .enqueue("canary", serde_json::json!({"quiet": true}))
+        .await;
+    let someone = WorkerIdentity::new();
+    let claimed = fetcher::claim(&db.pool, "canary", 10, someone.id)
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "a paused queue yields nothing");
+    assert_eq!(db.job(id).await.state, "available");
+    admin::resume(&db.pool, "canary").await.unwrap();
+    let worker = db.start_worker(vec![canary()], 2).await;
+    db.wait_for_state(id, "completed", Duration::from_secs(10))
+        .await;
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn prune_deletes_expired_jobs_and_workers_and_recounts_states() {
+    let db = TestDb::new(&[]).await;
+    let old_done = db.enqueue("canary", serde_json::json!({})).await;
+    let new_done = db.enqueue("canary", serde_json::json!({})).await;
+    let old_dead = db.enqueue("canary", serde_json::json!({})).await;
+    let waiting = db.enqueue("canary", serde_json::json!({})).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE fleet.jobs SET state = 'completed', finished_at = now() - interval '25 hours' WHERE id = {old_done};
+         UPDATE fleet.jobs SET state = 'completed', finished_at = now() - interval '1 hour' WHERE id = {new_done};
+         UPDATE fleet.jobs SET state = 'dead', finished_at = now() - interval '15 days' WHERE id = {old_dead};
+         INSERT INTO fleet.workers (id, name, host, pid, queues, stopped_at)
+         VALUES (gen_random_uuid(), 'gone', 'h', 1, '{{canary}}', now() - interval '2 days');"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Those hand edits bypassed the counters; prune's recount must heal them.
+    let settings = db.settings();
+    let prune = pulse_fleet::builtin::prune::spec(settings.retention.clone());
+    let ctx = jobs::JobContext {
+        pool: db.pool.clone(),
+        job_id: 0,
+        job_name: "prune",
+        attempt: 1,
+        max_attempts: 3,
+        enqueued_at: chrono::Utc::now(),
+    };
+    (prune.handler)(serde_json::json!({}), ctx).await.unwrap();
+
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM fleet.jobs ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![new_done, waiting]);
+    assert_eq!(db.count("SELECT count(*) FROM fleet.workers").await, 0);
+    let counts = admin::state_counts(&db.pool).await.unwrap();
+    let n = |state: &str| {
+        counts
+            .iter()
+            .find(|c| c.1 == state)
+            .map(|c| c.2)
+            .unwrap_or(0)
+    };
+    assert_eq!((n("completed"), n("available"), n("dead")), (1, 1, 0));
+}
