@@ -93,6 +93,9 @@ pub struct EnqueueArgs {
 pub enum BenchCommand {
     /// The queue: drain rate, idle latency, trigger enqueue cost.
     Queue(bench::queue::QueueBenchArgs),
+    /// Worker for the shared peer harness (bench/peers/compare.sh).
+    #[command(hide = true)]
+    Peer(bench::peer::PeerArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -155,6 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{id}");
         }
         Command::Bench(BenchCommand::Queue(args)) => bench::queue::run(&settings, args).await?,
+        Command::Bench(BenchCommand::Peer(args)) => bench::peer::run(&settings, args).await?,
     }
     Ok(())
 }
@@ -185,7 +189,15 @@ async fn run_roles(
             let queues =
                 worker::select_queues(specs, args.queues.as_deref(), args.concurrency, settings)?;
             let pools = db::queue_pools(settings, queues.len()).await?;
-            Some(worker::start(app_pool.clone(), pools, queues, &settings.worker).await?)
+            let mut fallback = settings.discord.fallback();
+            if fallback.is_none() && with_web {
+                fallback = Some(start_discord_sink(settings, &mut tasks, stop_rx.clone()).await?);
+            }
+            let services = jobs::Services::new(
+                std::time::Duration::from_millis(settings.discord.request_timeout_ms),
+                fallback,
+            );
+            Some(worker::start(app_pool.clone(), pools, queues, &settings.worker, services).await?)
         }
         None => None,
     };
@@ -221,6 +233,29 @@ async fn run_roles(
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Local runs without a real Discord webhook: alerts go to the Discord-dialect sink.
+async fn start_discord_sink(
+    settings: &Settings,
+    tasks: &mut tokio::task::JoinSet<()>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind(&settings.discord.sink_bind).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "no Discord webhook configured: alerts go to the local sink, http://{addr}/messages"
+    );
+    let sink = crate::discord_sink::Sink::new(Default::default());
+    tasks.spawn(async move {
+        tokio::select! {
+            result = sink.serve(listener) => if let Err(error) = result {
+                tracing::error!(%error, "Discord sink failed");
+            },
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    });
+    Ok(format!("http://{addr}/api/webhooks/0/local-sink"))
 }
 
 async fn shutdown_signal() {

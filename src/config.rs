@@ -6,6 +6,8 @@
 //! - `PULSE__<SECTION>__<KEY>`: any setting, e.g. `PULSE__WORKER__CONCURRENCY=32`.
 //! - `DATABASE_URL`: shortcut for `database.url`.
 //! - `PORT`: shortcut for the port of `web.bind` (Procfile platforms set it).
+//! - `PULSE__STRIPE__WEBHOOK_SECRETS`, `PULSE__WATCHERS__WEBHOOK_SECRET`,
+//!   `PULSE__DISCORD__FALLBACK_WEBHOOK_URL`: secrets, from the environment only.
 
 use std::{
     collections::BTreeMap,
@@ -26,6 +28,121 @@ pub struct Settings {
     pub jobs: BTreeMap<String, JobSettings>,
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleSettings>,
+    #[serde(default)]
+    pub stripe: StripeSettings,
+    #[serde(default)]
+    pub watchers: WatcherSettings,
+    #[serde(default)]
+    pub discord: DiscordSettings,
+}
+
+/// Secrets come from the environment only (never from files in the repository):
+/// `PULSE__STRIPE__WEBHOOK_SECRETS=whsec_new,whsec_old` (several during a rotation).
+#[derive(Clone, Deserialize)]
+pub struct StripeSettings {
+    #[serde(default)]
+    pub webhook_secrets: String,
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: i64,
+}
+
+fn default_tolerance() -> i64 {
+    300
+}
+
+impl Default for StripeSettings {
+    fn default() -> Self {
+        Self {
+            webhook_secrets: String::new(),
+            tolerance_secs: default_tolerance(),
+        }
+    }
+}
+
+impl StripeSettings {
+    pub fn secrets(&self) -> Vec<&str> {
+        self.webhook_secrets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for StripeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeSettings")
+            .field(
+                "webhook_secrets",
+                &format!("[{} redacted]", self.secrets().len()),
+            )
+            .field("tolerance_secs", &self.tolerance_secs)
+            .finish()
+    }
+}
+
+/// `PULSE__WATCHERS__WEBHOOK_SECRET`: the shared secret of `x-hmac-sha256`.
+#[derive(Clone, Default, Deserialize)]
+pub struct WatcherSettings {
+    #[serde(default)]
+    pub webhook_secret: String,
+}
+
+impl WatcherSettings {
+    pub fn secret(&self) -> Option<String> {
+        Some(self.webhook_secret.trim().to_owned()).filter(|s| !s.is_empty())
+    }
+}
+
+impl std::fmt::Debug for WatcherSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatcherSettings { webhook_secret: [redacted] }")
+    }
+}
+
+#[derive(Clone, Deserialize)]
+pub struct DiscordSettings {
+    /// Where alerts of users without a webhook go (`PULSE__DISCORD__FALLBACK_WEBHOOK_URL`).
+    /// Empty: `all` starts the local Discord-dialect sink and uses it.
+    #[serde(default)]
+    pub fallback_webhook_url: String,
+    #[serde(default = "default_sink_bind")]
+    pub sink_bind: String,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_sink_bind() -> String {
+    "127.0.0.1:8090".into()
+}
+
+fn default_request_timeout() -> u64 {
+    10_000
+}
+
+impl Default for DiscordSettings {
+    fn default() -> Self {
+        Self {
+            fallback_webhook_url: String::new(),
+            sink_bind: default_sink_bind(),
+            request_timeout_ms: default_request_timeout(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DiscordSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordSettings")
+            .field("fallback_webhook_url", &"[redacted]")
+            .field("sink_bind", &self.sink_bind)
+            .finish()
+    }
+}
+
+impl DiscordSettings {
+    pub fn fallback(&self) -> Option<String> {
+        Some(self.fallback_webhook_url.trim().to_owned()).filter(|s| !s.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +191,13 @@ pub struct RetentionSettings {
 pub struct WebSettings {
     pub bind: String,
     pub max_queue_lag_secs: u64,
+    /// Larger webhook bodies are refused with 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_max_body() -> usize {
+    256 * 1024
 }
 
 /// Per job type overrides of the code's defaults.

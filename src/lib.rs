@@ -5,6 +5,7 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod discord_sink;
 pub mod queue;
 pub mod scheduler;
 pub mod stats;

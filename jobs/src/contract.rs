@@ -103,6 +103,8 @@ pub struct JobContext {
     pub max_attempts: i32,
     /// When the job was enqueued (for end-to-end latency).
     pub enqueued_at: chrono::DateTime<chrono::Utc>,
+    /// External clients (HTTP, vendor settings).
+    pub services: crate::Services,
 }
 
 pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;

@@ -4,8 +4,14 @@
 
 mod contract;
 mod registry;
+mod services;
 
 pub mod canary;
+pub mod discord;
+pub mod process_payment;
+pub mod send_alert;
+pub mod sync_watcher;
 
 pub use contract::{Backoff, Job, JobContext, JobError, JobFuture, JobHandler, JobSpec};
 pub use registry::registry;
+pub use services::Services;

@@ -2,8 +2,16 @@
 //! worker queue for each, and `pulse-fleet migrate` writes them to `fleet.job_types`
 //! so that `fleet.enqueue` refuses names no code runs.
 
-use crate::{JobSpec, canary::Canary};
+use crate::{
+    JobSpec, canary::Canary, process_payment::ProcessPayment, send_alert::SendAlert,
+    sync_watcher::SyncWatcher,
+};
 
 pub fn registry() -> Vec<JobSpec> {
-    vec![JobSpec::of::<Canary>()]
+    vec![
+        JobSpec::of::<Canary>(),
+        JobSpec::of::<ProcessPayment>(),
+        JobSpec::of::<SendAlert>(),
+        JobSpec::of::<SyncWatcher>(),
+    ]
 }

@@ -1,3 +1,4 @@
 //! Benchmarks that print numbers (`pulse-fleet bench ...`).
 
+pub mod peer;
 pub mod queue;

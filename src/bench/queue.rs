@@ -158,7 +158,7 @@ fn bench_settings(settings: &Settings, args: &QueueBenchArgs) -> WorkerSettings 
 }
 
 /// A `canary`-named spec whose handler only counts (and reads `ts` when present).
-fn counting_spec(
+pub(crate) fn counting_spec(
     done: Arc<AtomicUsize>,
     target: usize,
     all_done: Arc<Notify>,
@@ -218,6 +218,7 @@ async fn drain(
             concurrency: args.concurrency,
         }],
         &bench_settings(settings, args),
+        jobs::Services::default(),
     )
     .await?;
     tokio::time::timeout(Duration::from_secs(600), all_done.notified())
@@ -259,6 +260,7 @@ async fn latency(
             concurrency: 16,
         }],
         &bench_settings(settings, args),
+        jobs::Services::default(),
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -1,13 +1,20 @@
-//! The web process: `/internal/health`, `/metrics` and the operator dashboard `/`.
+//! The web process: signed webhooks in (`/webhooks/stripe`, `/webhooks/watchers`),
+//! `/internal/health`, `/metrics` and the operator dashboard `/`.
 //! None of them scans the job table: counts come from `fleet.stats`, lag from one
 //! index probe per queue.
 
 mod health;
+mod ingress;
 mod metrics;
+pub mod signature;
 
 use std::{future::Future, sync::Arc};
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
 use sqlx::PgPool;
 
 use crate::config::Settings;
@@ -30,10 +37,14 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.web.max_body_bytes;
     Router::new()
         .route("/", get(health::dashboard))
         .route("/internal/health", get(health::health))
         .route("/metrics", get(metrics::metrics))
+        .route("/webhooks/stripe", post(ingress::stripe))
+        .route("/webhooks/watchers", post(ingress::watchers))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 

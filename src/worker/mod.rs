@@ -61,6 +61,7 @@ pub async fn start(
     pools: QueuePools,
     queues: Vec<QueueSpec>,
     settings: &WorkerSettings,
+    services: jobs::Services,
 ) -> anyhow::Result<WorkerHandle> {
     anyhow::ensure!(!queues.is_empty(), "a worker needs at least one queue");
     let queue_pool = pools.queue;
@@ -107,7 +108,11 @@ pub async fn start(
         let backend = FleetBackend::new(rx, stop_rx.clone(), layer);
         let worker = WorkerBuilder::new(format!("{name}@{}", identity.name))
             .backend(backend)
-            .build(JobService::new(queue.job.clone(), app_pool.clone()));
+            .build(JobService::new(
+                queue.job.clone(),
+                app_pool.clone(),
+                services.clone(),
+            ));
         workers.spawn(async move {
             if let Err(error) = worker.run().await {
                 tracing::error!(queue = name, %error, "apalis worker stopped with an error");

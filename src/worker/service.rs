@@ -9,7 +9,7 @@ use std::{
 };
 
 use apalis_core::task::Task;
-use jobs::{JobContext, JobSpec};
+use jobs::{JobContext, JobSpec, Services};
 use sqlx::PgPool;
 use tower_service::Service;
 
@@ -19,11 +19,16 @@ use crate::queue::{ClaimedJob, ack::AttemptFailure};
 pub struct JobService {
     spec: JobSpec,
     pool: PgPool,
+    services: Services,
 }
 
 impl JobService {
-    pub fn new(spec: JobSpec, pool: PgPool) -> Self {
-        Self { spec, pool }
+    pub fn new(spec: JobSpec, pool: PgPool, services: Services) -> Self {
+        Self {
+            spec,
+            pool,
+            services,
+        }
     }
 }
 
@@ -45,6 +50,7 @@ impl Service<Task<ClaimedJob>> for JobService {
             attempt: job.attempt,
             max_attempts: job.max_attempts,
             enqueued_at: job.created_at,
+            services: self.services.clone(),
         };
         let timeout = self.spec.timeout;
         let mut handle = tokio::spawn((self.spec.handler)(job.payload, ctx));

@@ -112,9 +112,15 @@ impl TestDb {
             .into_iter()
             .map(|job| QueueSpec { job, concurrency })
             .collect();
-        worker::start(self.pool.clone(), pools, queues, &settings)
-            .await
-            .expect("start worker")
+        worker::start(
+            self.pool.clone(),
+            pools,
+            queues,
+            &settings,
+            jobs::Services::default(),
+        )
+        .await
+        .expect("start worker")
     }
 
     /// Waits until no job of the database is available-and-due or running.
