@@ -138,7 +138,11 @@ impl Message {
                         .iter_mut()
                         .chain(e.description.iter_mut())
                         .chain(e.footer.iter_mut().map(|f| &mut f.text))
-                        .chain(e.fields.iter_mut().flat_map(|f| [&mut f.name, &mut f.value]))
+                        .chain(
+                            e.fields
+                                .iter_mut()
+                                .flat_map(|f| [&mut f.name, &mut f.value]),
+                        )
                 })
                 .max_by_key(|s| s.chars().count())
             else {

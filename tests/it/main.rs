@@ -3,8 +3,11 @@
 
 mod helpers;
 
+mod alerts;
 mod enqueue;
 mod failures;
+mod payments;
 mod processes;
 mod schedule;
+mod watchers;
 mod web;
