@@ -10,5 +10,8 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL="$SERVER/pulse_fleet"
 fi
 export APP_ENV="${APP_ENV:-local}"
+# Local signing secrets for the webhooks (real deployments set their own).
+export PULSE__STRIPE__WEBHOOK_SECRETS="${PULSE__STRIPE__WEBHOOK_SECRETS:-whsec_local_dev}"
+export PULSE__WATCHERS__WEBHOOK_SECRET="${PULSE__WATCHERS__WEBHOOK_SECRET:-local-dev-secret}"
 cargo build --release --quiet
 exec target/release/pulse-fleet all "$@"

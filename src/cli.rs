@@ -41,6 +41,13 @@ pub enum Command {
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print the signature header for a webhook body, with the configured secret
+    /// (to send test webhooks: `curl -H "Stripe-Signature: $(pulse-fleet sign stripe "$BODY")"`).
+    Sign {
+        #[arg(value_parser = ["stripe", "watchers"])]
+        kind: String,
+        body: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +163,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let id = queue::enqueue::enqueue(&pool, &args.job, &payload, &options).await?;
             println!("{id}");
+        }
+        Command::Sign { kind, body } => {
+            use crate::web::signature;
+            let header = if kind == "stripe" {
+                let secret = *settings.stripe.secrets().first().ok_or_else(|| {
+                    anyhow::anyhow!("no Stripe secret: set PULSE__STRIPE__WEBHOOK_SECRETS")
+                })?;
+                signature::stripe_header(secret, body.as_bytes(), chrono::Utc::now().timestamp())
+            } else {
+                let secret = settings.watchers.secret().ok_or_else(|| {
+                    anyhow::anyhow!("no watcher secret: set PULSE__WATCHERS__WEBHOOK_SECRET")
+                })?;
+                signature::hex_hmac(&secret, body.as_bytes())
+            };
+            println!("{header}");
         }
         Command::Bench(BenchCommand::Queue(args)) => bench::queue::run(&settings, args).await?,
         Command::Bench(BenchCommand::Peer(args)) => bench::peer::run(&settings, args).await?,
