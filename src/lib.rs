@@ -1,5 +1,6 @@
 //! Pulse Fleet: the runtime that runs the `jobs` crate's job types on PostgreSQL.
 
+pub mod audit;
 pub mod bench;
 pub mod builtin;
 pub mod cli;

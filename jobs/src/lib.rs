@@ -11,6 +11,7 @@ pub mod discord;
 pub mod process_payment;
 pub mod send_alert;
 pub mod sync_watcher;
+pub mod tenancy;
 
 pub use contract::{Backoff, Job, JobContext, JobError, JobFuture, JobHandler, JobSpec};
 pub use registry::registry;

@@ -59,21 +59,21 @@ async fn a_rolled_back_business_write_leaves_no_job() {
 async fn a_statement_trigger_enqueues_a_whole_batch_in_one_statement() {
     let db = TestDb::new(&[]).await;
     sqlx::raw_sql(
-        "CREATE TABLE orders (id bigserial PRIMARY KEY, qty int NOT NULL);
+        "CREATE TABLE shop_orders (id bigserial PRIMARY KEY, qty int NOT NULL);
          -- Fires once per statement over the transition table: one job per row.
-         CREATE FUNCTION orders_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
+         CREATE FUNCTION shop_orders_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
              PERFORM fleet.enqueue_batch('canary', array_agg(jsonb_build_object('sleep_ms', n.qty)),
                                          array_agg('order:' || n.id)) FROM new_rows n;
              RETURN NULL;
          END $$;
-         CREATE TRIGGER orders_enqueue AFTER INSERT ON orders REFERENCING NEW TABLE AS new_rows
-             FOR EACH STATEMENT EXECUTE FUNCTION orders_enqueue();",
+         CREATE TRIGGER shop_orders_enqueue AFTER INSERT ON shop_orders REFERENCING NEW TABLE AS new_rows
+             FOR EACH STATEMENT EXECUTE FUNCTION shop_orders_enqueue();",
     )
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO orders (qty) SELECT i FROM generate_series(1, 500) i")
+    sqlx::query("INSERT INTO shop_orders (qty) SELECT i FROM generate_series(1, 500) i")
         .execute(&db.pool)
         .await
         .unwrap();

@@ -9,5 +9,6 @@ mod failures;
 mod payments;
 mod processes;
 mod schedule;
+mod tenancy;
 mod watchers;
 mod web;
