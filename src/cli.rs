@@ -41,6 +41,9 @@ pub enum Command {
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Credentials' secret references.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// The audit log: `verify` recomputes every tenant's hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -100,6 +103,14 @@ pub struct EnqueueArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Print a new random sealing key (base64) for PULSE_SECRETS_KEY.
+    NewKey,
+    /// Read a secret from stdin and print its `enc:v1:` reference (key: PULSE_SECRETS_KEY).
+    Seal,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Exit 1 if any tenant's chain is broken (an edited, missing or reordered event).
     Verify,
@@ -124,6 +135,9 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Secrets(command) = &cli.command {
+        return secrets(command);
+    }
     let settings = Settings::load()?;
     let specs = worker::all_specs(&settings);
     match cli.command {
@@ -173,6 +187,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let id = queue::enqueue::enqueue(&pool, &args.job, &payload, &options).await?;
             println!("{id}");
         }
+        // Needs no settings; handled before they load.
+        Command::Secrets(command) => secrets(&command)?,
         Command::Audit(AuditCommand::Verify) => {
             let pool = db::app_pool(&settings).await?;
             let report = crate::audit::verify(&pool).await?;
@@ -210,6 +226,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Queue(args)) => bench::queue::run(&settings, args).await?,
         Command::Bench(BenchCommand::Peer(args)) => bench::peer::run(&settings, args).await?,
+    }
+    Ok(())
+}
+
+fn secrets(command: &SecretsCommand) -> anyhow::Result<()> {
+    use base64::Engine;
+    match command {
+        SecretsCommand::NewKey => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+            println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
+        }
+        SecretsCommand::Seal => {
+            let key = jobs::secrets::key_from_env()?;
+            let mut plaintext = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut plaintext)?;
+            println!(
+                "{}",
+                jobs::secrets::seal(plaintext.trim_end_matches(['\n', '\r']), &key)
+            );
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod services;
 pub mod canary;
 pub mod discord;
 pub mod process_payment;
+pub mod secrets;
 pub mod send_alert;
 pub mod sync_watcher;
 pub mod tenancy;
