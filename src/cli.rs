@@ -41,6 +41,8 @@ pub enum Command {
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A local venue speaking Alpaca's trading API (see src/paper).
+    Paper(crate::paper::PaperOptions),
     /// Credentials' secret references.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -186,6 +188,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let id = queue::enqueue::enqueue(&pool, &args.job, &payload, &options).await?;
             println!("{id}");
+        }
+        Command::Paper(options) => {
+            let listener = tokio::net::TcpListener::bind(&options.bind).await?;
+            tracing::info!(
+                "paper venue (Alpaca dialect) on http://{}",
+                listener.local_addr()?
+            );
+            let venue = crate::paper::PaperVenue::new(options);
+            tokio::select! {
+                result = venue.serve(listener) => result?,
+                _ = shutdown_signal() => {}
+            }
         }
         // Needs no settings; handled before they load.
         Command::Secrets(command) => secrets(&command)?,

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod discord_sink;
+pub mod paper;
 pub mod queue;
 pub mod scheduler;
 pub mod stats;

@@ -13,6 +13,7 @@ pub mod secrets;
 pub mod send_alert;
 pub mod sync_watcher;
 pub mod tenancy;
+pub mod venue;
 
 pub use contract::{Backoff, Job, JobContext, JobError, JobFuture, JobHandler, JobSpec};
 pub use registry::registry;

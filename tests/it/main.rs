@@ -10,5 +10,6 @@ mod payments;
 mod processes;
 mod schedule;
 mod tenancy;
+mod venue;
 mod watchers;
 mod web;

@@ -1,0 +1,153 @@
+//! Venues: where orders go. The OMS speaks to them through [`Venue`]; [`alpaca`] is
+//! the Alpaca Trading API (v2), which `pulse-fleet paper` also speaks, so pointing
+//! the fleet at Alpaca's own paper endpoint is a configuration change only.
+//!
+//! Every call's outcome is classified for the OMS: accepted, definitively rejected
+//! (the venue says no, and nothing exists there), not found, rate limited, or
+//! **unknown** (timeout, lost connection, 5xx after sending): the order may or may
+//! not exist, and the OMS must look it up by client order id, never resend blindly.
+
+pub mod alpaca;
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// An order as sent: Alpaca's `POST /v2/orders` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRequest {
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub time_in_force: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub limit_price: Option<Decimal>,
+    pub client_order_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    pub fn opposite(self) -> Self {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderType {
+    Market,
+    Limit,
+}
+
+/// An order as the venue reports it (the fields of Alpaca's Order entity we use).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VenueOrder {
+    pub id: String,
+    pub client_order_id: String,
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub filled_qty: Decimal,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub filled_avg_price: Option<Decimal>,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub time_in_force: String,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub limit_price: Option<Decimal>,
+    /// new, partially_filled, filled, canceled, expired, rejected, ...
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl VenueOrder {
+    /// No further fills can come.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "filled" | "canceled" | "expired" | "rejected" | "replaced" | "done_for_day"
+        )
+    }
+}
+
+/// A fill activity (`GET /v2/account/activities/FILL`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FillActivity {
+    /// `<ts>::<uuid>`: unique, the dedupe key of fills.
+    pub id: String,
+    pub activity_type: String,
+    pub transaction_time: DateTime<Utc>,
+    /// fill or partial_fill
+    #[serde(rename = "type")]
+    pub fill_type: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    pub side: Side,
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub leaves_qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cum_qty: Decimal,
+    pub order_id: String,
+    pub order_status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VenueError {
+    /// The venue refused: nothing exists there (4xx other than 404/429).
+    #[error("venue rejected the request ({status} {code}): {message}")]
+    Rejected {
+        status: u16,
+        code: i64,
+        message: String,
+    },
+    #[error("not found at the venue")]
+    NotFound,
+    /// 429: try again after `retry_after`.
+    #[error("venue rate limit hit; retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    /// Credentials refused (401/403 without a trading reason).
+    #[error("venue refused the credentials")]
+    Unauthorized,
+    /// The request may or may not have taken effect (timeout, connection lost, 5xx).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+pub type VenueFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, VenueError>> + Send + 'a>>;
+
+/// What the OMS and reconciliation need from a venue.
+pub trait Venue: Send + Sync {
+    fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder>;
+    fn get_order_by_client_id<'a>(
+        &'a self,
+        client_order_id: &'a str,
+    ) -> VenueFuture<'a, VenueOrder>;
+    fn get_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, VenueOrder>;
+    fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()>;
+    fn list_open_orders(&self) -> VenueFuture<'_, Vec<VenueOrder>>;
+    fn fill_activities<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<FillActivity>>;
+}

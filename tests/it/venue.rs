@@ -1,0 +1,222 @@
+//! The Alpaca client against the paper venue, over real HTTP: the dialect, and the
+//! outcome classification the OMS relies on.
+
+use std::time::Duration;
+
+use jobs::{
+    secrets::Secret,
+    venue::{OrderRequest, OrderType, Side, Venue, VenueError, alpaca::AlpacaClient},
+};
+use pulse_fleet::paper::{PaperOptions, PaperVenue};
+use rust_decimal::Decimal;
+
+async fn venue(options: PaperOptions) -> (PaperVenue, AlpacaClient) {
+    let (venue, client, _) = venue_at(options).await;
+    (venue, client)
+}
+
+async fn venue_at(options: PaperOptions) -> (PaperVenue, AlpacaClient, String) {
+    let venue = PaperVenue::new(options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(venue.clone().serve(listener));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let client = AlpacaClient::new(http, &base, "PKTEST", secret("paper-secret"));
+    (venue, client, base)
+}
+
+fn secret(s: &str) -> Secret {
+    jobs::secrets::resolve_with("env:S", |_| Some(s.to_string()), || unreachable!()).unwrap()
+}
+
+fn order(
+    client_order_id: &str,
+    qty: i64,
+    order_type: OrderType,
+    limit: Option<Decimal>,
+) -> OrderRequest {
+    OrderRequest {
+        symbol: "AAPL".into(),
+        qty: Decimal::from(qty),
+        side: Side::Buy,
+        order_type,
+        time_in_force: "day".into(),
+        limit_price: limit,
+        client_order_id: client_order_id.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_market_order_is_accepted_filled_and_found_by_its_client_order_id() {
+    let (_, client) = venue(PaperOptions {
+        partial_fills: true,
+        ..Default::default()
+    })
+    .await;
+    let placed = client
+        .create_order(&order("pf-i1-0", 10, OrderType::Market, None))
+        .await
+        .unwrap();
+    assert_eq!(placed.status, "filled");
+    assert_eq!(placed.filled_qty, Decimal::from(10));
+    let found = client.get_order_by_client_id("pf-i1-0").await.unwrap();
+    assert_eq!(found.id, placed.id);
+    assert_eq!(
+        client.get_order(&placed.id).await.unwrap().client_order_id,
+        "pf-i1-0"
+    );
+    let fills = client.fill_activities(None).await.unwrap();
+    assert_eq!(fills.len(), 2, "two partial fills");
+    assert_eq!(
+        (fills[0].fill_type.as_str(), fills[1].fill_type.as_str()),
+        ("partial_fill", "fill")
+    );
+    assert_eq!(fills[1].cum_qty, Decimal::from(10));
+    let after_first = client.fill_activities(Some(&fills[0].id)).await.unwrap();
+    assert_eq!(
+        after_first,
+        vec![fills[1].clone()],
+        "page_token pages after that fill"
+    );
+}
+
+#[tokio::test]
+async fn a_reused_client_order_id_is_rejected_and_unknown_ids_are_not_found() {
+    let (venue, client) = venue(PaperOptions::default()).await;
+    client
+        .create_order(&order("pf-i2-0", 1, OrderType::Market, None))
+        .await
+        .unwrap();
+    let again = client
+        .create_order(&order("pf-i2-0", 1, OrderType::Market, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again,
+        VenueError::Rejected {
+            status: 422,
+            code: 40010001,
+            message: "client_order_id must be unique".into()
+        }
+    );
+    assert_eq!(venue.orders().len(), 1);
+    assert_eq!(
+        client.get_order_by_client_id("nope").await.unwrap_err(),
+        VenueError::NotFound
+    );
+    assert_eq!(
+        client.get_order("nope").await.unwrap_err(),
+        VenueError::NotFound
+    );
+}
+
+#[tokio::test]
+async fn open_limit_orders_are_listed_and_cancelable_and_filled_ones_are_not() {
+    let (_, client) = venue(PaperOptions::default()).await;
+    let resting = client
+        .create_order(&order(
+            "pf-i3-0",
+            5,
+            OrderType::Limit,
+            Some(Decimal::new(1, 0)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resting.status, "new");
+    let filled = client
+        .create_order(&order("pf-i3-1", 5, OrderType::Market, None))
+        .await
+        .unwrap();
+    let open = client.list_open_orders().await.unwrap();
+    assert_eq!(
+        open.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        vec![resting.id.as_str()]
+    );
+    client.cancel_order(&resting.id).await.unwrap();
+    assert_eq!(
+        client.get_order(&resting.id).await.unwrap().status,
+        "canceled"
+    );
+    let refused = client.cancel_order(&filled.id).await.unwrap_err();
+    assert!(
+        matches!(refused, VenueError::Rejected { status: 422, .. }),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn past_the_rate_limit_the_venue_answers_429_with_its_reset() {
+    let (_, client) = venue(PaperOptions {
+        rate_limit_per_minute: 3,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            client.get_order("x").await.unwrap_err(),
+            VenueError::NotFound
+        );
+    }
+    let limited = client.get_order("x").await.unwrap_err();
+    let VenueError::RateLimited { retry_after } = limited else {
+        panic!("expected 429, got {limited:?}");
+    };
+    assert!(retry_after <= Duration::from_secs(60) && retry_after >= Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn an_accepted_order_whose_answer_is_lost_is_unknown_then_found_and_never_duplicated() {
+    let (venue, client) = venue(PaperOptions {
+        drop_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let lost = client
+        .create_order(&order("pf-i5-0", 2, OrderType::Market, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(lost, VenueError::Unknown(_)), "{lost:?}");
+    // The OMS looks it up instead of resending...
+    let found = client.get_order_by_client_id("pf-i5-0").await.unwrap();
+    assert_eq!(found.qty, Decimal::from(2));
+    // ...and a blind resend could not duplicate it anyway.
+    let resend = client
+        .create_order(&order("pf-i5-0", 2, OrderType::Market, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(resend, VenueError::Rejected { status: 422, .. }),
+        "{resend:?}"
+    );
+    assert_eq!(venue.orders().len(), 1);
+}
+
+#[tokio::test]
+async fn a_5xx_does_nothing_and_is_unknown_and_bad_credentials_are_refused() {
+    let (venue, client) = venue(PaperOptions {
+        error_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let failed = client
+        .create_order(&order("pf-i6-0", 1, OrderType::Market, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, VenueError::Unknown(_)), "{failed:?}");
+    assert!(venue.orders().is_empty());
+    let (_, _, base) = venue_at(PaperOptions::default()).await;
+    let anonymous = AlpacaClient::new(reqwest::Client::new(), &base, "", secret(""));
+    assert_eq!(
+        anonymous.get_order("x").await.unwrap_err(),
+        VenueError::Unauthorized
+    );
+}
+
+#[tokio::test]
+async fn the_client_never_prints_its_secret() {
+    let (_, client) = venue(PaperOptions::default()).await;
+    assert!(!format!("{client:?}").contains("paper-secret"));
+}
