@@ -8,6 +8,7 @@ mod services;
 
 pub mod canary;
 pub mod discord;
+pub mod execute_intent;
 pub mod process_payment;
 pub mod secrets;
 pub mod send_alert;

@@ -3,13 +3,14 @@
 //! so that `fleet.enqueue` refuses names no code runs.
 
 use crate::{
-    JobSpec, canary::Canary, process_payment::ProcessPayment, send_alert::SendAlert,
-    sync_watcher::SyncWatcher,
+    JobSpec, canary::Canary, execute_intent::ExecuteIntent, process_payment::ProcessPayment,
+    send_alert::SendAlert, sync_watcher::SyncWatcher,
 };
 
 pub fn registry() -> Vec<JobSpec> {
     vec![
         JobSpec::of::<Canary>(),
+        JobSpec::of::<ExecuteIntent>(),
         JobSpec::of::<ProcessPayment>(),
         JobSpec::of::<SendAlert>(),
         JobSpec::of::<SyncWatcher>(),

@@ -3,13 +3,28 @@
 
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Services {
     /// One HTTP client (connection pools, TLS) for every vendor call.
     pub http: reqwest::Client,
     /// Where alerts go when their user has no Discord webhook (local runs: the
     /// Discord-dialect sink). A secret like every webhook URL: never logged.
     pub discord_fallback_url: Option<String>,
+    /// Base URL per venue id (`alpaca` -> Alpaca's paper or live endpoint, `paper` ->
+    /// the local paper venue).
+    pub venue_urls: std::collections::HashMap<String, String>,
+    /// Requests per minute per trading account (Alpaca: 200).
+    pub venue_requests_per_minute: i32,
+    /// The key of `enc:v1:` secret references (PULSE_SECRETS_KEY), if set.
+    pub secrets_key: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("venue_urls", &self.venue_urls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Services {
@@ -22,6 +37,9 @@ impl Services {
         Self {
             http,
             discord_fallback_url,
+            venue_urls: Default::default(),
+            venue_requests_per_minute: 200,
+            secrets_key: crate::secrets::key_from_env().ok(),
         }
     }
 }

@@ -6,6 +6,7 @@ mod helpers;
 mod alerts;
 mod enqueue;
 mod failures;
+mod oms;
 mod payments;
 mod processes;
 mod schedule;

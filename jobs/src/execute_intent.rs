@@ -1,0 +1,917 @@
+//! `execute_intent`: the OMS. A multi-leg intent becomes one broker order per leg.
+//!
+//! Enqueued by the trigger on `multi_leg_intents`, keyed by the intent id. Runs in
+//! transactions confined to the intent's tenant (row-level security).
+//!
+//! 1. Plan, in one transaction: validate the legs (a bad intent fails with a
+//!    readable reason and an audit event); kill switches; risk limits; entry locks
+//!    per (account, symbol), so two intents on one account and symbol run one after
+//!    the other (the second snoozes); capital reserved through the journal, which
+//!    the database refuses beyond the ledger invariant, in the same transaction that
+//!    writes the order rows. Client order ids derive from (tenant, intent, leg).
+//! 2. Submit each leg. An outcome that is unknown (timeout, lost answer, 5xx) leaves
+//!    the order `submit_unknown` and the job retries; every retry first looks each
+//!    order up by its client order id and never resends blindly.
+//! 3. A definitively rejected leg releases its reservation, and its siblings are
+//!    cancelled, or closed by an opposite market order when already filled; the
+//!    intent fails. Every risk action writes an audit event.
+
+use std::{collections::BTreeSet, str::FromStr, time::Duration};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::{
+    Job, JobContext, JobError, secrets, tenancy,
+    venue::{OrderRequest, OrderType, Side, Venue, VenueError, VenueOrder, alpaca::AlpacaClient},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecuteIntent {
+    pub intent_id: Uuid,
+    pub tenant_id: Uuid,
+}
+
+/// How long an entry lock lasts if its holder dies.
+const LOCK_TTL_SECS: f64 = 60.0;
+/// Legs at or above this index are unwind orders.
+const UNWIND_BASE: i32 = 1000;
+
+/// A client order id: the same for (tenant, intent, leg) on every attempt, at most
+/// 48 characters (the strictest Alpaca API's limit), letters, digits and dashes.
+pub fn client_order_id(tenant: Uuid, intent: Uuid, leg: i32) -> String {
+    let digest = Sha256::digest(format!("{tenant}:{intent}:{leg}").as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("pf{hex}-{leg}")
+}
+
+#[derive(Debug, Clone)]
+struct Leg {
+    account_id: Uuid,
+    symbol: String,
+    side: Side,
+    quantity: Decimal,
+    order_type: OrderType,
+    limit_price: Option<Decimal>,
+    time_in_force: String,
+    /// The price risk checks and reservations use: the limit, else `reference_price`.
+    price: Decimal,
+}
+
+fn decimal(v: Option<&Value>) -> Option<Decimal> {
+    match v? {
+        Value::String(s) => Decimal::from_str(s).ok(),
+        Value::Number(n) => Decimal::from_str(&n.to_string()).ok(),
+        _ => None,
+    }
+}
+
+/// Reads and checks the legs; the error is the reason given to the user.
+fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
+    let items = legs
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or("legs must be a non-empty array")?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let bad = |what: &str| format!("leg {i}: {what}");
+            let account_id = l
+                .get("account_id")
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or_else(|| bad("account_id must be a uuid"))?;
+            let symbol = l
+                .get("symbol")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty() && s.len() <= 32)
+                .ok_or_else(|| bad("symbol is required"))?
+                .to_owned();
+            let side = match l.get("side").and_then(Value::as_str) {
+                Some("buy") => Side::Buy,
+                Some("sell") => Side::Sell,
+                _ => return Err(bad("side must be buy or sell")),
+            };
+            let quantity = decimal(l.get("quantity"))
+                .filter(|q| *q > Decimal::ZERO)
+                .ok_or_else(|| bad("quantity must be a positive number"))?;
+            let order_type = match l.get("type").and_then(Value::as_str).unwrap_or("market") {
+                "market" => OrderType::Market,
+                "limit" => OrderType::Limit,
+                other => {
+                    return Err(bad(&format!(
+                        "type {other} is not supported (market, limit)"
+                    )));
+                }
+            };
+            let limit_price = decimal(l.get("limit_price"));
+            if order_type == OrderType::Limit && limit_price.is_none_or(|p| p <= Decimal::ZERO) {
+                return Err(bad("a limit leg needs a positive limit_price"));
+            }
+            let price = limit_price
+                .or_else(|| decimal(l.get("reference_price")))
+                .filter(|p| *p > Decimal::ZERO)
+                .ok_or_else(|| bad("a market leg needs a reference_price for risk checks"))?;
+            let time_in_force = l
+                .get("time_in_force")
+                .and_then(Value::as_str)
+                .unwrap_or("day")
+                .to_owned();
+            if !["day", "gtc", "ioc", "fok", "opg", "cls"].contains(&time_in_force.as_str()) {
+                return Err(bad("unknown time_in_force"));
+            }
+            Ok(Leg {
+                account_id,
+                symbol,
+                side,
+                quantity,
+                order_type,
+                limit_price,
+                time_in_force,
+                price,
+            })
+        })
+        .collect()
+}
+
+/// Why planning stopped.
+enum Stop {
+    /// The intent fails: audit `event` with `reason`.
+    Refused {
+        event: &'static str,
+        reason: String,
+    },
+    /// Another intent holds an entry lock: try again shortly.
+    Locked,
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(e: sqlx::Error) -> Self {
+        Stop::Db(e)
+    }
+}
+
+fn refused(event: &'static str, reason: impl Into<String>) -> Stop {
+    Stop::Refused {
+        event,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    leg_index: i32,
+    account_id: Uuid,
+    venue_id: String,
+    symbol: String,
+    side: String,
+    quantity: Decimal,
+    order_type: String,
+    limit_price: Option<Decimal>,
+    time_in_force: String,
+    client_order_id: String,
+    venue_order_id: Option<String>,
+    status: String,
+    reserved_amount: Decimal,
+}
+
+impl OrderRow {
+    fn request(&self) -> OrderRequest {
+        OrderRequest {
+            symbol: self.symbol.clone(),
+            qty: self.quantity,
+            side: if self.side == "buy" {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            order_type: if self.order_type == "limit" {
+                OrderType::Limit
+            } else {
+                OrderType::Market
+            },
+            time_in_force: self.time_in_force.clone(),
+            limit_price: self.limit_price,
+            client_order_id: self.client_order_id.clone(),
+        }
+    }
+
+    /// Settled at submission: the venue has it (or refused it for good).
+    fn submitted(&self) -> bool {
+        !matches!(self.status.as_str(), "pending_submit" | "submit_unknown")
+    }
+}
+
+impl Job for ExecuteIntent {
+    const NAME: &'static str = "execute_intent";
+    const MAX_ATTEMPTS: i32 = 20;
+    const TIMEOUT: Duration = Duration::from_secs(120);
+    const BACKOFF: crate::Backoff = crate::Backoff {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(30),
+        jitter: 0.25,
+    };
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let (t, intent) = (self.tenant_id, self.intent_id);
+        let mut tx = tenancy::begin(&ctx.pool, t).await?;
+        let row: Option<(String, Value)> = sqlx::query_as(
+            "SELECT status::text, legs_json FROM multi_leg_intents WHERE id = $1 FOR UPDATE",
+        )
+        .bind(intent)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, legs)) = row else {
+            return Err(JobError::Permanent(format!(
+                "no intent {intent} in tenant {t}"
+            )));
+        };
+        match status.as_str() {
+            "filled" | "cancelled" | "failed" => return Ok(()),
+            "pending" => match plan(&mut tx, t, intent, &legs).await {
+                Ok(()) => tx.commit().await?,
+                Err(Stop::Refused { event, reason }) => {
+                    tx.rollback().await?;
+                    return fail(&ctx, t, intent, event, &reason).await;
+                }
+                Err(Stop::Locked) => return Err(JobError::Snooze(Duration::from_millis(100))),
+                Err(Stop::Db(e)) => return Err(e.into()),
+            },
+            _ => tx.commit().await?,
+        }
+        submit_all(&ctx, t, intent).await
+    }
+}
+
+async fn plan(
+    tx: &mut Transaction<'_, Postgres>,
+    t: Uuid,
+    intent: Uuid,
+    legs: &Value,
+) -> Result<(), Stop> {
+    let legs = parse_legs(legs).map_err(|r| refused("intent_rejected", r))?;
+    let accounts: Vec<Uuid> = legs
+        .iter()
+        .map(|l| l.account_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let known: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, venue_id FROM trading_accounts WHERE id = ANY($1)")
+            .bind(&accounts)
+            .fetch_all(&mut **tx)
+            .await?;
+    if known.len() != accounts.len() {
+        return Err(refused(
+            "intent_rejected",
+            "a leg names an account this tenant does not have",
+        ));
+    }
+    let engaged: Option<(Option<Uuid>, Option<String>)> = sqlx::query_as(
+        "SELECT account_id, reason FROM kill_switches
+         WHERE engaged AND (account_id IS NULL OR account_id = ANY($1)) LIMIT 1",
+    )
+    .bind(&accounts)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some((account, reason)) = engaged {
+        let scope = account.map_or("the tenant".to_string(), |a| format!("account {a}"));
+        return Err(refused(
+            "kill_switch_blocked",
+            format!(
+                "kill switch engaged for {scope}: {}",
+                reason.unwrap_or_default()
+            ),
+        ));
+    }
+    check_limits(tx, &legs).await?;
+
+    // Entry locks, in a fixed order so that two intents cannot deadlock.
+    let keys: BTreeSet<(Uuid, String)> = legs
+        .iter()
+        .map(|l| (l.account_id, l.symbol.clone()))
+        .collect();
+    for (account, symbol) in &keys {
+        let taken: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO entry_locks AS l (tenant_id, account_id, symbol, owner_token, expires_at)
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+             ON CONFLICT (tenant_id, account_id, symbol) DO UPDATE
+                 SET owner_token = excluded.owner_token, expires_at = excluded.expires_at
+                 WHERE l.expires_at < now() OR l.owner_token = excluded.owner_token
+             RETURNING 1",
+        )
+        .bind(t)
+        .bind(account)
+        .bind(symbol)
+        .bind(intent)
+        .bind(LOCK_TTL_SECS)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if taken.is_none() {
+            return Err(Stop::Locked);
+        }
+    }
+
+    for (i, leg) in legs.iter().enumerate() {
+        let i = i as i32;
+        let venue: &str = &known
+            .iter()
+            .find(|k| k.0 == leg.account_id)
+            .expect("checked above")
+            .1;
+        let notional = (leg.quantity * leg.price).round_dp(10);
+        let order_id: Uuid = sqlx::query_scalar(
+            "INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
+                                 order_type, limit_price, time_in_force, client_order_id, reserved_amount)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        )
+        .bind(t)
+        .bind(intent)
+        .bind(i)
+        .bind(leg.account_id)
+        .bind(venue)
+        .bind(&leg.symbol)
+        .bind(if leg.side == Side::Buy { "buy" } else { "sell" })
+        .bind(leg.quantity)
+        .bind(if leg.order_type == OrderType::Limit { "limit" } else { "market" })
+        .bind(leg.limit_price)
+        .bind(&leg.time_in_force)
+        .bind(client_order_id(t, intent, i))
+        .bind(notional)
+        .fetch_one(&mut **tx)
+        .await?;
+        let reserved = sqlx::query(
+            "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
+             VALUES ($1, $2, 'reserve_order', $3, 'order', $4)",
+        )
+        .bind(t)
+        .bind(leg.account_id)
+        .bind(notional)
+        .bind(order_id)
+        .execute(&mut **tx)
+        .await;
+        if let Err(e) = reserved {
+            if e.as_database_error().and_then(|d| d.constraint()) == Some("capital_invariant") {
+                return Err(refused(
+                    "insufficient_capital",
+                    format!(
+                        "leg {i}: reserving {notional} would exceed the capital of account {}",
+                        leg.account_id
+                    ),
+                ));
+            }
+            return Err(e.into());
+        }
+    }
+    sqlx::query(
+        "UPDATE multi_leg_intents SET status = 'submitted', updated_at = now() WHERE id = $1",
+    )
+    .bind(intent)
+    .execute(&mut **tx)
+    .await?;
+    let total: Decimal = legs.iter().map(|l| l.quantity * l.price).sum();
+    tenancy::audit(
+        tx,
+        t,
+        "capital_reserved",
+        "intent",
+        &intent.to_string(),
+        &json!({"legs": legs.len(), "notional": total.to_string()}),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn check_limits(tx: &mut Transaction<'_, Postgres>, legs: &[Leg]) -> Result<(), Stop> {
+    type Limits = (Option<Uuid>, Option<Decimal>, Option<Decimal>, Option<i32>);
+    let limits: Vec<Limits> = sqlx::query_as(
+        "SELECT account_id, max_order_notional, max_intent_notional, max_open_intents FROM risk_limits",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let total: Decimal = legs.iter().map(|l| l.quantity * l.price).sum();
+    for (account, max_order, max_intent, max_open) in &limits {
+        let applies = |leg: &Leg| account.is_none_or(|a| a == leg.account_id);
+        if let Some(max) = max_order
+            && let Some((i, leg)) = legs
+                .iter()
+                .enumerate()
+                .find(|(_, l)| applies(l) && l.quantity * l.price > *max)
+        {
+            return Err(refused(
+                "risk_limit_exceeded",
+                format!(
+                    "leg {i}: notional {} exceeds the order limit {max}",
+                    (leg.quantity * leg.price).normalize()
+                ),
+            ));
+        }
+        if let Some(max) = max_intent
+            && account.is_none()
+            && total > *max
+        {
+            return Err(refused(
+                "risk_limit_exceeded",
+                format!(
+                    "intent notional {} exceeds the limit {max}",
+                    total.normalize()
+                ),
+            ));
+        }
+        if let Some(max) = max_open
+            && account.is_none()
+        {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM multi_leg_intents WHERE status IN ('submitted', 'partially_filled')",
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            if open >= *max as i64 {
+                return Err(refused(
+                    "risk_limit_exceeded",
+                    format!("{open} intents already open (limit {max})"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks the intent failed with an audit event (and releases what it held).
+async fn fail(
+    ctx: &JobContext,
+    t: Uuid,
+    intent: Uuid,
+    event: &str,
+    reason: &str,
+) -> Result<(), JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    sqlx::query("UPDATE multi_leg_intents SET status = 'failed', reason = $2, updated_at = now() WHERE id = $1")
+        .bind(intent)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
+        .bind(intent)
+        .execute(&mut *tx)
+        .await?;
+    tenancy::audit(
+        &mut tx,
+        t,
+        event,
+        "intent",
+        &intent.to_string(),
+        &json!({"reason": reason}),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(intent.id = %intent, event, "intent {intent} failed: {reason}");
+    Ok(())
+}
+
+async fn orders(ctx: &JobContext, t: Uuid, intent: Uuid) -> Result<Vec<OrderRow>, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let rows = sqlx::query_as(
+        "SELECT id, leg_index, account_id, venue_id, symbol, side, quantity, order_type, limit_price,
+                time_in_force, client_order_id, venue_order_id, status, reserved_amount
+         FROM orders WHERE intent_id = $1 ORDER BY leg_index",
+    )
+    .bind(intent)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The venue client of an account, with its credentials resolved.
+async fn client(ctx: &JobContext, t: Uuid, order: &OrderRow) -> Result<AlpacaClient, String> {
+    let base = ctx
+        .services
+        .venue_urls
+        .get(&order.venue_id)
+        .ok_or_else(|| format!("no URL configured for venue {}", order.venue_id))?;
+    let mut tx = tenancy::begin(&ctx.pool, t)
+        .await
+        .map_err(|e| e.to_string())?;
+    let cred: Option<(Option<String>, String)> = sqlx::query_as(
+        "SELECT identifier, secret_ref FROM account_credentials WHERE account_id = $1 AND credential_type = 'api_key'",
+    )
+    .bind(order.account_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| e.to_string())?;
+    let (key_id, secret_ref) =
+        cred.ok_or_else(|| format!("account {} has no api_key credential", order.account_id))?;
+    let key = ctx.services.secrets_key;
+    let secret = secrets::resolve_with(
+        &secret_ref,
+        |n| std::env::var(n).ok(),
+        || key.ok_or(secrets::SecretError::NoKey),
+    )
+    .map_err(|e| format!("credential of account {}: {e}", order.account_id))?;
+    Ok(AlpacaClient::new(
+        ctx.services.http.clone(),
+        base,
+        &key_id.unwrap_or_default(),
+        secret,
+    ))
+}
+
+/// Takes one request from the account's per-minute budget, or says how long to wait.
+async fn take_budget(
+    ctx: &JobContext,
+    t: Uuid,
+    account: Uuid,
+) -> Result<Option<Duration>, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let used: i32 = sqlx::query_scalar(
+        "INSERT INTO venue_request_budgets AS b (tenant_id, account_id, window_start, used)
+         VALUES ($1, $2, date_trunc('minute', now()), 1)
+         ON CONFLICT (tenant_id, account_id) DO UPDATE SET
+             used = CASE WHEN b.window_start = date_trunc('minute', now()) THEN b.used + 1 ELSE 1 END,
+             window_start = date_trunc('minute', now())
+         RETURNING used",
+    )
+    .bind(t)
+    .bind(account)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if used > ctx.services.venue_requests_per_minute {
+        let secs_left = 60 - (chrono::Utc::now().timestamp() % 60);
+        return Ok(Some(Duration::from_secs(secs_left as u64)));
+    }
+    Ok(None)
+}
+
+/// What submitting (or looking up) one leg came to.
+enum Outcome {
+    Accepted(VenueOrder),
+    Rejected(String),
+    Unknown(String),
+}
+
+async fn submit_one(ctx: &JobContext, t: Uuid, order: &OrderRow) -> Result<Outcome, JobError> {
+    let venue = match client(ctx, t, order).await {
+        Ok(c) => c,
+        Err(reason) => return Ok(Outcome::Rejected(reason)),
+    };
+    // Anything that may have been sent before is looked up first, never resent blindly.
+    if ctx.attempt > 1 || order.status == "submit_unknown" {
+        if let Some(wait) = take_budget(ctx, t, order.account_id).await? {
+            return Err(JobError::Snooze(wait));
+        }
+        match venue.get_order_by_client_id(&order.client_order_id).await {
+            Ok(found) => return Ok(Outcome::Accepted(found)),
+            Err(VenueError::NotFound) => {}
+            Err(VenueError::RateLimited { retry_after }) => {
+                return Err(JobError::Snooze(retry_after));
+            }
+            Err(e) => return Ok(Outcome::Unknown(e.to_string())),
+        }
+    }
+    if let Some(wait) = take_budget(ctx, t, order.account_id).await? {
+        return Err(JobError::Snooze(wait));
+    }
+    Ok(match venue.create_order(&order.request()).await {
+        Ok(accepted) => Outcome::Accepted(accepted),
+        Err(VenueError::RateLimited { retry_after }) => return Err(JobError::Snooze(retry_after)),
+        Err(VenueError::Unknown(e)) => Outcome::Unknown(e),
+        Err(
+            e @ (VenueError::Rejected { .. } | VenueError::Unauthorized | VenueError::NotFound),
+        ) => Outcome::Rejected(e.to_string()),
+    })
+}
+
+async fn record(
+    ctx: &JobContext,
+    t: Uuid,
+    intent: Uuid,
+    order: &OrderRow,
+    outcome: &Outcome,
+) -> Result<(), JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    match outcome {
+        Outcome::Accepted(v) => {
+            sqlx::query(
+                "UPDATE orders SET venue_order_id = $2, status = $3, filled_quantity = $4, average_price = $5,
+                                   updated_at = now() WHERE id = $1",
+            )
+            .bind(order.id)
+            .bind(&v.id)
+            .bind(&v.status)
+            .bind(v.filled_qty)
+            .bind(v.filled_avg_price)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Outcome::Rejected(reason) => {
+            sqlx::query("UPDATE orders SET status = 'rejected', updated_at = now() WHERE id = $1")
+                .bind(order.id)
+                .execute(&mut *tx)
+                .await?;
+            release(&mut tx, t, order).await?;
+            tenancy::audit(
+                &mut tx,
+                t,
+                "leg_rejected",
+                "order",
+                &order.id.to_string(),
+                &json!({"intent": intent, "leg": order.leg_index, "reason": reason}),
+            )
+            .await?;
+        }
+        Outcome::Unknown(_) => {
+            sqlx::query(
+                "UPDATE orders SET status = 'submit_unknown', updated_at = now() WHERE id = $1",
+            )
+            .bind(order.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Gives back what an order reserved (it will not fill).
+async fn release(
+    tx: &mut Transaction<'_, Postgres>,
+    t: Uuid,
+    order: &OrderRow,
+) -> sqlx::Result<()> {
+    if order.reserved_amount.is_zero() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
+         VALUES ($1, $2, 'release_order', $3, 'order', $4)",
+    )
+    .bind(t)
+    .bind(order.account_id)
+    .bind(-order.reserved_amount)
+    .bind(order.id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE orders SET reserved_amount = 0 WHERE id = $1")
+        .bind(order.id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn submit_all(ctx: &JobContext, t: Uuid, intent: Uuid) -> Result<(), JobError> {
+    let mut unknown = None;
+    for order in orders(ctx, t, intent)
+        .await?
+        .iter()
+        .filter(|o| !o.submitted() && o.leg_index < UNWIND_BASE)
+    {
+        let outcome = submit_one(ctx, t, order).await?;
+        if let Outcome::Unknown(e) = &outcome {
+            unknown = Some(format!(
+                "leg {}: outcome unknown ({e}); will look it up by client order id",
+                order.leg_index
+            ));
+        }
+        record(ctx, t, intent, order, &outcome).await?;
+    }
+    let legs = orders(ctx, t, intent).await?;
+    if let Some(rejected) = legs
+        .iter()
+        .find(|o| o.status == "rejected" && o.leg_index < UNWIND_BASE)
+    {
+        return unwind(ctx, t, intent, &legs, rejected.leg_index).await;
+    }
+    if let Some(e) = unknown {
+        return Err(JobError::Retryable(e));
+    }
+    let all_filled = legs.iter().all(|o| o.status == "filled");
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    sqlx::query(
+        "UPDATE multi_leg_intents SET status = $2::intent_status, updated_at = now() WHERE id = $1",
+    )
+    .bind(intent)
+    .bind(if all_filled { "filled" } else { "submitted" })
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
+        .bind(intent)
+        .execute(&mut *tx)
+        .await?;
+    tenancy::audit(
+        &mut tx,
+        t,
+        "intent_submitted",
+        "intent",
+        &intent.to_string(),
+        &json!({"legs": legs.len(), "filled": all_filled}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A leg was rejected for good: cancel the siblings still open, close the filled part
+/// of the others with opposite market orders (their own deterministic ids), release
+/// reservations, fail the intent.
+async fn unwind(
+    ctx: &JobContext,
+    t: Uuid,
+    intent: Uuid,
+    legs: &[OrderRow],
+    rejected: i32,
+) -> Result<(), JobError> {
+    for leg in legs
+        .iter()
+        .filter(|o| o.leg_index < UNWIND_BASE && o.status != "rejected")
+    {
+        let venue = client(ctx, t, leg).await.map_err(JobError::Retryable)?;
+        let Some(venue_id) = &leg.venue_order_id else {
+            continue;
+        };
+        if let Some(wait) = take_budget(ctx, t, leg.account_id).await? {
+            return Err(JobError::Snooze(wait));
+        }
+        let current = match venue.get_order(venue_id).await {
+            Ok(o) => o,
+            Err(VenueError::RateLimited { retry_after }) => {
+                return Err(JobError::Snooze(retry_after));
+            }
+            Err(e) => {
+                return Err(JobError::Retryable(format!(
+                    "unwinding leg {}: {e}",
+                    leg.leg_index
+                )));
+            }
+        };
+        if !current.is_terminal() {
+            match venue.cancel_order(venue_id).await {
+                Ok(())
+                | Err(VenueError::Rejected { status: 422, .. })
+                | Err(VenueError::NotFound) => {}
+                Err(VenueError::RateLimited { retry_after }) => {
+                    return Err(JobError::Snooze(retry_after));
+                }
+                Err(e) => {
+                    return Err(JobError::Retryable(format!(
+                        "cancelling leg {}: {e}",
+                        leg.leg_index
+                    )));
+                }
+            }
+        }
+        let filled = venue
+            .get_order(venue_id)
+            .await
+            .map(|o| o.filled_qty)
+            .unwrap_or(current.filled_qty);
+        if filled > Decimal::ZERO {
+            close_filled(ctx, t, intent, leg, filled, &venue).await?;
+        }
+        let mut tx = tenancy::begin(&ctx.pool, t).await?;
+        sqlx::query("UPDATE orders SET status = 'canceled', filled_quantity = $2, updated_at = now() WHERE id = $1")
+            .bind(leg.id)
+            .bind(filled)
+            .execute(&mut *tx)
+            .await?;
+        release(&mut tx, t, leg).await?;
+        tx.commit().await?;
+    }
+    let reason = format!(
+        "leg {rejected} was rejected by the venue; the other legs were cancelled or closed"
+    );
+    fail(ctx, t, intent, "intent_unwound", &reason).await
+}
+
+/// The opposite market order that closes a filled leg, submitted once (looked up first).
+async fn close_filled(
+    ctx: &JobContext,
+    t: Uuid,
+    intent: Uuid,
+    leg: &OrderRow,
+    qty: Decimal,
+    venue: &AlpacaClient,
+) -> Result<(), JobError> {
+    let index = UNWIND_BASE + leg.leg_index;
+    let coid = client_order_id(t, intent, index);
+    let side = if leg.side == "buy" { "sell" } else { "buy" };
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    sqlx::query(
+        "INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
+                             order_type, time_in_force, client_order_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'market', 'day', $9)
+         ON CONFLICT (tenant_id, intent_id, leg_index) DO NOTHING",
+    )
+    .bind(t)
+    .bind(intent)
+    .bind(index)
+    .bind(leg.account_id)
+    .bind(&leg.venue_id)
+    .bind(&leg.symbol)
+    .bind(side)
+    .bind(qty)
+    .bind(&coid)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let existing = venue.get_order_by_client_id(&coid).await;
+    let placed = match existing {
+        Ok(o) => o,
+        Err(VenueError::NotFound) => venue
+            .create_order(&OrderRequest {
+                symbol: leg.symbol.clone(),
+                qty,
+                side: if side == "buy" { Side::Buy } else { Side::Sell },
+                order_type: OrderType::Market,
+                time_in_force: "day".into(),
+                limit_price: None,
+                client_order_id: coid.clone(),
+            })
+            .await
+            .map_err(|e| JobError::Retryable(format!("closing leg {}: {e}", leg.leg_index)))?,
+        Err(e) => {
+            return Err(JobError::Retryable(format!(
+                "closing leg {}: {e}",
+                leg.leg_index
+            )));
+        }
+    };
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    sqlx::query("UPDATE orders SET venue_order_id = $2, status = $3, filled_quantity = $4, average_price = $5 WHERE client_order_id = $1")
+        .bind(&coid)
+        .bind(&placed.id)
+        .bind(&placed.status)
+        .bind(placed.filled_qty)
+        .bind(placed.filled_avg_price)
+        .execute(&mut *tx)
+        .await?;
+    tenancy::audit(
+        &mut tx,
+        t,
+        "leg_unwound",
+        "order",
+        &leg.id.to_string(),
+        &json!({"intent": intent, "closed_qty": qty.to_string()}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_order_ids_are_deterministic_distinct_and_short() {
+        let (t, i) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(client_order_id(t, i, 0), client_order_id(t, i, 0));
+        assert_ne!(client_order_id(t, i, 0), client_order_id(t, i, 1));
+        assert_ne!(
+            client_order_id(t, i, 0),
+            client_order_id(Uuid::from_u128(3), i, 0)
+        );
+        assert!(client_order_id(t, i, 1001).len() <= 48);
+    }
+
+    #[test]
+    fn bad_legs_get_readable_reasons() {
+        let account = Uuid::from_u128(9).to_string();
+        let cases = [
+            (json!([]), "legs must be a non-empty array"),
+            (
+                json!([{"account_id": "x"}]),
+                "leg 0: account_id must be a uuid",
+            ),
+            (
+                json!([{"account_id": account, "symbol": "AAPL", "side": "hold"}]),
+                "leg 0: side must be buy or sell",
+            ),
+            (
+                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": -1}]),
+                "leg 0: quantity must be a positive number",
+            ),
+            (
+                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": 1, "type": "limit"}]),
+                "leg 0: a limit leg needs a positive limit_price",
+            ),
+            (
+                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": "1"}]),
+                "leg 0: a market leg needs a reference_price for risk checks",
+            ),
+        ];
+        for (legs, reason) in cases {
+            assert_eq!(parse_legs(&legs).unwrap_err(), reason);
+        }
+        let ok = parse_legs(&json!([{"account_id": account, "symbol": "AAPL", "side": "sell", "quantity": "2.5", "type": "limit", "limit_price": 10}])).unwrap();
+        assert_eq!(ok[0].price, Decimal::from(10));
+    }
+}

@@ -1,0 +1,400 @@
+//! execute_intent against the paper venue (Alpaca's dialect), end to end: trigger,
+//! tenant-confined transactions, risk, capital, submission, unwinding.
+
+use std::{collections::HashMap, time::Duration};
+
+use jobs::{JobSpec, Services, execute_intent::ExecuteIntent, tenancy};
+use pulse_fleet::{
+    paper::{PaperOptions, PaperVenue},
+    worker::WorkerHandle,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const KEY: [u8; 32] = [42; 32];
+const API_SECRET: &str = "paper-api-secret-do-not-log";
+
+struct Desk {
+    db: TestDb,
+    venue: PaperVenue,
+    tenant: Uuid,
+    account: Uuid,
+    worker: Option<WorkerHandle>,
+}
+
+async fn desk(options: PaperOptions, allocated: i64) -> Desk {
+    let db = TestDb::new(&[]).await;
+    let venue = PaperVenue::new(options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(venue.clone().serve(listener));
+    let tenant: Uuid =
+        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ('desk') RETURNING id")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    sqlx::query("INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper', 'broker') ON CONFLICT DO NOTHING")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut tx = tenancy::begin(&db.pool, tenant).await.unwrap();
+    let account: Uuid = sqlx::query_scalar(
+        "INSERT INTO trading_accounts (tenant_id, label, venue_id) VALUES ($1, 'main', 'paper') RETURNING id",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
+         VALUES ($1, $2, 'api_key', 'PKPAPER', $3)",
+    )
+    .bind(tenant)
+    .bind(account)
+    .bind(jobs::secrets::seal(API_SECRET, &KEY))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', $3)")
+        .bind(tenant)
+        .bind(account)
+        .bind(rust_decimal::Decimal::from(allocated))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut services = Services::new(Duration::from_secs(5), None);
+    services.venue_urls = HashMap::from([("paper".to_string(), base)]);
+    services.secrets_key = Some(KEY);
+    let s = db.settings();
+    let pools = pulse_fleet::db::queue_pools(&s, 1).await.unwrap();
+    let worker = pulse_fleet::worker::start(
+        db.pool.clone(),
+        pools,
+        vec![pulse_fleet::worker::QueueSpec {
+            job: JobSpec::of::<ExecuteIntent>(),
+            concurrency: 4,
+        }],
+        &test_worker_settings(),
+        services,
+    )
+    .await
+    .unwrap();
+    Desk {
+        db,
+        venue,
+        tenant,
+        account,
+        worker: Some(worker),
+    }
+}
+
+impl Desk {
+    fn leg(&self, symbol: &str, side: &str, qty: i64) -> Value {
+        json!({"account_id": self.account, "symbol": symbol, "side": side, "quantity": qty,
+               "type": "market", "reference_price": "100"})
+    }
+
+    async fn intent(&self, key: &str, legs: Vec<Value>) -> Uuid {
+        let mut tx = tenancy::begin(&self.db.pool, self.tenant).await.unwrap();
+        let id = sqlx::query_scalar(
+            "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(self.tenant)
+        .bind(key)
+        .bind(Value::Array(legs))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
+    async fn intent_state(&self, id: Uuid) -> (String, Option<String>) {
+        sqlx::query_as("SELECT status::text, reason FROM multi_leg_intents WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn wait_for(&self, id: Uuid, statuses: &[&str]) -> (String, Option<String>) {
+        wait_until("the intent settles", Duration::from_secs(20), || async {
+            statuses.contains(&self.intent_state(id).await.0.as_str())
+        })
+        .await;
+        self.intent_state(id).await
+    }
+
+    async fn reserved(&self) -> String {
+        sqlx::query_scalar(
+            "SELECT reserved_for_orders::text FROM capital_ledgers WHERE account_id = $1",
+        )
+        .bind(self.account)
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn audit_events(&self) -> Vec<String> {
+        sqlx::query_scalar("SELECT event_type FROM audit_events WHERE tenant_id = $1 ORDER BY seq")
+            .bind(self.tenant)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) -> Self {
+        self.worker.take().unwrap().shutdown().await.unwrap();
+        self
+    }
+}
+
+#[tokio::test]
+async fn a_two_leg_intent_trades_through_the_paper_venue() {
+    let desk = desk(PaperOptions::default(), 10_000).await;
+    let id = desk
+        .intent(
+            "k1",
+            vec![desk.leg("AAPL", "buy", 2), desk.leg("MSFT", "sell", 3)],
+        )
+        .await;
+    assert_eq!(desk.wait_for(id, &["filled"]).await.0, "filled");
+    let desk = desk.stop().await;
+    let orders: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT client_order_id, venue_order_id, status FROM orders WHERE intent_id = $1 ORDER BY leg_index")
+            .bind(id)
+            .fetch_all(&desk.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(orders.len(), 2);
+    assert!(
+        orders
+            .iter()
+            .all(|o| o.1.is_some() && o.2 == "filled" && o.0.len() <= 48)
+    );
+    assert_eq!(
+        orders[0].0,
+        jobs::execute_intent::client_order_id(desk.tenant, id, 0)
+    );
+    assert_eq!(desk.venue.orders().len(), 2);
+    assert_eq!(
+        desk.reserved().await,
+        "500.0000000000",
+        "2x100 + 3x100 reserved until fills settle"
+    );
+    assert_eq!(
+        desk.audit_events().await,
+        vec!["capital_reserved", "intent_submitted"]
+    );
+    assert_eq!(
+        desk.db
+            .count("SELECT count(*) FROM capital_ledger_drift")
+            .await,
+        0
+    );
+    assert_eq!(
+        desk.db.count("SELECT count(*) FROM entry_locks").await,
+        0,
+        "locks released"
+    );
+}
+
+#[tokio::test]
+async fn the_same_intent_inserted_twice_is_one_intent() {
+    let desk = desk(PaperOptions::default(), 10_000).await;
+    let id = desk
+        .intent("same-key", vec![desk.leg("AAPL", "buy", 1)])
+        .await;
+    let mut tx = tenancy::begin(&desk.db.pool, desk.tenant).await.unwrap();
+    let again = sqlx::query("INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, 'same-key', '[]')")
+        .bind(desk.tenant)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(again.as_database_error().unwrap().is_unique_violation());
+    drop(tx);
+    desk.wait_for(id, &["filled"]).await;
+    let desk = desk.stop().await;
+    assert_eq!(
+        desk.db
+            .count("SELECT count(*) FROM multi_leg_intents")
+            .await,
+        1
+    );
+    assert_eq!(desk.venue.orders().len(), 1);
+}
+
+#[tokio::test]
+async fn an_order_accepted_whose_answer_is_lost_exists_exactly_once_after_retries() {
+    let desk = desk(
+        PaperOptions {
+            drop_rate: 1.0,
+            ..Default::default()
+        },
+        10_000,
+    )
+    .await;
+    let id = desk
+        .intent(
+            "lossy",
+            vec![desk.leg("AAPL", "buy", 1), desk.leg("MSFT", "buy", 1)],
+        )
+        .await;
+    assert_eq!(desk.wait_for(id, &["filled"]).await.0, "filled");
+    let desk = desk.stop().await;
+    let venue_orders = desk.venue.orders();
+    assert_eq!(
+        venue_orders.len(),
+        2,
+        "one order per leg at the venue: {venue_orders:?}"
+    );
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM fleet.jobs WHERE job_name = 'execute_intent'")
+            .fetch_one(&desk.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        attempts >= 2,
+        "the lost answers made it retry ({attempts} attempts)"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_leg_unwinds_its_filled_sibling_and_restores_the_ledger() {
+    let desk = desk(
+        PaperOptions {
+            reject_symbols: vec!["HALTED".into()],
+            ..Default::default()
+        },
+        10_000,
+    )
+    .await;
+    let id = desk
+        .intent(
+            "unwind",
+            vec![desk.leg("AAPL", "buy", 4), desk.leg("HALTED", "sell", 1)],
+        )
+        .await;
+    let (status, reason) = desk.wait_for(id, &["failed"]).await;
+    let desk = desk.stop().await;
+    assert_eq!(status, "failed");
+    assert!(reason.unwrap().contains("leg 1 was rejected"));
+    let venue_orders = desk.venue.orders();
+    assert_eq!(
+        venue_orders.len(),
+        2,
+        "the AAPL buy and its closing sell: {venue_orders:?}"
+    );
+    assert_eq!(venue_orders[1].side, jobs::venue::Side::Sell);
+    assert_eq!(venue_orders[1].qty, rust_decimal::Decimal::from(4));
+    assert_eq!(
+        desk.reserved().await,
+        "0.0000000000",
+        "every reservation released"
+    );
+    assert_eq!(
+        desk.db
+            .count("SELECT count(*) FROM capital_ledger_drift")
+            .await,
+        0
+    );
+    let events = desk.audit_events().await;
+    for e in [
+        "capital_reserved",
+        "leg_rejected",
+        "leg_unwound",
+        "intent_unwound",
+    ] {
+        assert!(
+            events.contains(&e.to_string()),
+            "missing audit event {e}: {events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_intent_waits_for_the_entry_lock_on_its_account_and_symbol() {
+    let desk = desk(PaperOptions::default(), 10_000).await;
+    // Another intent holds the lock on (account, AAPL).
+    let holder = Uuid::new_v4();
+    sqlx::query("INSERT INTO entry_locks (tenant_id, account_id, symbol, owner_token, expires_at) VALUES ($1, $2, 'AAPL', $3, now() + interval '1 minute')")
+        .bind(desk.tenant)
+        .bind(desk.account)
+        .bind(holder)
+        .execute(&desk.db.pool)
+        .await
+        .unwrap();
+    let id = desk.intent("waits", vec![desk.leg("AAPL", "buy", 1)]).await;
+    // The job runs, finds the lock taken and snoozes: nothing reaches the venue.
+    wait_until("the job has tried at least once", Duration::from_secs(10), || async {
+        desk.db.count("SELECT count(*) FROM fleet.jobs WHERE job_name = 'execute_intent' AND lease_token >= 2").await == 1
+    })
+    .await;
+    assert_eq!(desk.intent_state(id).await.0, "pending");
+    assert!(desk.venue.orders().is_empty());
+    sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
+        .bind(holder)
+        .execute(&desk.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(desk.wait_for(id, &["filled"]).await.0, "filled");
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn risk_refusals_fail_the_intent_with_a_reason_and_an_audit_event() {
+    let desk = desk(PaperOptions::default(), 1_000).await;
+    let too_big = desk.intent("big", vec![desk.leg("AAPL", "buy", 50)]).await;
+    let bad = desk
+        .intent(
+            "bad",
+            vec![json!({"account_id": desk.account, "symbol": "AAPL", "side": "hold"})],
+        )
+        .await;
+    let (s1, r1) = desk.wait_for(too_big, &["failed"]).await;
+    let (s2, r2) = desk.wait_for(bad, &["failed"]).await;
+    sqlx::query("INSERT INTO kill_switches (tenant_id, reason) VALUES ($1, 'desk halted')")
+        .bind(desk.tenant)
+        .execute(&desk.db.pool)
+        .await
+        .unwrap();
+    let halted = desk
+        .intent("halted", vec![desk.leg("AAPL", "buy", 1)])
+        .await;
+    let (s3, r3) = desk.wait_for(halted, &["failed"]).await;
+    let desk = desk.stop().await;
+    assert_eq!(
+        (s1.as_str(), s2.as_str(), s3.as_str()),
+        ("failed", "failed", "failed")
+    );
+    assert!(r1.unwrap().contains("would exceed the capital"));
+    assert_eq!(r2.unwrap(), "leg 0: side must be buy or sell");
+    assert!(
+        r3.unwrap()
+            .contains("kill switch engaged for the tenant: desk halted")
+    );
+    assert!(desk.venue.orders().is_empty());
+    assert_eq!(desk.reserved().await, "0.0000000000");
+    let mut events = desk.audit_events().await;
+    events.sort();
+    assert_eq!(
+        events,
+        vec![
+            "insufficient_capital",
+            "intent_rejected",
+            "kill_switch_blocked"
+        ]
+    );
+    // And the API secret is nowhere in what the fleet recorded.
+    let recorded: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(errors::text, ' '), '') || (SELECT coalesce(string_agg(reason, ' '), '') FROM multi_leg_intents)
+         FROM fleet.jobs",
+    )
+    .fetch_one(&desk.db.pool)
+    .await
+    .unwrap();
+    assert!(!recorded.contains(API_SECRET));
+}
