@@ -14,4 +14,6 @@ export APP_ENV="${APP_ENV:-local}"
 export PULSE__STRIPE__WEBHOOK_SECRETS="${PULSE__STRIPE__WEBHOOK_SECRETS:-whsec_local_dev}"
 export PULSE__WATCHERS__WEBHOOK_SECRET="${PULSE__WATCHERS__WEBHOOK_SECRET:-local-dev-secret}"
 cargo build --release --quiet
-exec target/release/pulse-fleet all "$@"
+# The demo desk's paper-venue credential (the paper venue accepts any key).
+export PULSE_DEMO_PAPER_SECRET="${PULSE_DEMO_PAPER_SECRET:-local-paper-secret}"
+exec target/release/pulse-fleet all --demo "$@"

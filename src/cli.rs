@@ -66,6 +66,9 @@ pub struct WorkerArgs {
     /// Jobs at once per queue (overrides config).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// (`all` only) seed a demo desk and trade an intent on the paper venue every few seconds.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,13 +151,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool, &specs).await?;
             println!("migrations applied; {} job types recorded", specs.len());
         }
-        Command::Worker(args) => run_roles(&settings, &specs, Some(args), false, false).await?,
-        Command::Scheduler => run_roles(&settings, &specs, None, true, false).await?,
-        Command::Web => run_roles(&settings, &specs, None, false, true).await?,
+        Command::Worker(args) => {
+            run_roles(&settings, &specs, Some(args), false, false, false).await?
+        }
+        Command::Scheduler => run_roles(&settings, &specs, None, true, false, false).await?,
+        Command::Web => run_roles(&settings, &specs, None, false, true, false).await?,
         Command::All(args) => {
             let pool = db::app_pool(&settings).await?;
             db::migrate(&pool, &specs).await?;
-            run_roles(&settings, &specs, Some(args), true, true).await?
+            run_roles(&settings, &specs, Some(args), true, true, true).await?
         }
         Command::Jobs(command) => {
             let pool = db::app_pool(&settings).await?;
@@ -281,6 +286,7 @@ async fn run_roles(
     worker_args: Option<WorkerArgs>,
     with_scheduler: bool,
     with_web: bool,
+    local: bool,
 ) -> anyhow::Result<()> {
     let app_pool = db::app_pool(settings).await?;
     let (stop, stop_rx) = watch::channel(false);
@@ -292,13 +298,27 @@ async fn run_roles(
                 worker::select_queues(specs, args.queues.as_deref(), args.concurrency, settings)?;
             let pools = db::queue_pools(settings, queues.len()).await?;
             let mut fallback = settings.discord.fallback();
-            if fallback.is_none() && with_web {
+            if fallback.is_none() && local {
                 fallback = Some(start_discord_sink(settings, &mut tasks, stop_rx.clone()).await?);
             }
-            let services = jobs::Services::new(
+            if local {
+                start_paper_venue(settings, &mut tasks, stop_rx.clone()).await?;
+            }
+            let mut services = jobs::Services::new(
                 std::time::Duration::from_millis(settings.discord.request_timeout_ms),
                 fallback,
             );
+            services.venue_urls = settings.venues.clone().into_iter().collect();
+            services.venue_requests_per_minute = settings.paper.requests_per_minute;
+            if local && args.demo {
+                crate::demo::seed(&app_pool).await?;
+                tasks.spawn(crate::demo::run(
+                    app_pool.clone(),
+                    std::time::Duration::from_secs(5),
+                    stop_rx.clone(),
+                ));
+                tracing::info!("demo desk: a two-leg intent every 5 s on the paper venue");
+            }
             Some(worker::start(app_pool.clone(), pools, queues, &settings.worker, services).await?)
         }
         None => None,
@@ -334,6 +354,33 @@ async fn run_roles(
         w.shutdown().await?;
     }
     while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Local runs: the paper venue (Alpaca dialect) in this process.
+async fn start_paper_venue(
+    settings: &Settings,
+    tasks: &mut tokio::task::JoinSet<()>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&settings.paper.bind).await?;
+    tracing::info!(
+        "paper venue (Alpaca dialect) on http://{}",
+        listener.local_addr()?
+    );
+    let venue = crate::paper::PaperVenue::new(crate::paper::PaperOptions {
+        rate_limit_per_minute: u32::try_from(settings.paper.requests_per_minute).unwrap_or(200)
+            * 10,
+        ..Default::default()
+    });
+    tasks.spawn(async move {
+        tokio::select! {
+            result = venue.serve(listener) => if let Err(error) = result {
+                tracing::error!(%error, "paper venue failed");
+            },
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    });
     Ok(())
 }
 

@@ -34,6 +34,38 @@ pub struct Settings {
     pub watchers: WatcherSettings,
     #[serde(default)]
     pub discord: DiscordSettings,
+    /// Base URL per venue id: `alpaca = "https://paper-api.alpaca.markets"`, `paper = ...`.
+    #[serde(default)]
+    pub venues: BTreeMap<String, String>,
+    #[serde(default)]
+    pub paper: PaperSettings,
+}
+
+/// The local paper venue that `all` starts (when `venues.paper` points at it).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaperSettings {
+    #[serde(default = "default_paper_bind")]
+    pub bind: String,
+    /// Requests per minute per trading account, for the OMS's shared budget.
+    #[serde(default = "default_venue_rpm")]
+    pub requests_per_minute: i32,
+}
+
+fn default_paper_bind() -> String {
+    "127.0.0.1:8070".into()
+}
+
+fn default_venue_rpm() -> i32 {
+    200
+}
+
+impl Default for PaperSettings {
+    fn default() -> Self {
+        Self {
+            bind: default_paper_bind(),
+            requests_per_minute: default_venue_rpm(),
+        }
+    }
 }
 
 /// Secrets come from the environment only (never from files in the repository):

@@ -6,6 +6,7 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod discord_sink;
 pub mod paper;
 pub mod queue;

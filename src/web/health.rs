@@ -163,8 +163,44 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+type IntentRow = (
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The newest intents with their legs' orders (operators see every tenant).
+async fn recent_intents(state: &AppState) -> String {
+    let rows: Vec<IntentRow> = sqlx::query_as(
+        "SELECT t.name, i.id::text, i.status::text, i.created_at, i.reason,
+                (SELECT string_agg(o.side || ' ' || o.quantity::numeric(20,2) || ' ' || o.symbol || ': ' || o.status, '; ' ORDER BY o.leg_index)
+                 FROM orders o WHERE o.intent_id = i.id)
+         FROM multi_leg_intents i JOIN tenants t ON t.id = i.tenant_id
+         ORDER BY i.created_at DESC LIMIT 10",
+    )
+    .fetch_all(&state.pool)
+    .await
+    .unwrap_or_default();
+    rows.iter()
+        .map(|(tenant, id, status, at, reason, orders)| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                at.format("%T"),
+                escape(tenant),
+                escape(&id[..8]),
+                escape(status),
+                escape(&orders.clone().or(reason.clone()).unwrap_or_default())
+            )
+        })
+        .collect()
+}
+
 pub async fn dashboard(State(state): State<AppState>) -> Html<String> {
     let h = collect(&state).await;
+    let intents = recent_intents(&state).await;
     let mut rows = String::new();
     for q in &h.queues {
         rows.push_str(&format!(
@@ -202,12 +238,14 @@ pub async fn dashboard(State(state): State<AppState>) -> Html<String> {
          <h1>Pulse Fleet</h1><p>Status: <b>{}</b> · problems: {} · live workers: {} · database {:.1} ms</p>\
          <h2>Queues</h2><table><tr><th>queue</th><th>available</th><th>running</th><th>dead</th><th>lag</th></tr>{}</table>\
          <h2>Schedules</h2><table><tr><th>schedule</th><th>job</th><th>last tick</th></tr>{}</table>\
+         <h2>Recent intents</h2><table><tr><th>at</th><th>tenant</th><th>intent</th><th>status</th><th>orders</th></tr>{}</table>\
          <p><a href=/metrics>/metrics</a> · <a href=/internal/health>/internal/health</a></p></body></html>",
         h.status,
         problems,
         h.workers.live,
         h.database.latency_ms.unwrap_or_default(),
         rows,
-        schedules
+        schedules,
+        intents
     ))
 }
