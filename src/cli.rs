@@ -125,6 +125,8 @@ pub enum AuditCommand {
 pub enum BenchCommand {
     /// The queue: drain rate, idle latency, trigger enqueue cost.
     Queue(bench::queue::QueueBenchArgs),
+    /// The OMS: two-leg intents traded on the paper venue.
+    Intents(bench::intents::IntentBenchArgs),
     /// Worker for the shared peer harness (bench/peers/compare.sh).
     #[command(hide = true)]
     Peer(bench::peer::PeerArgs),
@@ -244,6 +246,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{header}");
         }
         Command::Bench(BenchCommand::Queue(args)) => bench::queue::run(&settings, args).await?,
+        Command::Bench(BenchCommand::Intents(args)) => bench::intents::run(&settings, args).await?,
         Command::Bench(BenchCommand::Peer(args)) => bench::peer::run(&settings, args).await?,
     }
     Ok(())

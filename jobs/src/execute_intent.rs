@@ -16,7 +16,11 @@
 //!    cancelled, or closed by an opposite market order when already filled; the
 //!    intent fails. Every risk action writes an audit event.
 
-use std::{collections::BTreeSet, str::FromStr, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    str::FromStr,
+    time::Duration,
+};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -236,7 +240,29 @@ impl Job for ExecuteIntent {
         match status.as_str() {
             "filled" | "cancelled" | "failed" => return Ok(()),
             "pending" => match plan(&mut tx, t, intent, &legs).await {
-                Ok(()) => tx.commit().await?,
+                Ok(()) => {
+                    // First attempt: load what submission needs in the same transaction.
+                    let orders = load_orders(&mut tx, intent).await?;
+                    let refs: Vec<&OrderRow> = orders.iter().collect();
+                    let creds = load_credentials(&mut tx, &refs).await?;
+                    let wait = take_budgets_in(&mut tx, &ctx, t, &budget_wants(&refs, ctx.attempt))
+                        .await?;
+                    let clients = build_clients(&ctx, &creds, &refs);
+                    tx.commit().await?;
+                    if let Some(wait) = wait {
+                        return Err(JobError::Snooze(wait));
+                    }
+                    return submit_all(
+                        &ctx,
+                        t,
+                        intent,
+                        Some(Prepared {
+                            legs: orders,
+                            clients,
+                        }),
+                    )
+                    .await;
+                }
                 Err(Stop::Refused { event, reason }) => {
                     tx.rollback().await?;
                     return fail(&ctx, t, intent, event, &reason).await;
@@ -246,7 +272,7 @@ impl Job for ExecuteIntent {
             },
             _ => tx.commit().await?,
         }
-        submit_all(&ctx, t, intent).await
+        submit_all(&ctx, t, intent, None).await
     }
 }
 
@@ -319,6 +345,7 @@ async fn plan(
         }
     }
 
+    let (mut reserve_accounts, mut reserve_amounts, mut reserve_orders) = (vec![], vec![], vec![]);
     for (i, leg) in legs.iter().enumerate() {
         let i = i as i32;
         let venue: &str = &known
@@ -347,28 +374,9 @@ async fn plan(
         .bind(notional)
         .fetch_one(&mut **tx)
         .await?;
-        let reserved = sqlx::query(
-            "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
-             VALUES ($1, $2, 'reserve_order', $3, 'order', $4)",
-        )
-        .bind(t)
-        .bind(leg.account_id)
-        .bind(notional)
-        .bind(order_id)
-        .execute(&mut **tx)
-        .await;
-        if let Err(e) = reserved {
-            if e.as_database_error().and_then(|d| d.constraint()) == Some("capital_invariant") {
-                return Err(refused(
-                    "insufficient_capital",
-                    format!(
-                        "leg {i}: reserving {notional} would exceed the capital of account {}",
-                        leg.account_id
-                    ),
-                ));
-            }
-            return Err(e.into());
-        }
+        reserve_accounts.push(leg.account_id);
+        reserve_amounts.push(notional);
+        reserve_orders.push(order_id);
     }
     sqlx::query(
         "UPDATE multi_leg_intents SET status = 'submitted', updated_at = now() WHERE id = $1",
@@ -376,7 +384,7 @@ async fn plan(
     .bind(intent)
     .execute(&mut **tx)
     .await?;
-    let total: Decimal = legs.iter().map(|l| l.quantity * l.price).sum();
+    let total: Decimal = reserve_amounts.iter().sum();
     tenancy::audit(
         tx,
         t,
@@ -386,6 +394,31 @@ async fn plan(
         &json!({"legs": legs.len(), "notional": total.to_string()}),
     )
     .await?;
+    // Last, in one statement: concurrent intents of an account contend on its ledger
+    // row, so its lock is held only from here to the commit.
+    let reserved = sqlx::query(
+        "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
+         SELECT $1, a, 'reserve_order', n, 'order', o
+         FROM unnest($2::uuid[], $3::numeric[], $4::uuid[]) AS r(a, n, o)",
+    )
+    .bind(t)
+    .bind(&reserve_accounts)
+    .bind(&reserve_amounts)
+    .bind(&reserve_orders)
+    .execute(&mut **tx)
+    .await;
+    if let Err(e) = reserved {
+        if e.as_database_error().and_then(|d| d.constraint()) == Some("capital_invariant") {
+            return Err(refused(
+                "insufficient_capital",
+                format!(
+                    "reserving {} would exceed the capital of the account",
+                    total.normalize()
+                ),
+            ));
+        }
+        return Err(e.into());
+    }
     Ok(())
 }
 
@@ -476,52 +509,99 @@ async fn fail(
     Ok(())
 }
 
-async fn orders(ctx: &JobContext, t: Uuid, intent: Uuid) -> Result<Vec<OrderRow>, JobError> {
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    let rows = sqlx::query_as(
+async fn load_orders(
+    tx: &mut Transaction<'_, Postgres>,
+    intent: Uuid,
+) -> sqlx::Result<Vec<OrderRow>> {
+    sqlx::query_as(
         "SELECT id, leg_index, account_id, venue_id, symbol, side, quantity, order_type, limit_price,
                 time_in_force, client_order_id, venue_order_id, status, reserved_amount
          FROM orders WHERE intent_id = $1 ORDER BY leg_index",
     )
     .bind(intent)
-    .fetch_all(&mut *tx)
-    .await?;
+    .fetch_all(&mut **tx)
+    .await
+}
+
+async fn orders(ctx: &JobContext, t: Uuid, intent: Uuid) -> Result<Vec<OrderRow>, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let rows = load_orders(&mut tx, intent).await?;
     tx.commit().await?;
     Ok(rows)
 }
 
-/// The venue client of an account, with its credentials resolved.
-async fn client(ctx: &JobContext, t: Uuid, order: &OrderRow) -> Result<AlpacaClient, String> {
-    let base = ctx
-        .services
-        .venue_urls
-        .get(&order.venue_id)
-        .ok_or_else(|| format!("no URL configured for venue {}", order.venue_id))?;
-    let mut tx = tenancy::begin(&ctx.pool, t)
-        .await
-        .map_err(|e| e.to_string())?;
-    let cred: Option<(Option<String>, String)> = sqlx::query_as(
-        "SELECT identifier, secret_ref FROM account_credentials WHERE account_id = $1 AND credential_type = 'api_key'",
+type Credentials = Vec<(Uuid, Option<String>, String)>;
+type Clients = HashMap<Uuid, Result<AlpacaClient, String>>;
+
+async fn load_credentials(
+    tx: &mut Transaction<'_, Postgres>,
+    legs: &[&OrderRow],
+) -> sqlx::Result<Credentials> {
+    let accounts: Vec<Uuid> = legs
+        .iter()
+        .map(|o| o.account_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    sqlx::query_as(
+        "SELECT account_id, identifier, secret_ref FROM account_credentials
+         WHERE account_id = ANY($1) AND credential_type = 'api_key'",
     )
-    .bind(order.account_id)
-    .fetch_optional(&mut *tx)
+    .bind(&accounts)
+    .fetch_all(&mut **tx)
     .await
-    .map_err(|e| e.to_string())?;
-    let (key_id, secret_ref) =
-        cred.ok_or_else(|| format!("account {} has no api_key credential", order.account_id))?;
+}
+
+/// The venue clients of the legs' accounts; an account whose client cannot be built
+/// maps to the reason.
+fn build_clients(ctx: &JobContext, creds: &Credentials, legs: &[&OrderRow]) -> Clients {
     let key = ctx.services.secrets_key;
-    let secret = secrets::resolve_with(
-        &secret_ref,
-        |n| std::env::var(n).ok(),
-        || key.ok_or(secrets::SecretError::NoKey),
-    )
-    .map_err(|e| format!("credential of account {}: {e}", order.account_id))?;
-    Ok(AlpacaClient::new(
-        ctx.services.http.clone(),
-        base,
-        &key_id.unwrap_or_default(),
-        secret,
-    ))
+    let mut out = HashMap::new();
+    for leg in legs {
+        if out.contains_key(&leg.account_id) {
+            continue;
+        }
+        let client = (|| {
+            let base = ctx
+                .services
+                .venue_urls
+                .get(&leg.venue_id)
+                .ok_or_else(|| format!("no URL configured for venue {}", leg.venue_id))?;
+            let (_, key_id, secret_ref) = creds
+                .iter()
+                .find(|c| c.0 == leg.account_id)
+                .ok_or_else(|| format!("account {} has no api_key credential", leg.account_id))?;
+            let secret = secrets::resolve_with(
+                secret_ref,
+                |n| std::env::var(n).ok(),
+                || key.ok_or(secrets::SecretError::NoKey),
+            )
+            .map_err(|e| format!("credential of account {}: {e}", leg.account_id))?;
+            Ok(AlpacaClient::new(
+                ctx.services.http.clone(),
+                base,
+                key_id.as_deref().unwrap_or_default(),
+                secret,
+            ))
+        })();
+        out.insert(leg.account_id, client);
+    }
+    out
+}
+
+async fn clients(ctx: &JobContext, t: Uuid, legs: &[&OrderRow]) -> Result<Clients, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let creds = load_credentials(&mut tx, legs).await?;
+    tx.commit().await?;
+    Ok(build_clients(ctx, &creds, legs))
+}
+
+/// The venue client of one leg's account.
+async fn client(ctx: &JobContext, t: Uuid, order: &OrderRow) -> Result<AlpacaClient, String> {
+    let mut clients = clients(ctx, t, &[order]).await.map_err(|e| e.to_string())?;
+    clients
+        .remove(&order.account_id)
+        .unwrap_or_else(|| Err("no client".into()))
 }
 
 /// Takes one request from the account's per-minute budget, or says how long to wait.
@@ -530,25 +610,69 @@ async fn take_budget(
     t: Uuid,
     account: Uuid,
 ) -> Result<Option<Duration>, JobError> {
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    let used: i32 = sqlx::query_scalar(
+    take_budgets(ctx, t, &[(account, 1)]).await
+}
+
+/// Takes `n` requests per account from their per-minute budgets.
+async fn take_budgets_in(
+    tx: &mut Transaction<'_, Postgres>,
+    ctx: &JobContext,
+    t: Uuid,
+    wants: &[(Uuid, i32)],
+) -> Result<Option<Duration>, JobError> {
+    let (accounts, counts): (Vec<Uuid>, Vec<i32>) = wants.iter().copied().unzip();
+    let used: Vec<i32> = sqlx::query_scalar(
         "INSERT INTO venue_request_budgets AS b (tenant_id, account_id, window_start, used)
-         VALUES ($1, $2, date_trunc('minute', now()), 1)
+         SELECT $1, a, date_trunc('minute', now()), n FROM unnest($2::uuid[], $3::int[]) AS w(a, n)
          ON CONFLICT (tenant_id, account_id) DO UPDATE SET
-             used = CASE WHEN b.window_start = date_trunc('minute', now()) THEN b.used + 1 ELSE 1 END,
+             used = CASE WHEN b.window_start = date_trunc('minute', now()) THEN b.used + excluded.used
+                         ELSE excluded.used END,
              window_start = date_trunc('minute', now())
          RETURNING used",
     )
     .bind(t)
-    .bind(account)
-    .fetch_one(&mut *tx)
+    .bind(&accounts)
+    .bind(&counts)
+    .fetch_all(&mut **tx)
     .await?;
-    tx.commit().await?;
-    if used > ctx.services.venue_requests_per_minute {
+    if used
+        .iter()
+        .any(|u| *u > ctx.services.venue_requests_per_minute)
+    {
         let secs_left = 60 - (chrono::Utc::now().timestamp() % 60);
         return Ok(Some(Duration::from_secs(secs_left as u64)));
     }
     Ok(None)
+}
+
+async fn take_budgets(
+    ctx: &JobContext,
+    t: Uuid,
+    wants: &[(Uuid, i32)],
+) -> Result<Option<Duration>, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let wait = take_budgets_in(&mut tx, ctx, t, wants).await?;
+    tx.commit().await?;
+    Ok(wait)
+}
+
+fn budget_wants(legs: &[&OrderRow], attempt: i32) -> Vec<(Uuid, i32)> {
+    let mut wants: HashMap<Uuid, i32> = HashMap::new();
+    for leg in legs {
+        let calls = if attempt > 1 || leg.status == "submit_unknown" {
+            2
+        } else {
+            1
+        };
+        *wants.entry(leg.account_id).or_default() += calls;
+    }
+    wants.into_iter().collect()
+}
+
+/// What planning already loaded, so the first attempt needs no extra transactions.
+struct Prepared {
+    legs: Vec<OrderRow>,
+    clients: Clients,
 }
 
 /// What submitting (or looking up) one leg came to.
@@ -558,16 +682,13 @@ enum Outcome {
     Unknown(String),
 }
 
-async fn submit_one(ctx: &JobContext, t: Uuid, order: &OrderRow) -> Result<Outcome, JobError> {
-    let venue = match client(ctx, t, order).await {
-        Ok(c) => c,
-        Err(reason) => return Ok(Outcome::Rejected(reason)),
-    };
+async fn submit_one(
+    venue: &AlpacaClient,
+    attempt: i32,
+    order: &OrderRow,
+) -> Result<Outcome, JobError> {
     // Anything that may have been sent before is looked up first, never resent blindly.
-    if ctx.attempt > 1 || order.status == "submit_unknown" {
-        if let Some(wait) = take_budget(ctx, t, order.account_id).await? {
-            return Err(JobError::Snooze(wait));
-        }
+    if attempt > 1 || order.status == "submit_unknown" {
         match venue.get_order_by_client_id(&order.client_order_id).await {
             Ok(found) => return Ok(Outcome::Accepted(found)),
             Err(VenueError::NotFound) => {}
@@ -576,9 +697,6 @@ async fn submit_one(ctx: &JobContext, t: Uuid, order: &OrderRow) -> Result<Outco
             }
             Err(e) => return Ok(Outcome::Unknown(e.to_string())),
         }
-    }
-    if let Some(wait) = take_budget(ctx, t, order.account_id).await? {
-        return Err(JobError::Snooze(wait));
     }
     Ok(match venue.create_order(&order.request()).await {
         Ok(accepted) => Outcome::Accepted(accepted),
@@ -591,13 +709,12 @@ async fn submit_one(ctx: &JobContext, t: Uuid, order: &OrderRow) -> Result<Outco
 }
 
 async fn record(
-    ctx: &JobContext,
+    tx: &mut Transaction<'_, Postgres>,
     t: Uuid,
     intent: Uuid,
     order: &OrderRow,
     outcome: &Outcome,
 ) -> Result<(), JobError> {
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
     match outcome {
         Outcome::Accepted(v) => {
             sqlx::query(
@@ -609,22 +726,23 @@ async fn record(
             .bind(&v.status)
             .bind(v.filled_qty)
             .bind(v.filled_avg_price)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         Outcome::Rejected(reason) => {
             sqlx::query("UPDATE orders SET status = 'rejected', updated_at = now() WHERE id = $1")
                 .bind(order.id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-            release(&mut tx, t, order).await?;
+            release(tx, t, order).await?;
+            let details = json!({"intent": intent, "leg": order.leg_index, "reason": reason});
             tenancy::audit(
-                &mut tx,
+                tx,
                 t,
                 "leg_rejected",
                 "order",
                 &order.id.to_string(),
-                &json!({"intent": intent, "leg": order.leg_index, "reason": reason}),
+                &details,
             )
             .await?;
         }
@@ -633,11 +751,10 @@ async fn record(
                 "UPDATE orders SET status = 'submit_unknown', updated_at = now() WHERE id = $1",
             )
             .bind(order.id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -667,55 +784,99 @@ async fn release(
     Ok(())
 }
 
-async fn submit_all(ctx: &JobContext, t: Uuid, intent: Uuid) -> Result<(), JobError> {
-    let mut unknown = None;
-    for order in orders(ctx, t, intent)
-        .await?
+async fn submit_all(
+    ctx: &JobContext,
+    t: Uuid,
+    intent: Uuid,
+    prepared: Option<Prepared>,
+) -> Result<(), JobError> {
+    let (legs, ready) = match prepared {
+        Some(p) => (p.legs, Some(p.clients)),
+        None => (orders(ctx, t, intent).await?, None),
+    };
+    let pending: Vec<&OrderRow> = legs
         .iter()
         .filter(|o| !o.submitted() && o.leg_index < UNWIND_BASE)
-    {
-        let outcome = submit_one(ctx, t, order).await?;
-        if let Outcome::Unknown(e) = &outcome {
-            unknown = Some(format!(
-                "leg {}: outcome unknown ({e}); will look it up by client order id",
-                order.leg_index
-            ));
+        .collect();
+    let mut outcomes = Vec::with_capacity(pending.len());
+    if !pending.is_empty() {
+        let clients = match ready {
+            Some(c) => c,
+            None => {
+                let c = clients(ctx, t, &pending).await?;
+                if let Some(wait) =
+                    take_budgets(ctx, t, &budget_wants(&pending, ctx.attempt)).await?
+                {
+                    return Err(JobError::Snooze(wait));
+                }
+                c
+            }
+        };
+        for leg in &pending {
+            let outcome = match &clients[&leg.account_id] {
+                Ok(venue) => submit_one(venue, ctx.attempt, leg).await?,
+                Err(reason) => Outcome::Rejected(reason.clone()),
+            };
+            outcomes.push((*leg, outcome));
         }
-        record(ctx, t, intent, order, &outcome).await?;
     }
-    let legs = orders(ctx, t, intent).await?;
-    if let Some(rejected) = legs
+    let rejected = legs
         .iter()
         .find(|o| o.status == "rejected" && o.leg_index < UNWIND_BASE)
-    {
-        return unwind(ctx, t, intent, &legs, rejected.leg_index).await;
+        .map(|o| o.leg_index)
+        .or_else(|| {
+            outcomes
+                .iter()
+                .find(|(_, o)| matches!(o, Outcome::Rejected(_)))
+                .map(|(l, _)| l.leg_index)
+        });
+    let unknown = outcomes.iter().find_map(|(l, o)| match o {
+        Outcome::Unknown(e) => Some(format!(
+            "leg {}: outcome unknown ({e}); will look it up by client order id",
+            l.leg_index
+        )),
+        _ => None,
+    });
+    // Every outcome, and the intent's new state when it is settled, in one transaction.
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    for (leg, outcome) in &outcomes {
+        record(&mut tx, t, intent, leg, outcome).await?;
+    }
+    if rejected.is_none() && unknown.is_none() {
+        let all_filled = legs.iter().all(|o| {
+            outcomes
+                .iter()
+                .find(|(l, _)| l.id == o.id)
+                .map(|(_, out)| matches!(out, Outcome::Accepted(v) if v.status == "filled"))
+                .unwrap_or(o.status == "filled")
+        });
+        sqlx::query("UPDATE multi_leg_intents SET status = $2::intent_status, updated_at = now() WHERE id = $1")
+            .bind(intent)
+            .bind(if all_filled { "filled" } else { "submitted" })
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
+            .bind(intent)
+            .execute(&mut *tx)
+            .await?;
+        tenancy::audit(
+            &mut tx,
+            t,
+            "intent_submitted",
+            "intent",
+            &intent.to_string(),
+            &json!({"legs": legs.len(), "filled": all_filled}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if let Some(leg) = rejected {
+        let legs = orders(ctx, t, intent).await?;
+        return unwind(ctx, t, intent, &legs, leg).await;
     }
     if let Some(e) = unknown {
         return Err(JobError::Retryable(e));
     }
-    let all_filled = legs.iter().all(|o| o.status == "filled");
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    sqlx::query(
-        "UPDATE multi_leg_intents SET status = $2::intent_status, updated_at = now() WHERE id = $1",
-    )
-    .bind(intent)
-    .bind(if all_filled { "filled" } else { "submitted" })
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
-        .bind(intent)
-        .execute(&mut *tx)
-        .await?;
-    tenancy::audit(
-        &mut tx,
-        t,
-        "intent_submitted",
-        "intent",
-        &intent.to_string(),
-        &json!({"legs": legs.len(), "filled": all_filled}),
-    )
-    .await?;
-    tx.commit().await?;
     Ok(())
 }
 

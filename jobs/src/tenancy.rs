@@ -8,13 +8,13 @@ use uuid::Uuid;
 /// Begins a transaction confined to `tenant`.
 pub async fn begin(pool: &PgPool, tenant: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL ROLE pulse_worker")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(tenant.to_string())
-        .execute(&mut *tx)
-        .await?;
+    // One round trip: `role` is what SET LOCAL ROLE sets.
+    sqlx::query(
+        "SELECT set_config('role', 'pulse_worker', true), set_config('app.tenant_id', $1, true)",
+    )
+    .bind(tenant.to_string())
+    .execute(&mut *tx)
+    .await?;
     Ok(tx)
 }
 

@@ -1,4 +1,5 @@
 //! Benchmarks that print numbers (`pulse-fleet bench ...`).
 
+pub mod intents;
 pub mod peer;
 pub mod queue;

@@ -122,7 +122,7 @@ pub async fn run(settings: &Settings, args: QueueBenchArgs) -> anyhow::Result<()
     Ok(())
 }
 
-async fn recreate_database(url: &str, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn recreate_database(url: &str, name: &str) -> anyhow::Result<String> {
     anyhow::ensure!(
         name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && name.contains("bench"),
         "the bench database name must be a plain identifier containing `bench`"

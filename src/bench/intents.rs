@@ -1,0 +1,268 @@
+//! `pulse-fleet bench intents`: two-leg intents inserted by SQL and traded on the
+//! paper venue (in this process, no injected latency), in a scratch database.
+//!
+//! - throughput: `--intents` intents inserted in one statement per tenant; intents
+//!   per second until every leg of every intent is accepted;
+//! - latency: one intent per transaction at `--rate`/s for `--seconds`; from the
+//!   intent's insert to its last leg accepted (database timestamps), p50/p99.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use jobs::{JobSpec, Services, execute_intent::ExecuteIntent, tenancy};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::queue::recreate_database;
+use crate::{
+    config::Settings,
+    db,
+    paper::{PaperOptions, PaperVenue},
+    worker::{self, QueueSpec},
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct IntentBenchArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 2_000)]
+    pub intents: usize,
+    /// Intents per second during the latency run.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Tenants (one account each) the intents are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub tenants: usize,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value = "pulse_fleet_bench_intents")]
+    pub database: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct IntentBenchResult {
+    pub tenants: usize,
+    pub throughput_intents: usize,
+    pub throughput_intents_per_s: f64,
+    pub latency_intents: usize,
+    pub latency_rate_per_s: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+const KEY: [u8; 32] = [11; 32];
+
+async fn seed(pool: &PgPool, tenants: usize) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+    sqlx::query("INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper', 'broker') ON CONFLICT DO NOTHING")
+        .execute(pool)
+        .await?;
+    let mut desks = vec![];
+    for n in 0..tenants {
+        let tenant: Uuid =
+            sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
+                .bind(format!("bench-{n}"))
+                .fetch_one(pool)
+                .await?;
+        let mut tx = tenancy::begin(pool, tenant).await?;
+        let account: Uuid = sqlx::query_scalar(
+            "INSERT INTO trading_accounts (tenant_id, label, venue_id) VALUES ($1, 'main', 'paper') RETURNING id",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref) VALUES ($1, $2, 'api_key', 'PKBENCH', $3)")
+            .bind(tenant)
+            .bind(account)
+            .bind(jobs::secrets::seal("bench-secret", &KEY))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', 1000000000000)")
+            .bind(tenant)
+            .bind(account)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        desks.push((tenant, account));
+    }
+    Ok(desks)
+}
+
+fn legs(account: Uuid, i: usize) -> serde_json::Value {
+    // Distinct symbols per intent: the entry lock serialises intents on one symbol.
+    serde_json::json!([
+        {"account_id": account, "symbol": format!("S{i}A"), "side": "buy", "quantity": 1, "type": "market", "reference_price": "10"},
+        {"account_id": account, "symbol": format!("S{i}B"), "side": "sell", "quantity": 1, "type": "market", "reference_price": "10"},
+    ])
+}
+
+async fn settled(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM multi_leg_intents WHERE status IN ('submitted', 'filled', 'failed')",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+async fn wait_settled(pool: &PgPool, n: i64, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while settled(pool).await? < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "intents did not settle within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM multi_leg_intents WHERE status = 'failed'")
+            .fetch_one(pool)
+            .await?;
+    anyhow::ensure!(failed == 0, "{failed} intents failed");
+    Ok(())
+}
+
+pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<()> {
+    let url = recreate_database(&settings.database.url, &args.database).await?;
+    let mut settings = settings.clone();
+    settings.database.url = url;
+    settings.database.max_connections = (args.concurrency as u32 + 8).min(90);
+    let pool = db::app_pool(&settings).await?;
+    db::migrate(&pool, &worker::all_specs(&settings)).await?;
+    let desks = seed(&pool, args.tenants.max(1)).await?;
+
+    let venue = PaperVenue::new(PaperOptions {
+        rate_limit_per_minute: u32::MAX,
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(venue.clone().serve(listener));
+    let mut services = Services::new(Duration::from_secs(10), None);
+    services.venue_urls = HashMap::from([("paper".to_string(), base)]);
+    services.venue_requests_per_minute = i32::MAX;
+    services.secrets_key = Some(KEY);
+    let pools = db::queue_pools(&settings, 1).await?;
+    let mut worker_settings = settings.worker.clone();
+    worker_settings.batch_size = args.concurrency;
+    let handle = worker::start(
+        pool.clone(),
+        pools,
+        vec![QueueSpec {
+            job: JobSpec::of::<ExecuteIntent>(),
+            concurrency: args.concurrency,
+        }],
+        &worker_settings,
+        services,
+    )
+    .await?;
+
+    // Throughput.
+    eprintln!(
+        "throughput: {} intents over {} tenant(s)",
+        args.intents,
+        desks.len()
+    );
+    let per = args.intents.div_ceil(desks.len());
+    let started = Instant::now();
+    for (n, (tenant, account)) in desks.iter().enumerate() {
+        let batch: Vec<serde_json::Value> = (0..per).map(|i| legs(*account, n * per + i)).collect();
+        sqlx::query(
+            "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json)
+             SELECT $1, 'tp-' || ord, l FROM unnest($2::jsonb[]) WITH ORDINALITY AS u(l, ord)",
+        )
+        .bind(tenant)
+        .bind(&batch)
+        .execute(&pool)
+        .await?;
+    }
+    let total = (per * desks.len()) as i64;
+    wait_settled(&pool, total, Duration::from_secs(600)).await?;
+    let throughput = total as f64 / started.elapsed().as_secs_f64();
+
+    // Latency at a fixed rate.
+    let n = (args.rate * args.seconds as f64) as usize;
+    eprintln!("latency: {n} intents at {}/s", args.rate);
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let mut next = tokio::time::Instant::now();
+    for i in 0..n {
+        let (tenant, account) = desks[i % desks.len()];
+        let mut tx = tenancy::begin(&pool, tenant).await?;
+        sqlx::query("INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3)")
+            .bind(tenant)
+            .bind(format!("lat-{i}"))
+            .bind(legs(account, 1_000_000 + i))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        next += period;
+        tokio::time::sleep_until(next).await;
+    }
+    wait_settled(&pool, total + n as i64, Duration::from_secs(120)).await?;
+    handle.shutdown().await?;
+    let mut ms: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM (SELECT max(o.updated_at) FROM orders o WHERE o.intent_id = i.id) - i.created_at)::float8 * 1000
+         FROM multi_leg_intents i WHERE i.idempotency_key LIKE 'lat-%'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| ms[((p / 100.0) * (ms.len() as f64 - 1.0)).round() as usize];
+    let accepted_orders = venue.orders().len();
+    anyhow::ensure!(
+        accepted_orders as i64 == 2 * (total + n as i64),
+        "venue holds {accepted_orders} orders"
+    );
+
+    let result = IntentBenchResult {
+        tenants: desks.len(),
+        throughput_intents: total as usize,
+        throughput_intents_per_s: throughput,
+        latency_intents: n,
+        latency_rate_per_s: args.rate,
+        latency_p50_ms: pct(50.0),
+        latency_p99_ms: pct(99.0),
+        latency_max_ms: ms.last().copied().unwrap_or(f64::NAN),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_header(["metric", "value", "target"]);
+        t.add_row([
+            format!(
+                "two-leg intents to all legs accepted ({} tenant(s)), intents/s",
+                result.tenants
+            ),
+            format!("{:.0}", result.throughput_intents_per_s),
+            ">= 500".into(),
+        ]);
+        t.add_row([
+            format!(
+                "insert to last leg accepted at {}/s, p50 ms",
+                result.latency_rate_per_s
+            ),
+            format!("{:.1}", result.latency_p50_ms),
+            "".into(),
+        ]);
+        t.add_row([
+            "p99 ms".to_string(),
+            format!("{:.1}", result.latency_p99_ms),
+            "<= 50".into(),
+        ]);
+        t.add_row([
+            "max ms".to_string(),
+            format!("{:.1}", result.latency_max_ms),
+            "".into(),
+        ]);
+        println!("{t}");
+    }
+    Ok(())
+}
