@@ -477,6 +477,33 @@ async fn check_limits(tx: &mut Transaction<'_, Postgres>, legs: &[Leg]) -> Resul
     Ok(())
 }
 
+/// Moves the intent to its final state for this job (status, reason), releases its
+/// entry locks and records the audit event: one place for every way an intent ends.
+async fn settle_intent(
+    tx: &mut Transaction<'_, Postgres>,
+    t: Uuid,
+    intent: Uuid,
+    status: &str,
+    reason: Option<&str>,
+    event: &str,
+    details: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE multi_leg_intents SET status = $2::intent_status, reason = coalesce($3, reason), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(intent)
+    .bind(status)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
+        .bind(intent)
+        .execute(&mut **tx)
+        .await?;
+    tenancy::audit(tx, t, event, "intent", &intent.to_string(), details).await
+}
+
 /// Marks the intent failed with an audit event (and releases what it held).
 async fn fail(
     ctx: &JobContext,
@@ -486,21 +513,13 @@ async fn fail(
     reason: &str,
 ) -> Result<(), JobError> {
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    sqlx::query("UPDATE multi_leg_intents SET status = 'failed', reason = $2, updated_at = now() WHERE id = $1")
-        .bind(intent)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
-        .bind(intent)
-        .execute(&mut *tx)
-        .await?;
-    tenancy::audit(
+    settle_intent(
         &mut tx,
         t,
+        intent,
+        "failed",
+        Some(reason),
         event,
-        "intent",
-        &intent.to_string(),
         &json!({"reason": reason}),
     )
     .await?;
@@ -850,22 +869,16 @@ async fn submit_all(
                 .map(|(_, out)| matches!(out, Outcome::Accepted(v) if v.status == "filled"))
                 .unwrap_or(o.status == "filled")
         });
-        sqlx::query("UPDATE multi_leg_intents SET status = $2::intent_status, updated_at = now() WHERE id = $1")
-            .bind(intent)
-            .bind(if all_filled { "filled" } else { "submitted" })
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
-            .bind(intent)
-            .execute(&mut *tx)
-            .await?;
-        tenancy::audit(
+        let status = if all_filled { "filled" } else { "submitted" };
+        let details = json!({"legs": legs.len(), "filled": all_filled});
+        settle_intent(
             &mut tx,
             t,
+            intent,
+            status,
+            None,
             "intent_submitted",
-            "intent",
-            &intent.to_string(),
-            &json!({"legs": legs.len(), "filled": all_filled}),
+            &details,
         )
         .await?;
     }
