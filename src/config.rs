@@ -217,6 +217,14 @@ pub struct RetentionSettings {
     pub completed_hours: u64,
     pub dead_hours: u64,
     pub workers_hours: u64,
+    /// Processed webhook inbox rows (Stripe retries for 3 days; duplicates older than
+    /// this would be processed again).
+    #[serde(default = "default_inbox_days")]
+    pub inbox_days: u64,
+}
+
+fn default_inbox_days() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]

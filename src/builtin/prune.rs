@@ -1,7 +1,8 @@
 //! `prune`: retention. Enqueued by the scheduler (`schedules.prune`, every five
 //! minutes by default). Deletes completed jobs after `retention.completed_hours` (so
 //! a key dedupes for at least that long), dead and cancelled ones after
-//! `retention.dead_hours`, and rows of stopped workers; then recounts job states so
+//! `retention.dead_hours`, rows of stopped workers, and processed webhook inbox rows
+//! after `retention.inbox_days`; then recounts job states so
 //! the metrics cannot drift. Idempotent: deleting what is already gone is a no-op.
 
 use std::time::Duration;
@@ -40,6 +41,22 @@ async fn prune(ctx: &JobContext, retention: &RetentionSettings) -> Result<(), Jo
     .await?
     .rows_affected();
 
+    let inbox = sqlx::query(
+        "DELETE FROM billing.stripe_events
+         WHERE processed_at < now() - make_interval(days => $1)",
+    )
+    .bind(retention.inbox_days as i32)
+    .execute(&ctx.pool)
+    .await?
+    .rows_affected()
+        + sqlx::query(
+            "DELETE FROM watcher_events WHERE received_at < now() - make_interval(days => $1)",
+        )
+        .bind(retention.inbox_days as i32)
+        .execute(&ctx.pool)
+        .await?
+        .rows_affected();
+
     let mut tx = ctx.pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
@@ -48,7 +65,7 @@ async fn prune(ctx: &JobContext, retention: &RetentionSettings) -> Result<(), Jo
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    tracing::info!(completed, dead, workers, "pruned");
+    tracing::info!(completed, dead, workers, inbox, "pruned");
     Ok(())
 }
 

@@ -372,7 +372,12 @@ async fn prune_deletes_expired_jobs_and_workers_and_recounts_states() {
          UPDATE fleet.jobs SET state = 'completed', finished_at = now() - interval '1 hour' WHERE id = {new_done};
          UPDATE fleet.jobs SET state = 'dead', finished_at = now() - interval '15 days' WHERE id = {old_dead};
          INSERT INTO fleet.workers (id, name, host, pid, queues, stopped_at)
-         VALUES (gen_random_uuid(), 'gone', 'h', 1, '{{canary}}', now() - interval '2 days');"
+         VALUES (gen_random_uuid(), 'gone', 'h', 1, '{{canary}}', now() - interval '2 days');
+         ALTER TABLE billing.stripe_events DISABLE TRIGGER stripe_events_enqueue;
+         INSERT INTO billing.stripe_events (event_id, type, created, livemode, payload, processed_at)
+         VALUES ('evt_old', 'x', now(), false, '{{}}', now() - interval '31 days'),
+                ('evt_new', 'x', now(), false, '{{}}', now() - interval '1 day');
+         ALTER TABLE billing.stripe_events ENABLE TRIGGER stripe_events_enqueue;"
     )))
     .execute(&db.pool)
     .await
@@ -397,6 +402,15 @@ async fn prune_deletes_expired_jobs_and_workers_and_recounts_states() {
         .unwrap();
     assert_eq!(left, vec![new_done, waiting]);
     assert_eq!(db.count("SELECT count(*) FROM fleet.workers").await, 0);
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT event_id FROM billing.stripe_events")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox,
+        vec!["evt_new".to_string()],
+        "processed events older than 30 days are pruned"
+    );
     let counts = admin::state_counts(&db.pool).await.unwrap();
     let n = |state: &str| {
         counts
