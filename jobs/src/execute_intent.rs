@@ -240,7 +240,7 @@ impl Job for ExecuteIntent {
         match status.as_str() {
             "filled" | "cancelled" | "failed" => return Ok(()),
             "pending" => match plan(&mut tx, t, intent, &legs).await {
-                Ok(()) => {
+                Ok(reserved) => {
                     // First attempt: load what submission needs in the same transaction.
                     let orders = load_orders(&mut tx, intent).await?;
                     let refs: Vec<&OrderRow> = orders.iter().collect();
@@ -248,6 +248,16 @@ impl Job for ExecuteIntent {
                     let wait = take_budgets_in(&mut tx, &ctx, t, &budget_wants(&refs, ctx.attempt))
                         .await?;
                     let clients = build_clients(&ctx, &creds, &refs);
+                    // Last before commit: the tenant's audit chain stays locked until then.
+                    tenancy::audit(
+                        &mut tx,
+                        t,
+                        "capital_reserved",
+                        "intent",
+                        &intent.to_string(),
+                        &reserved,
+                    )
+                    .await?;
                     tx.commit().await?;
                     if let Some(wait) = wait {
                         return Err(JobError::Snooze(wait));
@@ -276,12 +286,14 @@ impl Job for ExecuteIntent {
     }
 }
 
+/// Plans the intent; returns the details of its `capital_reserved` audit event,
+/// which the caller writes last (the tenant's audit chain is locked until commit).
 async fn plan(
     tx: &mut Transaction<'_, Postgres>,
     t: Uuid,
     intent: Uuid,
     legs: &Value,
-) -> Result<(), Stop> {
+) -> Result<Value, Stop> {
     let legs = parse_legs(legs).map_err(|r| refused("intent_rejected", r))?;
     let accounts: Vec<Uuid> = legs
         .iter()
@@ -385,17 +397,8 @@ async fn plan(
     .execute(&mut **tx)
     .await?;
     let total: Decimal = reserve_amounts.iter().sum();
-    tenancy::audit(
-        tx,
-        t,
-        "capital_reserved",
-        "intent",
-        &intent.to_string(),
-        &json!({"legs": legs.len(), "notional": total.to_string()}),
-    )
-    .await?;
-    // Last, in one statement: concurrent intents of an account contend on its ledger
-    // row, so its lock is held only from here to the commit.
+    // Near the end, in one statement: concurrent intents of an account contend on its
+    // ledger row, so its lock is held only from here to the commit.
     let reserved = sqlx::query(
         "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
          SELECT $1, a, 'reserve_order', n, 'order', o
@@ -419,7 +422,7 @@ async fn plan(
         }
         return Err(e.into());
     }
-    Ok(())
+    Ok(json!({"legs": legs.len(), "notional": total.to_string()}))
 }
 
 async fn check_limits(tx: &mut Transaction<'_, Postgres>, legs: &[Leg]) -> Result<(), Stop> {
