@@ -103,8 +103,8 @@ pub struct JobContext {
     pub max_attempts: i32,
     /// When the job was enqueued (for end-to-end latency).
     pub enqueued_at: chrono::DateTime<chrono::Utc>,
-    /// External clients (HTTP, vendor settings).
-    pub services: crate::Services,
+    /// External clients (HTTP, vendor settings), shared by every attempt.
+    pub services: Arc<crate::Services>,
 }
 
 pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;

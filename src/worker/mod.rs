@@ -64,6 +64,7 @@ pub async fn start(
     services: jobs::Services,
 ) -> anyhow::Result<WorkerHandle> {
     anyhow::ensure!(!queues.is_empty(), "a worker needs at least one queue");
+    let services = Arc::new(services);
     let queue_pool = pools.queue;
     let identity = WorkerIdentity::new();
     let names: Vec<&'static str> = queues.iter().map(|q| q.job.name).collect();

@@ -5,6 +5,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -19,11 +20,12 @@ use crate::queue::{ClaimedJob, ack::AttemptFailure};
 pub struct JobService {
     spec: JobSpec,
     pool: PgPool,
-    services: Services,
+    /// Shared, not copied, per attempt: this is on every job's path.
+    services: Arc<Services>,
 }
 
 impl JobService {
-    pub fn new(spec: JobSpec, pool: PgPool, services: Services) -> Self {
+    pub fn new(spec: JobSpec, pool: PgPool, services: Arc<Services>) -> Self {
         Self {
             spec,
             pool,

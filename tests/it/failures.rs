@@ -392,7 +392,7 @@ async fn prune_deletes_expired_jobs_and_workers_and_recounts_states() {
         attempt: 1,
         max_attempts: 3,
         enqueued_at: chrono::Utc::now(),
-        services: jobs::Services::default(),
+        services: std::sync::Arc::new(jobs::Services::default()),
     };
     (prune.handler)(serde_json::json!({}), ctx).await.unwrap();
 
