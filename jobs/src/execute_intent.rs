@@ -208,6 +208,12 @@ impl OrderRow {
     }
 
     /// Settled at submission: the venue has it (or refused it for good).
+    /// It may already exist at the venue (an earlier attempt may have sent it), so it
+    /// must be looked up by client order id before anything is sent.
+    fn may_exist_at_venue(&self, attempt: i32) -> bool {
+        attempt > 1 || self.status == "submit_unknown"
+    }
+
     fn submitted(&self) -> bool {
         !matches!(self.status.as_str(), "pending_submit" | "submit_unknown")
     }
@@ -618,14 +624,6 @@ async fn clients(ctx: &JobContext, t: Uuid, legs: &[&OrderRow]) -> Result<Client
     Ok(build_clients(ctx, &creds, legs))
 }
 
-/// The venue client of one leg's account.
-async fn client(ctx: &JobContext, t: Uuid, order: &OrderRow) -> Result<AlpacaClient, String> {
-    let mut clients = clients(ctx, t, &[order]).await.map_err(|e| e.to_string())?;
-    clients
-        .remove(&order.account_id)
-        .unwrap_or_else(|| Err("no client".into()))
-}
-
 /// Takes one request from the account's per-minute budget, or says how long to wait.
 async fn take_budget(
     ctx: &JobContext,
@@ -681,7 +679,7 @@ async fn take_budgets(
 fn budget_wants(legs: &[&OrderRow], attempt: i32) -> Vec<(Uuid, i32)> {
     let mut wants: HashMap<Uuid, i32> = HashMap::new();
     for leg in legs {
-        let calls = if attempt > 1 || leg.status == "submit_unknown" {
+        let calls = if leg.may_exist_at_venue(attempt) {
             2
         } else {
             1
@@ -704,13 +702,14 @@ enum Outcome {
     Unknown(String),
 }
 
+/// Submits one order; when it may have been sent before (`look_up_first`), it is
+/// looked up by client order id first and never resent blindly.
 async fn submit_one(
     venue: &AlpacaClient,
-    attempt: i32,
+    look_up_first: bool,
     order: &OrderRow,
 ) -> Result<Outcome, JobError> {
-    // Anything that may have been sent before is looked up first, never resent blindly.
-    if attempt > 1 || order.status == "submit_unknown" {
+    if look_up_first {
         match venue.get_order_by_client_id(&order.client_order_id).await {
             Ok(found) => return Ok(Outcome::Accepted(found)),
             Err(VenueError::NotFound) => {}
@@ -836,7 +835,7 @@ async fn submit_all(
         };
         for leg in &pending {
             let outcome = match &clients[&leg.account_id] {
-                Ok(venue) => submit_one(venue, ctx.attempt, leg).await?,
+                Ok(venue) => submit_one(venue, leg.may_exist_at_venue(ctx.attempt), leg).await?,
                 Err(reason) => Outcome::Rejected(reason.clone()),
             };
             outcomes.push((*leg, outcome));
@@ -906,11 +905,15 @@ async fn unwind(
     legs: &[OrderRow],
     rejected: i32,
 ) -> Result<(), JobError> {
-    for leg in legs
+    let siblings: Vec<&OrderRow> = legs
         .iter()
         .filter(|o| o.leg_index < UNWIND_BASE && o.status != "rejected")
-    {
-        let venue = client(ctx, t, leg).await.map_err(JobError::Retryable)?;
+        .collect();
+    let clients = clients(ctx, t, &siblings).await?;
+    for leg in siblings {
+        let venue = clients[&leg.account_id]
+            .as_ref()
+            .map_err(|e| JobError::Retryable(e.clone()))?;
         let Some(venue_id) = &leg.venue_order_id else {
             continue;
         };
@@ -951,7 +954,7 @@ async fn unwind(
             .map(|o| o.filled_qty)
             .unwrap_or(current.filled_qty);
         if filled > Decimal::ZERO {
-            close_filled(ctx, t, intent, leg, filled, &venue).await?;
+            close_filled(ctx, t, intent, leg, filled, venue).await?;
         }
         let mut tx = tenancy::begin(&ctx.pool, t).await?;
         sqlx::query("UPDATE orders SET status = 'canceled', filled_quantity = $2, updated_at = now() WHERE id = $1")
@@ -968,7 +971,8 @@ async fn unwind(
     fail(ctx, t, intent, "intent_unwound", &reason).await
 }
 
-/// The opposite market order that closes a filled leg, submitted once (looked up first).
+/// The opposite market order that closes a filled leg: an order row of its own (with
+/// its own deterministic id), submitted like any leg, always looked up first.
 async fn close_filled(
     ctx: &JobContext,
     t: Uuid,
@@ -998,23 +1002,15 @@ async fn close_filled(
     .bind(&coid)
     .execute(&mut *tx)
     .await?;
+    let closing = load_orders(&mut tx, intent)
+        .await?
+        .into_iter()
+        .find(|o| o.leg_index == index)
+        .expect("inserted or already there");
     tx.commit().await?;
-    let existing = venue.get_order_by_client_id(&coid).await;
-    let placed = match existing {
-        Ok(o) => o,
-        Err(VenueError::NotFound) => venue
-            .create_order(&OrderRequest {
-                symbol: leg.symbol.clone(),
-                qty,
-                side: if side == "buy" { Side::Buy } else { Side::Sell },
-                order_type: OrderType::Market,
-                time_in_force: "day".into(),
-                limit_price: None,
-                client_order_id: coid.clone(),
-            })
-            .await
-            .map_err(|e| JobError::Retryable(format!("closing leg {}: {e}", leg.leg_index)))?,
-        Err(e) => {
+    let placed = match submit_one(venue, true, &closing).await? {
+        accepted @ Outcome::Accepted(_) => accepted,
+        Outcome::Rejected(e) | Outcome::Unknown(e) => {
             return Err(JobError::Retryable(format!(
                 "closing leg {}: {e}",
                 leg.leg_index
@@ -1022,14 +1018,7 @@ async fn close_filled(
         }
     };
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    sqlx::query("UPDATE orders SET venue_order_id = $2, status = $3, filled_quantity = $4, average_price = $5 WHERE client_order_id = $1")
-        .bind(&coid)
-        .bind(&placed.id)
-        .bind(&placed.status)
-        .bind(placed.filled_qty)
-        .bind(placed.filled_avg_price)
-        .execute(&mut *tx)
-        .await?;
+    record(&mut tx, t, intent, &closing, &placed).await?;
     tenancy::audit(
         &mut tx,
         t,
