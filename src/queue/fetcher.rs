@@ -63,7 +63,6 @@ pub async fn run(
 ) {
     let queue = config.queue;
     let mut idle = IdleLock::new(queue, pool.connect_options());
-    let mut parked = false;
     let mut failures = 0u32;
     loop {
         // Wait for one free slot, then take as many more as are free, up to a batch.
@@ -89,10 +88,7 @@ pub async fn run(
             Ok(rows) => rows,
             Err(error) => {
                 drop(held);
-                if parked {
-                    idle.unpark().await;
-                    parked = false;
-                }
+                idle.unpark().await;
                 if error
                     .as_database_error()
                     .is_some_and(|e| e.is_unique_violation())
@@ -114,10 +110,7 @@ pub async fn run(
         failures = 0;
         tracing::debug!(queue, asked = held.len(), got = rows.len(), elapsed = ?started.elapsed(), "claimed");
         if !rows.is_empty() {
-            if parked {
-                idle.unpark().await;
-                parked = false;
-            }
+            idle.unpark().await;
             let now = Utc::now();
             for (row, permit) in rows.into_iter().zip(held.drain(..)) {
                 let job = ClaimedJob {
@@ -142,14 +135,11 @@ pub async fn run(
         drop(held);
         // Nothing due. Park (so that enqueuers NOTIFY us) and look once more before
         // waiting: an enqueue that skipped its NOTIFY has committed by now.
-        let wait = if parked {
+        let wait = if idle.is_parked() {
             config.poll_interval
         } else {
             match idle.park().await {
-                Park::Parked => {
-                    parked = true;
-                    continue;
-                }
+                Park::Parked => continue,
                 Park::Busy => Duration::from_millis(20),
                 Park::Unavailable => config.poll_interval,
             }
@@ -159,15 +149,9 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => false,
             _ = stop.wait_for(|s| *s) => true,
         };
+        idle.unpark().await;
         if stopping {
-            if parked {
-                idle.unpark().await;
-            }
             return;
-        }
-        if parked {
-            idle.unpark().await;
-            parked = false;
         }
     }
 }

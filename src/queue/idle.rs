@@ -17,6 +17,8 @@ pub struct IdleLock {
     queue: &'static str,
     options: Arc<PgConnectOptions>,
     conn: Option<PgConnection>,
+    /// Holding the lock (parked).
+    held: bool,
 }
 
 /// What an attempt to park found.
@@ -36,7 +38,12 @@ impl IdleLock {
             queue,
             options,
             conn: None,
+            held: false,
         }
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.held
     }
 
     async fn connection(&mut self) -> sqlx::Result<&mut PgConnection> {
@@ -64,7 +71,10 @@ impl IdleLock {
             Err(error) => Err(error),
         };
         match result {
-            Ok(_) => Park::Parked,
+            Ok(_) => {
+                self.held = true;
+                Park::Parked
+            }
             Err(error)
                 if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("55P03") =>
             {
@@ -78,8 +88,12 @@ impl IdleLock {
         }
     }
 
+    /// Releases the lock if held; a no-op otherwise.
     pub async fn unpark(&mut self) {
         let queue = self.queue;
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
