@@ -18,7 +18,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::queue::recreate_database;
+use super::queue::{percentile, recreate_database};
 use crate::{
     config::Settings,
     db,
@@ -213,7 +213,6 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     .fetch_all(&pool)
     .await?;
     ms.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| ms[((p / 100.0) * (ms.len() as f64 - 1.0)).round() as usize];
     let accepted_orders = venue.orders().len();
     anyhow::ensure!(
         accepted_orders as i64 == 2 * (total + n as i64),
@@ -226,8 +225,8 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
         throughput_intents_per_s: throughput,
         latency_intents: n,
         latency_rate_per_s: args.rate,
-        latency_p50_ms: pct(50.0),
-        latency_p99_ms: pct(99.0),
+        latency_p50_ms: percentile(&ms, 50.0),
+        latency_p99_ms: percentile(&ms, 99.0),
         latency_max_ms: ms.last().copied().unwrap_or(f64::NAN),
     };
     if args.json {

@@ -15,7 +15,7 @@ use std::{
 use clap::{Args, ValueEnum};
 use tokio::sync::Notify;
 
-use super::queue::counting_spec;
+use super::queue::{counting_spec, percentile};
 use crate::{
     config::Settings,
     db,
@@ -84,13 +84,12 @@ pub async fn run(settings: &Settings, args: PeerArgs) -> anyhow::Result<()> {
             all_done.notified().await;
             let mut v = latencies.lock().expect("latencies").clone();
             v.sort_by(|a, b| a.total_cmp(b));
-            let p = |q: f64| v[((q / 100.0) * (v.len() as f64 - 1.0)).round() as usize];
             println!(
                 "RESULT latency samples={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
                 v.len(),
-                p(50.0),
-                p(99.0),
-                p(100.0)
+                percentile(&v, 50.0),
+                percentile(&v, 99.0),
+                percentile(&v, 100.0)
             );
         }
         Mode::Steady => {

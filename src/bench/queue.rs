@@ -288,7 +288,8 @@ async fn latency(
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p`th percentile of sorted samples (nearest rank), NaN when there are none.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
