@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use jobs::tenancy;
+use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -16,43 +17,73 @@ pub const ACCOUNT: Uuid = Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_d
 /// The paper venue accepts any key; the secret comes from this variable.
 pub const SECRET_VAR: &str = "PULSE_DEMO_PAPER_SECRET";
 
-pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper venue (Alpaca dialect)', 'broker') ON CONFLICT DO NOTHING")
-        .execute(pool)
-        .await?;
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'demo desk') ON CONFLICT DO NOTHING")
-        .bind(TENANT)
-        .execute(pool)
-        .await?;
-    let mut tx = tenancy::begin(pool, TENANT).await?;
-    let created = sqlx::query(
-        "INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, 'demo-main', 'paper')
+/// A tenant with one paper-venue account: an `api_key` credential behind
+/// `secret_ref`, and `allocated` capital journalled in. Used by the demo, the intent
+/// benchmark and tests. Idempotent: an account that exists (same id) is left as it is.
+pub async fn open_desk(
+    pool: &PgPool,
+    tenant: Uuid,
+    name: &str,
+    account: Uuid,
+    secret_ref: &str,
+    allocated: Decimal,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper venue (Alpaca dialect)', 'broker')
          ON CONFLICT DO NOTHING",
     )
-    .bind(ACCOUNT)
-    .bind(TENANT)
+    .execute(pool)
+    .await?;
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(tenant)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    let mut tx = tenancy::begin(pool, tenant).await?;
+    let created = sqlx::query(
+        "INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, 'main', 'paper')
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(account)
+    .bind(tenant)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if created == 1 {
         sqlx::query(
             "INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
-             VALUES ($1, $2, 'api_key', 'PKDEMO', $3)",
+             VALUES ($1, $2, 'api_key', 'PKPAPER', $3)",
         )
-        .bind(TENANT)
-        .bind(ACCOUNT)
-        .bind(format!("env:{SECRET_VAR}"))
+        .bind(tenant)
+        .bind(account)
+        .bind(secret_ref)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', 1000000)",
+            "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated)
+             VALUES ($1, $2, 'allocate', $3)",
         )
-        .bind(TENANT)
-        .bind(ACCOUNT)
+        .bind(tenant)
+        .bind(account)
+        .bind(allocated)
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    tx.commit().await
+}
+
+/// The demo desk of local runs.
+pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
+    let secret_ref = format!("env:{SECRET_VAR}");
+    open_desk(
+        pool,
+        TENANT,
+        "demo desk",
+        ACCOUNT,
+        &secret_ref,
+        Decimal::from(1_000_000),
+    )
+    .await?;
     Ok(())
 }
 

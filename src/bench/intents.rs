@@ -61,35 +61,20 @@ pub struct IntentBenchResult {
 const KEY: [u8; 32] = [11; 32];
 
 async fn seed(pool: &PgPool, tenants: usize) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
-    sqlx::query("INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper', 'broker') ON CONFLICT DO NOTHING")
-        .execute(pool)
-        .await?;
+    let secret_ref = jobs::secrets::seal("bench-secret", &KEY);
     let mut desks = vec![];
     for n in 0..tenants {
-        let tenant: Uuid =
-            sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
-                .bind(format!("bench-{n}"))
-                .fetch_one(pool)
-                .await?;
-        let mut tx = tenancy::begin(pool, tenant).await?;
-        let account: Uuid = sqlx::query_scalar(
-            "INSERT INTO trading_accounts (tenant_id, label, venue_id) VALUES ($1, 'main', 'paper') RETURNING id",
+        let (tenant, account) = (Uuid::new_v4(), Uuid::new_v4());
+        let allocated = rust_decimal::Decimal::from(1_000_000_000_000i64);
+        crate::demo::open_desk(
+            pool,
+            tenant,
+            &format!("bench-{n}"),
+            account,
+            &secret_ref,
+            allocated,
         )
-        .bind(tenant)
-        .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref) VALUES ($1, $2, 'api_key', 'PKBENCH', $3)")
-            .bind(tenant)
-            .bind(account)
-            .bind(jobs::secrets::seal("bench-secret", &KEY))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', 1000000000000)")
-            .bind(tenant)
-            .bind(account)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         desks.push((tenant, account));
     }
     Ok(desks)

@@ -30,41 +30,18 @@ async fn desk(options: PaperOptions, allocated: i64) -> Desk {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(venue.clone().serve(listener));
-    let tenant: Uuid =
-        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ('desk') RETURNING id")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    sqlx::query("INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper', 'broker') ON CONFLICT DO NOTHING")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let mut tx = tenancy::begin(&db.pool, tenant).await.unwrap();
-    let account: Uuid = sqlx::query_scalar(
-        "INSERT INTO trading_accounts (tenant_id, label, venue_id) VALUES ($1, 'main', 'paper') RETURNING id",
+    let (tenant, account) = (Uuid::new_v4(), Uuid::new_v4());
+    let secret_ref = jobs::secrets::seal(API_SECRET, &KEY);
+    pulse_fleet::demo::open_desk(
+        &db.pool,
+        tenant,
+        "desk",
+        account,
+        &secret_ref,
+        allocated.into(),
     )
-    .bind(tenant)
-    .fetch_one(&mut *tx)
     .await
     .unwrap();
-    sqlx::query(
-        "INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
-         VALUES ($1, $2, 'api_key', 'PKPAPER', $3)",
-    )
-    .bind(tenant)
-    .bind(account)
-    .bind(jobs::secrets::seal(API_SECRET, &KEY))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', $3)")
-        .bind(tenant)
-        .bind(account)
-        .bind(rust_decimal::Decimal::from(allocated))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
     let mut services = Services::new(Duration::from_secs(5), None);
     services.venue_urls = HashMap::from([("paper".to_string(), base)]);
     services.secrets_key = Some(KEY);

@@ -14,30 +14,17 @@ struct Tenant {
 }
 
 async fn tenant(pool: &PgPool, name: &str) -> Tenant {
-    let id: Uuid = sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
-        .bind(name)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper', 'broker') ON CONFLICT DO NOTHING")
-        .execute(pool)
-        .await
-        .unwrap();
-    let mut tx = tenancy::begin(pool, id).await.unwrap();
-    let account: Uuid = sqlx::query_scalar(
-        "INSERT INTO trading_accounts (tenant_id, label, venue_id) VALUES ($1, 'main', 'paper') RETURNING id",
+    let (id, account) = (Uuid::new_v4(), Uuid::new_v4());
+    pulse_fleet::demo::open_desk(
+        pool,
+        id,
+        name,
+        account,
+        "env:UNUSED_PAPER_SECRET",
+        1000.into(),
     )
-    .bind(id)
-    .fetch_one(&mut *tx)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', 1000)")
-        .bind(id)
-        .bind(account)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
     Tenant { id, account }
 }
 
