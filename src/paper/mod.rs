@@ -132,6 +132,10 @@ impl PaperVenue {
             .route("/v2/orders:by_client_order_id", get(by_client_id))
             .route("/v2/orders/{id}", delete(cancel_order).get(get_order))
             .route("/v2/account/activities/FILL", get(fills))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                admission,
+            ))
             .with_state(self.clone())
     }
 
@@ -286,21 +290,26 @@ impl PaperVenue {
     }
 }
 
+/// What every request goes through first: auth, the rate limit, latency and the 5xx
+/// fault. Admitted answers carry the rate-limit headers, as every answer of Alpaca's does.
+async fn admission(
+    State(venue): State<PaperVenue>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match venue.admit(request.headers()).await {
+        Err(refused) => refused,
+        Ok(rate) => with_headers(rate, next.run(request).await),
+    }
+}
+
 fn with_headers(headers: HeaderMap, response: impl IntoResponse) -> Response {
     let mut r = response.into_response();
     r.headers_mut().extend(headers);
     r
 }
 
-async fn create_order(
-    State(venue): State<PaperVenue>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let rate = match venue.admit(&headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) -> Response {
     let request: OrderRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -406,7 +415,7 @@ async fn create_order(
             "upstream connection reset",
         );
     }
-    with_headers(rate, Json(order_json(&created)))
+    Json(order_json(&created)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -414,47 +423,23 @@ struct ClientIdQuery {
     client_order_id: String,
 }
 
-async fn by_client_id(
-    State(venue): State<PaperVenue>,
-    headers: HeaderMap,
-    Query(q): Query<ClientIdQuery>,
-) -> Response {
-    let rate = match venue.admit(&headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+async fn by_client_id(State(venue): State<PaperVenue>, Query(q): Query<ClientIdQuery>) -> Response {
     let book = venue.book.lock().expect("book");
     match book.by_client_id.get(&q.client_order_id) {
-        Some(i) => with_headers(rate, Json(order_json(&book.orders[*i]))),
+        Some(i) => Json(order_json(&book.orders[*i])).into_response(),
         None => error(StatusCode::NOT_FOUND, 40410000, "order not found"),
     }
 }
 
-async fn get_order(
-    State(venue): State<PaperVenue>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let rate = match venue.admit(&headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+async fn get_order(State(venue): State<PaperVenue>, Path(id): Path<String>) -> Response {
     let book = venue.book.lock().expect("book");
     match book.by_id.get(&id) {
-        Some(i) => with_headers(rate, Json(order_json(&book.orders[*i]))),
+        Some(i) => Json(order_json(&book.orders[*i])).into_response(),
         None => error(StatusCode::NOT_FOUND, 40410000, "order not found"),
     }
 }
 
-async fn cancel_order(
-    State(venue): State<PaperVenue>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let rate = match venue.admit(&headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+async fn cancel_order(State(venue): State<PaperVenue>, Path(id): Path<String>) -> Response {
     let mut book = venue.book.lock().expect("book");
     let Some(i) = book.by_id.get(&id).copied() else {
         return error(StatusCode::NOT_FOUND, 40410000, "order not found");
@@ -469,7 +454,7 @@ async fn cancel_order(
     }
     order.status = "canceled".into();
     order.updated_at = Utc::now();
-    with_headers(rate, StatusCode::NO_CONTENT)
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Deserialize)]
@@ -478,15 +463,7 @@ struct ListQuery {
     status: Option<String>,
 }
 
-async fn list_orders(
-    State(venue): State<PaperVenue>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    let rate = match venue.admit(&headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+async fn list_orders(State(venue): State<PaperVenue>, Query(q): Query<ListQuery>) -> Response {
     let book = venue.book.lock().expect("book");
     let want_open = q.status.as_deref().unwrap_or("open") == "open";
     let list: Vec<Value> = book
@@ -495,7 +472,7 @@ async fn list_orders(
         .filter(|o| q.status.as_deref() == Some("all") || o.is_terminal() != want_open)
         .map(order_json)
         .collect();
-    with_headers(rate, Json(list))
+    Json(list).into_response()
 }
 
 #[derive(Deserialize)]
@@ -506,15 +483,7 @@ struct FillQuery {
     page_size: Option<usize>,
 }
 
-async fn fills(
-    State(venue): State<PaperVenue>,
-    headers: HeaderMap,
-    Query(q): Query<FillQuery>,
-) -> Response {
-    let rate = match venue.admit(&headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+async fn fills(State(venue): State<PaperVenue>, Query(q): Query<FillQuery>) -> Response {
     let book = venue.book.lock().expect("book");
     let start = q
         .page_token
@@ -527,5 +496,5 @@ async fn fills(
         .skip(start)
         .take(q.page_size.unwrap_or(100).clamp(1, 100))
         .collect();
-    with_headers(rate, Json(page))
+    Json(page).into_response()
 }
