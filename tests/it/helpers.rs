@@ -123,6 +123,26 @@ impl TestDb {
         .expect("start worker")
     }
 
+    /// Serves the web process on an ephemeral port with this database and the test
+    /// settings as `adjust` leaves them; returns its base URL.
+    pub async fn serve_web(
+        &self,
+        adjust: impl FnOnce(&mut pulse_fleet::config::Settings),
+    ) -> String {
+        let mut settings = self.settings();
+        adjust(&mut settings);
+        let specs = pulse_fleet::worker::all_specs(&settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = pulse_fleet::web::AppState::new(self.pool.clone(), settings, &specs);
+        tokio::spawn(pulse_fleet::web::serve(
+            listener,
+            state,
+            std::future::pending(),
+        ));
+        format!("http://{addr}")
+    }
+
     /// Waits until no job of the database is available-and-due or running.
     pub async fn drain(&self) {
         wait_until("the queue drains", Duration::from_secs(30), || async {

@@ -1,6 +1,6 @@
 //! Stripe webhooks over real HTTP into `process_payment`.
 
-use pulse_fleet::web::{self, signature};
+use pulse_fleet::web::signature;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -9,18 +9,13 @@ const SECRET: &str = "whsec_test_current";
 const OLD_SECRET: &str = "whsec_test_previous";
 
 async fn serve(db: &TestDb) -> String {
-    let mut settings = db.settings();
-    settings.stripe.webhook_secrets = format!("{SECRET},{OLD_SECRET}");
-    settings.web.max_body_bytes = 64 * 1024;
-    let specs = pulse_fleet::worker::all_specs(&settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(web::serve(
-        listener,
-        web::AppState::new(db.pool.clone(), settings, &specs),
-        std::future::pending(),
-    ));
-    format!("http://{addr}/webhooks/stripe")
+    let base = db
+        .serve_web(|s| {
+            s.stripe.webhook_secrets = format!("{SECRET},{OLD_SECRET}");
+            s.web.max_body_bytes = 64 * 1024;
+        })
+        .await;
+    format!("{base}/webhooks/stripe")
 }
 
 fn event(id: &str, kind: &str, created: i64, object: Value) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! `user_symbols` changes reach `watchers`: by trigger, and by the signed webhook.
 
-use pulse_fleet::web::{self, signature};
+use pulse_fleet::web::signature;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -77,17 +77,10 @@ async fn inserts_updates_moves_and_deletes_of_user_symbols_follow_through_the_tr
 }
 
 async fn serve(db: &TestDb) -> String {
-    let mut settings = db.settings();
-    settings.watchers.webhook_secret = SECRET.into();
-    let specs = pulse_fleet::worker::all_specs(&settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(web::serve(
-        listener,
-        web::AppState::new(db.pool.clone(), settings, &specs),
-        std::future::pending(),
-    ));
-    format!("http://{addr}/webhooks/watchers")
+    let base = db
+        .serve_web(|s| s.watchers.webhook_secret = SECRET.into())
+        .await;
+    format!("{base}/webhooks/watchers")
 }
 
 async fn deliver(url: &str, body: &Value, secret: &str) -> reqwest::Response {

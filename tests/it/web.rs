@@ -2,19 +2,10 @@
 
 use std::time::Duration;
 
-use pulse_fleet::web;
-
 use crate::helpers::*;
 
 async fn serve(db: &TestDb, max_lag: u64) -> String {
-    let mut settings = db.settings();
-    settings.web.max_queue_lag_secs = max_lag;
-    let specs = pulse_fleet::worker::all_specs(&settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = web::AppState::new(db.pool.clone(), settings, &specs);
-    tokio::spawn(web::serve(listener, state, std::future::pending()));
-    format!("http://{addr}")
+    db.serve_web(|s| s.web.max_queue_lag_secs = max_lag).await
 }
 
 #[tokio::test]
