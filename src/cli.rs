@@ -364,7 +364,7 @@ async fn run_roles(
 async fn start_paper_venue(
     settings: &Settings,
     tasks: &mut tokio::task::JoinSet<()>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&settings.paper.bind).await?;
     tracing::info!(
@@ -376,22 +376,32 @@ async fn start_paper_venue(
             * 10,
         ..Default::default()
     });
+    spawn_until_stopped(tasks, "paper venue", venue.serve(listener), stop);
+    Ok(())
+}
+
+/// Runs a local helper server until `stop` (or until it fails, which is logged).
+fn spawn_until_stopped(
+    tasks: &mut tokio::task::JoinSet<()>,
+    what: &'static str,
+    server: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+) {
     tasks.spawn(async move {
         tokio::select! {
-            result = venue.serve(listener) => if let Err(error) = result {
-                tracing::error!(%error, "paper venue failed");
+            result = server => if let Err(error) = result {
+                tracing::error!(%error, "{what} failed");
             },
             _ = stop.wait_for(|s| *s) => {}
         }
     });
-    Ok(())
 }
 
 /// Local runs without a real Discord webhook: alerts go to the Discord-dialect sink.
 async fn start_discord_sink(
     settings: &Settings,
     tasks: &mut tokio::task::JoinSet<()>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind(&settings.discord.sink_bind).await?;
     let addr = listener.local_addr()?;
@@ -399,14 +409,7 @@ async fn start_discord_sink(
         "no Discord webhook configured: alerts go to the local sink, http://{addr}/messages"
     );
     let sink = crate::discord_sink::Sink::new(Default::default());
-    tasks.spawn(async move {
-        tokio::select! {
-            result = sink.serve(listener) => if let Err(error) = result {
-                tracing::error!(%error, "Discord sink failed");
-            },
-            _ = stop.wait_for(|s| *s) => {}
-        }
-    });
+    spawn_until_stopped(tasks, "Discord sink", sink.serve(listener), stop);
     Ok(format!("http://{addr}/api/webhooks/0/local-sink"))
 }
 
