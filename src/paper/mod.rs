@@ -84,6 +84,8 @@ struct Book {
     by_id: HashMap<String, usize>,
     fills: Vec<FillActivity>,
     prices: HashMap<String, Decimal>,
+    /// Limit orders that may still fill (indexes into `orders`): all a tick looks at.
+    open_limits: Vec<usize>,
     /// api key -> (requests in the minute, minute start as unix seconds)
     rate: HashMap<String, (u32, i64)>,
 }
@@ -217,25 +219,29 @@ impl PaperVenue {
             .or_insert_with(|| Decimal::new(10_000, 2))
     }
 
-    /// One step of every price's random walk; limit orders that cross fill.
+    /// One step of the random walk of every symbol with an open limit order; those
+    /// orders fill when their limit is crossed. (Other symbols step when traded, so a
+    /// tick costs the open limit orders, not every symbol the venue has seen.)
     fn tick(&self) {
         let mut book = self.book.lock().expect("book");
+        if book.open_limits.is_empty() {
+            return;
+        }
         let mut rng = self.rng.lock().expect("rng");
-        let symbols: Vec<String> = book.prices.keys().cloned().collect();
-        for s in symbols {
-            let step = Decimal::new(rng.random_range(-10..=10), 2);
-            let p = book.prices.get_mut(&s).expect("price");
-            *p = (*p + step).max(Decimal::new(1, 2));
+        let open = std::mem::take(&mut book.open_limits);
+        let symbols: std::collections::BTreeSet<String> = open
+            .iter()
+            .map(|i| book.orders[*i].symbol.clone())
+            .collect();
+        for s in &symbols {
+            Self::step(&mut book, &mut rng, s);
         }
         drop(rng);
-        let open: Vec<usize> = (0..book.orders.len())
-            .filter(|i| {
-                !book.orders[*i].is_terminal() && book.orders[*i].order_type == OrderType::Limit
-            })
-            .collect();
         for i in open {
-            let symbol = book.orders[i].symbol.clone();
-            let price = Self::price(&mut book, &symbol);
+            if book.orders[i].is_terminal() {
+                continue;
+            }
+            let price = book.prices[&book.orders[i].symbol];
             let o = &book.orders[i];
             let limit = o.limit_price.unwrap_or_default();
             let crosses = match o.side {
@@ -245,8 +251,19 @@ impl PaperVenue {
             if crosses {
                 let rest = o.qty - o.filled_qty;
                 Self::fill(&mut book, i, rest, limit);
+            } else {
+                book.open_limits.push(i);
             }
         }
+    }
+
+    /// One step of a symbol's random walk (it starts at 100.00); its new price.
+    fn step(book: &mut Book, rng: &mut StdRng, symbol: &str) -> Decimal {
+        let step = Decimal::new(rng.random_range(-10..=10), 2);
+        let p = Self::price(book, symbol);
+        let next = (p + step).max(Decimal::new(1, 2));
+        book.prices.insert(symbol.to_owned(), next);
+        next
     }
 
     fn fill(book: &mut Book, i: usize, qty: Decimal, price: Decimal) {
@@ -382,7 +399,11 @@ async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) 
         book.by_client_id.insert(order.client_order_id.clone(), i);
         book.by_id.insert(order.id.clone(), i);
         book.orders.push(order);
-        let price = PaperVenue::price(&mut book, &request.symbol);
+        let price = PaperVenue::step(
+            &mut book,
+            &mut venue.rng.lock().expect("rng"),
+            &request.symbol,
+        );
         match request.order_type {
             OrderType::Market => {
                 let qty = request.qty;
@@ -402,6 +423,8 @@ async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) 
                 };
                 if crosses {
                     PaperVenue::fill(&mut book, i, request.qty, limit);
+                } else {
+                    book.open_limits.push(i);
                 }
             }
         }
