@@ -119,6 +119,8 @@ pub enum SecretsCommand {
 pub enum AuditCommand {
     /// Exit 1 if any tenant's chain is broken (an edited, missing or reordered event).
     Verify,
+    /// Seal the events not sealed yet (running workers do this every 500 ms).
+    Seal,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,8 +218,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for problem in &report.problems {
                 println!("BROKEN {problem}");
             }
+            if report.unsealed > 0 {
+                println!(
+                    "{} event(s) not sealed yet (workers seal them; `audit seal` does now)",
+                    report.unsealed
+                );
+            }
             println!(
-                "{} event(s) of {} tenant(s) checked: {}",
+                "{} sealed event(s) of {} tenant(s) checked: {}",
                 report.events,
                 report.tenants,
                 if report.is_ok() {
@@ -229,6 +237,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !report.is_ok() {
                 std::process::exit(1);
             }
+        }
+        Command::Audit(AuditCommand::Seal) => {
+            let pool = db::app_pool(&settings).await?;
+            println!("{} event(s) sealed", crate::audit::seal_all(&pool).await?);
         }
         Command::Sign { kind, body } => {
             use crate::web::signature;
@@ -322,6 +334,7 @@ async fn run_roles(
                 ));
                 tracing::info!("demo desk: a two-leg intent every 5 s on the paper venue");
             }
+            tasks.spawn(crate::audit::run_sealer(app_pool.clone(), stop_rx.clone()));
             Some(worker::start(app_pool.clone(), pools, queues, &settings.worker, services).await?)
         }
         None => None,

@@ -45,6 +45,20 @@ const LOCK_TTL_SECS: f64 = 60.0;
 /// Legs at or above this index are unwind orders.
 const UNWIND_BASE: i32 = 1000;
 
+/// Counts `$3` more requests for each account of `$2` (tenant `$1`) in the current
+/// minute's window; returns each account's use so far.
+macro_rules! take_budget_sql {
+    () => {
+        "INSERT INTO venue_request_budgets AS b (tenant_id, account_id, window_start, used)
+         SELECT $1, a, date_trunc('minute', now()), n FROM unnest($2::uuid[], $3::int[]) AS w(a, n)
+         ON CONFLICT (tenant_id, account_id) DO UPDATE SET
+             used = CASE WHEN b.window_start = date_trunc('minute', now()) THEN b.used + excluded.used
+                         ELSE excluded.used END,
+             window_start = date_trunc('minute', now())
+         RETURNING used"
+    };
+}
+
 /// A client order id: the same for (tenant, intent, leg) on every attempt, at most
 /// 48 characters (the strictest Alpaca API's limit), letters, digits and dashes.
 pub fn client_order_id(tenant: Uuid, intent: Uuid, leg: i32) -> String {
@@ -245,25 +259,12 @@ impl Job for ExecuteIntent {
         };
         match status.as_str() {
             "filled" | "cancelled" | "failed" => return Ok(()),
-            "pending" => match plan(&mut tx, t, intent, &legs).await {
-                Ok(reserved) => {
-                    // First attempt: load what submission needs in the same transaction.
-                    let orders = load_orders(&mut tx, intent).await?;
-                    let refs: Vec<&OrderRow> = orders.iter().collect();
-                    let creds = load_credentials(&mut tx, &refs).await?;
-                    let wait = take_budgets_in(&mut tx, &ctx, t, &budget_wants(&refs, ctx.attempt))
-                        .await?;
-                    let clients = build_clients(&ctx, &creds, &refs);
-                    // Last before commit: the tenant's audit chain stays locked until then.
-                    tenancy::audit(
-                        &mut tx,
-                        t,
-                        "capital_reserved",
-                        "intent",
-                        &intent.to_string(),
-                        &reserved,
-                    )
-                    .await?;
+            "pending" => match plan(&mut tx, &ctx, t, intent, &legs).await {
+                Ok(Planned {
+                    orders,
+                    clients,
+                    wait,
+                }) => {
                     tx.commit().await?;
                     if let Some(wait) = wait {
                         return Err(JobError::Snooze(wait));
@@ -292,14 +293,24 @@ impl Job for ExecuteIntent {
     }
 }
 
-/// Plans the intent; returns the details of its `capital_reserved` audit event,
-/// which the caller writes last (the tenant's audit chain is locked until commit).
+/// What planning produced: the order rows, their venue clients, and how long to wait
+/// when the venue request budget is spent.
+struct Planned {
+    orders: Vec<OrderRow>,
+    clients: Clients,
+    wait: Option<Duration>,
+}
+
+/// Plans the intent in the caller's transaction. Everything that serialises intents
+/// of one account (the ledger row) comes last, so its lock is held only from the
+/// reservation to the commit.
 async fn plan(
     tx: &mut Transaction<'_, Postgres>,
+    ctx: &JobContext,
     t: Uuid,
     intent: Uuid,
     legs: &Value,
-) -> Result<Value, Stop> {
+) -> Result<Planned, Stop> {
     let legs = parse_legs(legs).map_err(|r| refused("intent_rejected", r))?;
     let accounts: Vec<Uuid> = legs
         .iter()
@@ -307,11 +318,16 @@ async fn plan(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let known: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, venue_id FROM trading_accounts WHERE id = ANY($1)")
-            .bind(&accounts)
-            .fetch_all(&mut **tx)
-            .await?;
+    // The accounts with their API credentials (what submission needs) in one read.
+    let known: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT a.id, a.venue_id, c.identifier, c.secret_ref
+         FROM trading_accounts a
+         LEFT JOIN account_credentials c ON c.account_id = a.id AND c.credential_type = 'api_key'
+         WHERE a.id = ANY($1)",
+    )
+    .bind(&accounts)
+    .fetch_all(&mut **tx)
+    .await?;
     if known.len() != accounts.len() {
         return Err(refused(
             "intent_rejected",
@@ -337,86 +353,114 @@ async fn plan(
     }
     check_limits(tx, &legs).await?;
 
-    // Entry locks, in a fixed order so that two intents cannot deadlock.
-    let keys: BTreeSet<(Uuid, String)> = legs
+    // Entry locks, all in one statement, in a fixed order so that two intents cannot
+    // deadlock; a lock held by another live intent stops planning.
+    let keys: BTreeSet<(Uuid, &str)> = legs
         .iter()
-        .map(|l| (l.account_id, l.symbol.clone()))
+        .map(|l| (l.account_id, l.symbol.as_str()))
         .collect();
-    for (account, symbol) in &keys {
-        let taken: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO entry_locks AS l (tenant_id, account_id, symbol, owner_token, expires_at)
-             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+    let (lock_accounts, lock_symbols): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
+    let taken: i64 = sqlx::query_scalar(
+        "WITH taken AS (
+             INSERT INTO entry_locks AS l (tenant_id, account_id, symbol, owner_token, expires_at)
+             SELECT $1, a, s, $4, now() + make_interval(secs => $5)
+             FROM unnest($2::uuid[], $3::text[]) WITH ORDINALITY AS k(a, s, ord) ORDER BY ord
              ON CONFLICT (tenant_id, account_id, symbol) DO UPDATE
                  SET owner_token = excluded.owner_token, expires_at = excluded.expires_at
                  WHERE l.expires_at < now() OR l.owner_token = excluded.owner_token
-             RETURNING 1",
-        )
-        .bind(t)
-        .bind(account)
-        .bind(symbol)
-        .bind(intent)
-        .bind(LOCK_TTL_SECS)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if taken.is_none() {
-            return Err(Stop::Locked);
-        }
-    }
-
-    let (mut reserve_accounts, mut reserve_amounts, mut reserve_orders) = (vec![], vec![], vec![]);
-    for (i, leg) in legs.iter().enumerate() {
-        let i = i as i32;
-        let venue: &str = &known
-            .iter()
-            .find(|k| k.0 == leg.account_id)
-            .expect("checked above")
-            .1;
-        let notional = (leg.quantity * leg.price).round_dp(10);
-        let order_id: Uuid = sqlx::query_scalar(
-            "INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
-                                 order_type, limit_price, time_in_force, client_order_id, reserved_amount)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-        )
-        .bind(t)
-        .bind(intent)
-        .bind(i)
-        .bind(leg.account_id)
-        .bind(venue)
-        .bind(&leg.symbol)
-        .bind(if leg.side == Side::Buy { "buy" } else { "sell" })
-        .bind(leg.quantity)
-        .bind(if leg.order_type == OrderType::Limit { "limit" } else { "market" })
-        .bind(leg.limit_price)
-        .bind(&leg.time_in_force)
-        .bind(client_order_id(t, intent, i))
-        .bind(notional)
-        .fetch_one(&mut **tx)
-        .await?;
-        reserve_accounts.push(leg.account_id);
-        reserve_amounts.push(notional);
-        reserve_orders.push(order_id);
-    }
-    sqlx::query(
-        "UPDATE multi_leg_intents SET status = 'submitted', updated_at = now() WHERE id = $1",
-    )
-    .bind(intent)
-    .execute(&mut **tx)
-    .await?;
-    let total: Decimal = reserve_amounts.iter().sum();
-    // Near the end, in one statement: concurrent intents of an account contend on its
-    // ledger row, so its lock is held only from here to the commit.
-    let reserved = sqlx::query(
-        "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
-         SELECT $1, a, 'reserve_order', n, 'order', o
-         FROM unnest($2::uuid[], $3::numeric[], $4::uuid[]) AS r(a, n, o)",
+             RETURNING 1)
+         SELECT count(*) FROM taken",
     )
     .bind(t)
-    .bind(&reserve_accounts)
-    .bind(&reserve_amounts)
-    .bind(&reserve_orders)
-    .execute(&mut **tx)
+    .bind(&lock_accounts)
+    .bind(&lock_symbols)
+    .bind(intent)
+    .bind(LOCK_TTL_SECS)
+    .fetch_one(&mut **tx)
+    .await?;
+    if taken as usize != keys.len() {
+        return Err(Stop::Locked);
+    }
+
+    // One order row per leg, in one statement.
+    let venue_of = |a: Uuid| -> &str { &known.iter().find(|k| k.0 == a).expect("checked above").1 };
+    let notionals: Vec<Decimal> = legs
+        .iter()
+        .map(|l| (l.quantity * l.price).round_dp(10))
+        .collect();
+    let orders: Vec<OrderRow> = sqlx::query_as(
+        "WITH submitted AS (
+             UPDATE multi_leg_intents SET status = 'submitted', updated_at = now() WHERE id = $2)
+         INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
+                             order_type, limit_price, time_in_force, client_order_id, reserved_amount)
+         SELECT $1, $2, (ord - 1)::int, a, v, s, sd, q, ot, lp, tif, coid, r
+         FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::numeric[], $8::text[],
+                     $9::numeric[], $10::text[], $11::text[], $12::numeric[])
+              WITH ORDINALITY AS l(a, v, s, sd, q, ot, lp, tif, coid, r, ord)
+         RETURNING id, leg_index, account_id, venue_id, symbol, side, quantity, order_type, limit_price,
+                   time_in_force, client_order_id, venue_order_id, status, reserved_amount",
+    )
+    .bind(t)
+    .bind(intent)
+    .bind(legs.iter().map(|l| l.account_id).collect::<Vec<_>>())
+    .bind(legs.iter().map(|l| venue_of(l.account_id)).collect::<Vec<_>>())
+    .bind(legs.iter().map(|l| l.symbol.as_str()).collect::<Vec<_>>())
+    .bind(legs.iter().map(|l| l.side.as_str()).collect::<Vec<_>>())
+    .bind(legs.iter().map(|l| l.quantity).collect::<Vec<_>>())
+    .bind(legs.iter().map(|l| l.order_type.as_str()).collect::<Vec<_>>())
+    .bind(legs.iter().map(|l| l.limit_price).collect::<Vec<_>>())
+    .bind(legs.iter().map(|l| l.time_in_force.as_str()).collect::<Vec<_>>())
+    .bind(
+        (0..legs.len() as i32)
+            .map(|i| client_order_id(t, intent, i))
+            .collect::<Vec<_>>(),
+    )
+    .bind(&notionals)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut orders = orders;
+    orders.sort_by_key(|o| o.leg_index);
+
+    // What submission needs comes from this transaction, so the first attempt needs no other.
+    let refs: Vec<&OrderRow> = orders.iter().collect();
+    let creds: Credentials = known
+        .iter()
+        .filter_map(|(a, _, key_id, secret_ref)| Some((*a, key_id.clone(), secret_ref.clone()?)))
+        .collect();
+    let clients = build_clients(ctx, &creds, &refs);
+    let total: Decimal = notionals.iter().sum();
+    tenancy::audit(
+        tx,
+        "capital_reserved",
+        "intent",
+        &intent.to_string(),
+        &json!({"legs": legs.len(), "notional": total.to_string()}),
+    )
+    .await?;
+
+    // Last before commit, in one statement: the capital reservation (through the
+    // journal) and the venue request budget. Both are rows per account that concurrent
+    // intents of the account contend on, so their locks are held only from here to
+    // the commit.
+    let (budget_accounts, budget_counts): (Vec<Uuid>, Vec<i32>) =
+        budget_wants(&refs, ctx.attempt).into_iter().unzip();
+    let reserved: sqlx::Result<Vec<i32>> = sqlx::query_scalar(concat!(
+        "WITH reserve AS (
+             INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
+             SELECT $1, a, 'reserve_order', n, 'order', o
+             FROM unnest($4::uuid[], $5::numeric[], $6::uuid[]) AS r(a, n, o))
+         ",
+        take_budget_sql!()
+    ))
+    .bind(t)
+    .bind(&budget_accounts)
+    .bind(&budget_counts)
+    .bind(orders.iter().map(|o| o.account_id).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.reserved_amount).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
     .await;
-    if let Err(e) = reserved {
+    if let Err(e) = &reserved {
         if e.as_database_error().and_then(|d| d.constraint()) == Some("capital_invariant") {
             return Err(refused(
                 "insufficient_capital",
@@ -426,9 +470,14 @@ async fn plan(
                 ),
             ));
         }
-        return Err(e.into());
+        return Err(reserved.unwrap_err().into());
     }
-    Ok(json!({"legs": legs.len(), "notional": total.to_string()}))
+    let wait = over_budget(ctx, &reserved?);
+    Ok(Planned {
+        orders,
+        clients,
+        wait,
+    })
 }
 
 async fn check_limits(tx: &mut Transaction<'_, Postgres>, legs: &[Leg]) -> Result<(), Stop> {
@@ -487,10 +536,10 @@ async fn check_limits(tx: &mut Transaction<'_, Postgres>, legs: &[Leg]) -> Resul
 }
 
 /// Moves the intent to its final state for this job (status, reason), releases its
-/// entry locks and records the audit event: one place for every way an intent ends.
+/// entry locks and records the audit event, in one statement: one place for every
+/// way an intent ends.
 async fn settle_intent(
     tx: &mut Transaction<'_, Postgres>,
-    t: Uuid,
     intent: Uuid,
     status: &str,
     reason: Option<&str>,
@@ -498,19 +547,21 @@ async fn settle_intent(
     details: &Value,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE multi_leg_intents SET status = $2::intent_status, reason = coalesce($3, reason), updated_at = now()
-         WHERE id = $1",
+        "WITH settled AS (
+             UPDATE multi_leg_intents SET status = $2::intent_status, reason = coalesce($3, reason),
+                                          updated_at = now()
+             WHERE id = $1),
+         unlocked AS (DELETE FROM entry_locks WHERE owner_token = $1)
+         SELECT audit_append($4, 'intent', $1::text, $5)",
     )
     .bind(intent)
     .bind(status)
     .bind(reason)
+    .bind(event)
+    .bind(details)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("DELETE FROM entry_locks WHERE owner_token = $1")
-        .bind(intent)
-        .execute(&mut **tx)
-        .await?;
-    tenancy::audit(tx, t, event, "intent", &intent.to_string(), details).await
+    Ok(())
 }
 
 /// Marks the intent failed with an audit event (and releases what it held).
@@ -524,7 +575,6 @@ async fn fail(
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
     settle_intent(
         &mut tx,
-        t,
         intent,
         "failed",
         Some(reason),
@@ -633,36 +683,16 @@ async fn take_budget(
     take_budgets(ctx, t, &[(account, 1)]).await
 }
 
-/// Takes `n` requests per account from their per-minute budgets.
-async fn take_budgets_in(
-    tx: &mut Transaction<'_, Postgres>,
-    ctx: &JobContext,
-    t: Uuid,
-    wants: &[(Uuid, i32)],
-) -> Result<Option<Duration>, JobError> {
-    let (accounts, counts): (Vec<Uuid>, Vec<i32>) = wants.iter().copied().unzip();
-    let used: Vec<i32> = sqlx::query_scalar(
-        "INSERT INTO venue_request_budgets AS b (tenant_id, account_id, window_start, used)
-         SELECT $1, a, date_trunc('minute', now()), n FROM unnest($2::uuid[], $3::int[]) AS w(a, n)
-         ON CONFLICT (tenant_id, account_id) DO UPDATE SET
-             used = CASE WHEN b.window_start = date_trunc('minute', now()) THEN b.used + excluded.used
-                         ELSE excluded.used END,
-             window_start = date_trunc('minute', now())
-         RETURNING used",
-    )
-    .bind(t)
-    .bind(&accounts)
-    .bind(&counts)
-    .fetch_all(&mut **tx)
-    .await?;
+/// How long to wait for the next window when a budget is spent.
+fn over_budget(ctx: &JobContext, used: &[i32]) -> Option<Duration> {
     if used
         .iter()
         .any(|u| *u > ctx.services.venue_requests_per_minute)
     {
         let secs_left = 60 - (chrono::Utc::now().timestamp() % 60);
-        return Ok(Some(Duration::from_secs(secs_left as u64)));
+        return Some(Duration::from_secs(secs_left as u64));
     }
-    Ok(None)
+    None
 }
 
 async fn take_budgets(
@@ -670,10 +700,16 @@ async fn take_budgets(
     t: Uuid,
     wants: &[(Uuid, i32)],
 ) -> Result<Option<Duration>, JobError> {
+    let (accounts, counts): (Vec<Uuid>, Vec<i32>) = wants.iter().copied().unzip();
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    let wait = take_budgets_in(&mut tx, ctx, t, wants).await?;
+    let used: Vec<i32> = sqlx::query_scalar(take_budget_sql!())
+        .bind(t)
+        .bind(&accounts)
+        .bind(&counts)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(wait)
+    Ok(over_budget(ctx, &used))
 }
 
 fn budget_wants(legs: &[&OrderRow], attempt: i32) -> Vec<(Uuid, i32)> {
@@ -721,6 +757,16 @@ async fn submit_one(
     }
     Ok(match venue.create_order(&order.request()).await {
         Ok(accepted) => Outcome::Accepted(accepted),
+        // Sent by an attempt this one cannot know about (its record was lost): adopt it.
+        Err(e) if e.is_duplicate_client_order_id() => {
+            match venue.get_order_by_client_id(&order.client_order_id).await {
+                Ok(found) => Outcome::Accepted(found),
+                Err(VenueError::RateLimited { retry_after }) => {
+                    return Err(JobError::Snooze(retry_after));
+                }
+                Err(e) => Outcome::Unknown(e.to_string()),
+            }
+        }
         Err(VenueError::RateLimited { retry_after }) => return Err(JobError::Snooze(retry_after)),
         Err(VenueError::Unknown(e)) => Outcome::Unknown(e),
         Err(
@@ -737,19 +783,7 @@ async fn record(
     outcome: &Outcome,
 ) -> Result<(), JobError> {
     match outcome {
-        Outcome::Accepted(v) => {
-            sqlx::query(
-                "UPDATE orders SET venue_order_id = $2, status = $3, filled_quantity = $4, average_price = $5,
-                                   updated_at = now() WHERE id = $1",
-            )
-            .bind(order.id)
-            .bind(&v.id)
-            .bind(&v.status)
-            .bind(v.filled_qty)
-            .bind(v.filled_avg_price)
-            .execute(&mut **tx)
-            .await?;
-        }
+        Outcome::Accepted(v) => record_accepted(tx, &[(order.id, v)]).await?,
         Outcome::Rejected(reason) => {
             sqlx::query("UPDATE orders SET status = 'rejected', updated_at = now() WHERE id = $1")
                 .bind(order.id)
@@ -757,15 +791,7 @@ async fn record(
                 .await?;
             release(tx, t, order).await?;
             let details = json!({"intent": intent, "leg": order.leg_index, "reason": reason});
-            tenancy::audit(
-                tx,
-                t,
-                "leg_rejected",
-                "order",
-                &order.id.to_string(),
-                &details,
-            )
-            .await?;
+            tenancy::audit(tx, "leg_rejected", "order", &order.id.to_string(), &details).await?;
         }
         Outcome::Unknown(_) => {
             sqlx::query(
@@ -776,6 +802,31 @@ async fn record(
             .await?;
         }
     }
+    Ok(())
+}
+
+/// Stores what the venue answered for accepted orders, in one statement.
+async fn record_accepted(
+    tx: &mut Transaction<'_, Postgres>,
+    accepted: &[(Uuid, &VenueOrder)],
+) -> sqlx::Result<()> {
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE orders o SET venue_order_id = a.venue_id, status = a.status, filled_quantity = a.filled,
+                             average_price = a.avg, updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
+              AS a(id, venue_id, status, filled, avg)
+         WHERE o.id = a.id AND o.id = ANY($1)",
+    )
+    .bind(accepted.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(_, v)| v.id.as_str()).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(_, v)| v.status.as_str()).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(_, v)| v.filled_qty).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(_, v)| v.filled_avg_price).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -860,8 +911,18 @@ async fn submit_all(
     });
     // Every outcome, and the intent's new state when it is settled, in one transaction.
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let accepted: Vec<(Uuid, &VenueOrder)> = outcomes
+        .iter()
+        .filter_map(|(leg, o)| match o {
+            Outcome::Accepted(v) => Some((leg.id, v)),
+            _ => None,
+        })
+        .collect();
+    record_accepted(&mut tx, &accepted).await?;
     for (leg, outcome) in &outcomes {
-        record(&mut tx, t, intent, leg, outcome).await?;
+        if !matches!(outcome, Outcome::Accepted(_)) {
+            record(&mut tx, t, intent, leg, outcome).await?;
+        }
     }
     if rejected.is_none() && unknown.is_none() {
         let all_filled = legs.iter().all(|o| {
@@ -873,16 +934,7 @@ async fn submit_all(
         });
         let status = if all_filled { "filled" } else { "submitted" };
         let details = json!({"legs": legs.len(), "filled": all_filled});
-        settle_intent(
-            &mut tx,
-            t,
-            intent,
-            status,
-            None,
-            "intent_submitted",
-            &details,
-        )
-        .await?;
+        settle_intent(&mut tx, intent, status, None, "intent_submitted", &details).await?;
     }
     tx.commit().await?;
     if let Some(leg) = rejected {
@@ -1021,7 +1073,6 @@ async fn close_filled(
     record(&mut tx, t, intent, &closing, &placed).await?;
     tenancy::audit(
         &mut tx,
-        t,
         "leg_unwound",
         "order",
         &leg.id.to_string(),

@@ -5,39 +5,33 @@
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-/// Begins a transaction confined to `tenant`.
+/// Begins a transaction confined to `tenant`, in one round trip.
 pub async fn begin(pool: &PgPool, tenant: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
-    // One round trip: `role` is what SET LOCAL ROLE sets.
-    sqlx::query(
-        "SELECT set_config('role', 'pulse_worker', true), set_config('app.tenant_id', $1, true)",
-    )
-    .bind(tenant.to_string())
-    .execute(&mut *tx)
-    .await?;
-    Ok(tx)
+    // A simple-protocol batch, so the tenant is spelled into the text: a `Uuid`
+    // formats as hex and dashes only.
+    pool.begin_with(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL ROLE pulse_worker; SELECT set_config('app.tenant_id', '{tenant}', true)"
+    )))
+    .await
 }
 
-/// Appends an audit event to the tenant's hash chain (in the caller's transaction, so
-/// it exists exactly when the action it records does).
+/// Appends an audit event for the transaction's tenant (in the caller's transaction,
+/// so it exists exactly when the action it records does). It is sealed into the
+/// tenant's hash chain shortly after commit (see `audit_seal`). Statements that want
+/// to record their event in the same round trip call `audit_append` themselves.
 pub async fn audit(
     tx: &mut Transaction<'_, Postgres>,
-    tenant: Uuid,
     event_type: &str,
     subject_type: &str,
     subject_id: &str,
     details: &serde_json::Value,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_events (tenant_id, event_type, subject_type, subject_id, details, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, '', '')",
-    )
-    .bind(tenant)
-    .bind(event_type)
-    .bind(subject_type)
-    .bind(subject_id)
-    .bind(details)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("SELECT audit_append($1, $2, $3, $4)")
+        .bind(event_type)
+        .bind(subject_type)
+        .bind(subject_id)
+        .bind(details)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

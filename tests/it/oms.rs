@@ -19,6 +19,7 @@ const API_SECRET: &str = "paper-api-secret-do-not-log";
 struct Desk {
     db: TestDb,
     venue: PaperVenue,
+    base: String,
     tenant: Uuid,
     account: Uuid,
     worker: Option<WorkerHandle>,
@@ -43,7 +44,7 @@ async fn desk(options: PaperOptions, allocated: i64) -> Desk {
     .await
     .unwrap();
     let mut services = Services::new(Duration::from_secs(5), None);
-    services.venue_urls = HashMap::from([("paper".to_string(), base)]);
+    services.venue_urls = HashMap::from([("paper".to_string(), base.clone())]);
     services.secrets_key = Some(KEY);
     let s = db.settings();
     let pools = pulse_fleet::db::queue_pools(&s, 1).await.unwrap();
@@ -62,6 +63,7 @@ async fn desk(options: PaperOptions, allocated: i64) -> Desk {
     Desk {
         db,
         venue,
+        base,
         tenant,
         account,
         worker: Some(worker),
@@ -75,10 +77,15 @@ impl Desk {
     }
 
     async fn intent(&self, key: &str, legs: Vec<Value>) -> Uuid {
+        self.intent_with_id(Uuid::new_v4(), key, legs).await
+    }
+
+    async fn intent_with_id(&self, id: Uuid, key: &str, legs: Vec<Value>) -> Uuid {
         let mut tx = tenancy::begin(&self.db.pool, self.tenant).await.unwrap();
         let id = sqlx::query_scalar(
-            "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO multi_leg_intents (id, tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3, $4) RETURNING id",
         )
+        .bind(id)
         .bind(self.tenant)
         .bind(key)
         .bind(Value::Array(legs))
@@ -116,7 +123,7 @@ impl Desk {
     }
 
     async fn audit_events(&self) -> Vec<String> {
-        sqlx::query_scalar("SELECT event_type FROM audit_events WHERE tenant_id = $1 ORDER BY seq")
+        sqlx::query_scalar("SELECT event_type FROM audit_events WHERE tenant_id = $1 ORDER BY id")
             .bind(self.tenant)
             .fetch_all(&self.db.pool)
             .await
@@ -127,6 +134,53 @@ impl Desk {
         self.worker.take().unwrap().shutdown().await.unwrap();
         self
     }
+}
+
+#[tokio::test]
+async fn an_order_the_venue_already_has_is_adopted_not_sent_again() {
+    // An attempt sent leg 0 and its record was lost (say the database crashed after
+    // the send): the venue has the order, the database does not know. The next run
+    // starts as a first attempt; the venue's 422 on the reused client order id makes
+    // it look the order up and adopt it.
+    let desk = desk(PaperOptions::default(), 10_000).await;
+    let id = Uuid::new_v4();
+    let venue = jobs::venue::alpaca::AlpacaClient::new(
+        reqwest::Client::new(),
+        &desk.base,
+        "PKTEST",
+        jobs::secrets::resolve_with("env:S", |_| Some(API_SECRET.into()), || unreachable!())
+            .unwrap(),
+    );
+    use jobs::venue::Venue;
+    let earlier = venue
+        .create_order(&jobs::venue::OrderRequest {
+            symbol: "AAPL".into(),
+            qty: 2.into(),
+            side: jobs::venue::Side::Buy,
+            order_type: jobs::venue::OrderType::Market,
+            time_in_force: "day".into(),
+            limit_price: None,
+            client_order_id: jobs::execute_intent::client_order_id(desk.tenant, id, 0),
+        })
+        .await
+        .unwrap();
+    desk.intent_with_id(
+        id,
+        "k-adopt",
+        vec![desk.leg("AAPL", "buy", 2), desk.leg("MSFT", "sell", 3)],
+    )
+    .await;
+    assert_eq!(desk.wait_for(id, &["filled", "failed"]).await.0, "filled");
+    let desk = desk.stop().await;
+    assert_eq!(desk.venue.orders().len(), 2, "leg 0 was not sent twice");
+    let adopted: Option<String> = sqlx::query_scalar(
+        "SELECT venue_order_id FROM orders WHERE intent_id = $1 AND leg_index = 0",
+    )
+    .bind(id)
+    .fetch_one(&desk.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(adopted, Some(earlier.id));
 }
 
 #[tokio::test]

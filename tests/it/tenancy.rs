@@ -134,7 +134,6 @@ async fn record(pool: &PgPool, tenant: Uuid, event: &str, subject: &str) {
     let mut tx = tenancy::begin(pool, tenant).await.unwrap();
     tenancy::audit(
         &mut tx,
-        tenant,
         event,
         "intent",
         subject,
@@ -154,9 +153,33 @@ async fn audit_events_are_append_only_and_verify_catches_a_tampered_or_missing_r
         record(&db.pool, a.id, "intent_rejected", &format!("i-{i}")).await;
     }
     record(&db.pool, b.id, "kill_switch_engaged", "acct").await;
+    // Appended unsealed; not even the owner can change an unsealed event's contents.
+    let report = pulse_fleet::audit::verify(&db.pool).await.unwrap();
+    assert_eq!((report.events, report.unsealed), (0, 5));
+    let refused =
+        sqlx::query("UPDATE audit_events SET subject_id = 'i-9' WHERE subject_id = 'i-0'")
+            .execute(&db.pool)
+            .await
+            .unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+
+    assert_eq!(pulse_fleet::audit::seal_all(&db.pool).await.unwrap(), 5);
+    assert_eq!(pulse_fleet::audit::seal_all(&db.pool).await.unwrap(), 0);
     let report = pulse_fleet::audit::verify(&db.pool).await.unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
-    assert_eq!((report.tenants, report.events), (2, 5));
+    assert_eq!((report.tenants, report.events, report.unsealed), (2, 5, 0));
+    // A sealed event cannot be sealed again with another hash.
+    let refused = sqlx::query("UPDATE audit_events SET hash = sha256('x') WHERE seq = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+    // Later events continue the chain.
+    record(&db.pool, a.id, "intent_rejected", "i-4").await;
+    assert_eq!(pulse_fleet::audit::seal_all(&db.pool).await.unwrap(), 1);
+    let report = pulse_fleet::audit::verify(&db.pool).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.events, report.unsealed), (6, 0));
 
     let mut tx = tenancy::begin(&db.pool, a.id).await.unwrap();
     let refused = sqlx::query("UPDATE audit_events SET details = '{}' WHERE seq = 2")

@@ -48,6 +48,14 @@ impl Side {
             Side::Sell => Side::Buy,
         }
     }
+
+    /// The wire (and database) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +63,16 @@ impl Side {
 pub enum OrderType {
     Market,
     Limit,
+}
+
+impl OrderType {
+    /// The wire (and database) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderType::Market => "market",
+            OrderType::Limit => "limit",
+        }
+    }
 }
 
 /// An order as the venue reports it (the fields of Alpaca's Order entity we use).
@@ -135,6 +153,15 @@ pub enum VenueError {
     /// The request may or may not have taken effect (timeout, connection lost, 5xx).
     #[error("outcome unknown: {0}")]
     Unknown(String),
+}
+
+impl VenueError {
+    /// The venue already has an order with this client order id (Alpaca: 422
+    /// "client_order_id must be unique"): an earlier attempt's order, to be adopted.
+    pub fn is_duplicate_client_order_id(&self) -> bool {
+        matches!(self, VenueError::Rejected { status: 422, message, .. }
+            if message.contains("client_order_id must be unique"))
+    }
 }
 
 pub type VenueFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, VenueError>> + Send + 'a>>;
