@@ -1,7 +1,7 @@
 //! What jobs use besides the database: external clients, built once per process by
 //! the runtime from configuration and shared by every attempt.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 #[derive(Clone)]
 pub struct Services {
@@ -17,6 +17,8 @@ pub struct Services {
     pub venue_requests_per_minute: i32,
     /// The key of `enc:v1:` secret references (PULSE_SECRETS_KEY), if set.
     pub secrets_key: Option<[u8; 32]>,
+    /// Plans concurrent intents of a tenant together (see `execute_intent::Planner`).
+    pub intent_planner: Arc<crate::execute_intent::Planner>,
 }
 
 impl std::fmt::Debug for Services {
@@ -40,6 +42,7 @@ impl Services {
             venue_urls: Default::default(),
             venue_requests_per_minute: 200,
             secrets_key: crate::secrets::key_from_env().ok(),
+            intent_planner: Default::default(),
         }
     }
 }

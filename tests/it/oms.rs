@@ -184,6 +184,67 @@ async fn an_order_the_venue_already_has_is_adopted_not_sent_again() {
 }
 
 #[tokio::test]
+async fn intents_planned_in_one_batch_are_judged_one_by_one() {
+    // Concurrent intents of a tenant are planned in one transaction; each still gets
+    // its own verdict, and an intent that does not fit the capital is refused alone.
+    let desk = desk(PaperOptions::default(), 1_000).await.stop().await;
+    let buy = |symbol: &str, qty: i64| vec![desk.leg(symbol, "buy", qty)];
+    let a = desk.intent("a", buy("AAPL", 2)).await; // 200
+    let b = desk.intent("b", buy("AAPL", 1)).await; // same account and symbol as a
+    let c = desk.intent("c", buy("MSFT", 5)).await; // 500
+    let d = desk.intent("d", buy("NVDA", 4)).await; // 400: beyond the 1,000
+    let e = desk
+        .intent("e", vec![json!({"account_id": desk.account})])
+        .await;
+    let verdicts = jobs::execute_intent::plan_together(
+        &desk.db.pool,
+        &Services::default(),
+        desk.tenant,
+        &[a, b, c, d, e],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        verdicts,
+        [
+            "planned",
+            "locked",
+            "planned",
+            "refused insufficient_capital: reserving 400 would exceed the capital of the account",
+            "refused intent_rejected: leg 0: symbol is required",
+        ]
+    );
+    assert_eq!(desk.reserved().await, "700.0000000000");
+    assert_eq!(
+        desk.db
+            .count("SELECT count(*) FROM capital_ledger_drift")
+            .await,
+        0
+    );
+    let orders: Vec<Uuid> = sqlx::query_scalar("SELECT intent_id FROM orders ORDER BY symbol")
+        .fetch_all(&desk.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, [a, c]);
+    let locks: Vec<(String, Uuid)> =
+        sqlx::query_as("SELECT symbol, owner_token FROM entry_locks ORDER BY symbol")
+            .fetch_all(&desk.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(locks, [("AAPL".to_string(), a), ("MSFT".to_string(), c)]);
+    // Planned twice is planned once.
+    let again = jobs::execute_intent::plan_together(
+        &desk.db.pool,
+        &Services::default(),
+        desk.tenant,
+        &[a, c],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, ["not pending: submitted", "not pending: submitted"]);
+}
+
+#[tokio::test]
 async fn a_two_leg_intent_trades_through_the_paper_venue() {
     let desk = desk(PaperOptions::default(), 10_000).await;
     let id = desk

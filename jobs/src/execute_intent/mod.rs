@@ -3,7 +3,8 @@
 //! Enqueued by the trigger on `multi_leg_intents`, keyed by the intent id. Runs in
 //! transactions confined to the intent's tenant (row-level security).
 //!
-//! 1. Plan, in one transaction: validate the legs (a bad intent fails with a
+//! 1. Plan (`plan.rs`), in one transaction, together with the other intents of the
+//!    tenant asking at the same moment: validate the legs (a bad intent fails with a
 //!    readable reason and an audit event); kill switches; risk limits; entry locks
 //!    per (account, symbol), so two intents on one account and symbol run one after
 //!    the other (the second snoozes); capital reserved through the journal, which
@@ -18,7 +19,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    str::FromStr,
     time::Duration,
 };
 
@@ -30,7 +30,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{
-    Job, JobContext, JobError, secrets, tenancy,
+    Job, JobContext, JobError, Services, secrets, tenancy,
     venue::{OrderRequest, OrderType, Side, Venue, VenueError, VenueOrder, alpaca::AlpacaClient},
 };
 
@@ -59,6 +59,10 @@ macro_rules! take_budget_sql {
     };
 }
 
+mod plan;
+use plan::{Planned, Verdict};
+pub use plan::{Planner, plan_together};
+
 /// A client order id: the same for (tenant, intent, leg) on every attempt, at most
 /// 48 characters (the strictest Alpaca API's limit), letters, digits and dashes.
 pub fn client_order_id(tenant: Uuid, intent: Uuid, leg: i32) -> String {
@@ -67,123 +71,9 @@ pub fn client_order_id(tenant: Uuid, intent: Uuid, leg: i32) -> String {
     format!("pf{hex}-{leg}")
 }
 
-#[derive(Debug, Clone)]
-struct Leg {
-    account_id: Uuid,
-    symbol: String,
-    side: Side,
-    quantity: Decimal,
-    order_type: OrderType,
-    limit_price: Option<Decimal>,
-    time_in_force: String,
-    /// The price risk checks and reservations use: the limit, else `reference_price`.
-    price: Decimal,
-}
-
-fn decimal(v: Option<&Value>) -> Option<Decimal> {
-    match v? {
-        Value::String(s) => Decimal::from_str(s).ok(),
-        Value::Number(n) => Decimal::from_str(&n.to_string()).ok(),
-        _ => None,
-    }
-}
-
-/// Reads and checks the legs; the error is the reason given to the user.
-fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
-    let items = legs
-        .as_array()
-        .filter(|a| !a.is_empty())
-        .ok_or("legs must be a non-empty array")?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let bad = |what: &str| format!("leg {i}: {what}");
-            let account_id = l
-                .get("account_id")
-                .and_then(Value::as_str)
-                .and_then(|s| Uuid::parse_str(s).ok())
-                .ok_or_else(|| bad("account_id must be a uuid"))?;
-            let symbol = l
-                .get("symbol")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty() && s.len() <= 32)
-                .ok_or_else(|| bad("symbol is required"))?
-                .to_owned();
-            let side = match l.get("side").and_then(Value::as_str) {
-                Some("buy") => Side::Buy,
-                Some("sell") => Side::Sell,
-                _ => return Err(bad("side must be buy or sell")),
-            };
-            let quantity = decimal(l.get("quantity"))
-                .filter(|q| *q > Decimal::ZERO)
-                .ok_or_else(|| bad("quantity must be a positive number"))?;
-            let order_type = match l.get("type").and_then(Value::as_str).unwrap_or("market") {
-                "market" => OrderType::Market,
-                "limit" => OrderType::Limit,
-                other => {
-                    return Err(bad(&format!(
-                        "type {other} is not supported (market, limit)"
-                    )));
-                }
-            };
-            let limit_price = decimal(l.get("limit_price"));
-            if order_type == OrderType::Limit && limit_price.is_none_or(|p| p <= Decimal::ZERO) {
-                return Err(bad("a limit leg needs a positive limit_price"));
-            }
-            let price = limit_price
-                .or_else(|| decimal(l.get("reference_price")))
-                .filter(|p| *p > Decimal::ZERO)
-                .ok_or_else(|| bad("a market leg needs a reference_price for risk checks"))?;
-            let time_in_force = l
-                .get("time_in_force")
-                .and_then(Value::as_str)
-                .unwrap_or("day")
-                .to_owned();
-            if !["day", "gtc", "ioc", "fok", "opg", "cls"].contains(&time_in_force.as_str()) {
-                return Err(bad("unknown time_in_force"));
-            }
-            Ok(Leg {
-                account_id,
-                symbol,
-                side,
-                quantity,
-                order_type,
-                limit_price,
-                time_in_force,
-                price,
-            })
-        })
-        .collect()
-}
-
-/// Why planning stopped.
-enum Stop {
-    /// The intent fails: audit `event` with `reason`.
-    Refused {
-        event: &'static str,
-        reason: String,
-    },
-    /// Another intent holds an entry lock: try again shortly.
-    Locked,
-    Db(sqlx::Error),
-}
-
-impl From<sqlx::Error> for Stop {
-    fn from(e: sqlx::Error) -> Self {
-        Stop::Db(e)
-    }
-}
-
-fn refused(event: &'static str, reason: impl Into<String>) -> Stop {
-    Stop::Refused {
-        event,
-        reason: reason.into(),
-    }
-}
-
 #[derive(Debug, sqlx::FromRow)]
 struct OrderRow {
+    intent_id: Uuid,
     id: Uuid,
     leg_index: i32,
     account_id: Uuid,
@@ -245,294 +135,40 @@ impl Job for ExecuteIntent {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let (t, intent) = (self.tenant_id, self.intent_id);
-        let mut tx = tenancy::begin(&ctx.pool, t).await?;
-        let row: Option<(String, Value)> = sqlx::query_as(
-            "SELECT status::text, legs_json FROM multi_leg_intents WHERE id = $1 FOR UPDATE",
-        )
-        .bind(intent)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((status, legs)) = row else {
-            return Err(JobError::Permanent(format!(
+        let verdict = Planner::plan(&ctx.pool, &ctx.services, t, intent, ctx.attempt)
+            .await
+            .map_err(JobError::Retryable)?;
+        match verdict {
+            Verdict::Missing => Err(JobError::Permanent(format!(
                 "no intent {intent} in tenant {t}"
-            )));
-        };
-        match status.as_str() {
-            "filled" | "cancelled" | "failed" => return Ok(()),
-            "pending" => match plan(&mut tx, &ctx, t, intent, &legs).await {
-                Ok(Planned {
-                    orders,
-                    clients,
-                    wait,
-                }) => {
-                    tx.commit().await?;
-                    if let Some(wait) = wait {
-                        return Err(JobError::Snooze(wait));
-                    }
-                    return submit_all(
-                        &ctx,
-                        t,
-                        intent,
-                        Some(Prepared {
-                            legs: orders,
-                            clients,
-                        }),
-                    )
-                    .await;
-                }
-                Err(Stop::Refused { event, reason }) => {
-                    tx.rollback().await?;
-                    return fail(&ctx, t, intent, event, &reason).await;
-                }
-                Err(Stop::Locked) => return Err(JobError::Snooze(Duration::from_millis(100))),
-                Err(Stop::Db(e)) => return Err(e.into()),
+            ))),
+            Verdict::NotPending(status) => match status.as_str() {
+                "filled" | "cancelled" | "failed" => Ok(()),
+                _ => submit_all(&ctx, t, intent, None).await,
             },
-            _ => tx.commit().await?,
-        }
-        submit_all(&ctx, t, intent, None).await
-    }
-}
-
-/// What planning produced: the order rows, their venue clients, and how long to wait
-/// when the venue request budget is spent.
-struct Planned {
-    orders: Vec<OrderRow>,
-    clients: Clients,
-    wait: Option<Duration>,
-}
-
-/// Plans the intent in the caller's transaction. Everything that serialises intents
-/// of one account (the ledger row) comes last, so its lock is held only from the
-/// reservation to the commit.
-async fn plan(
-    tx: &mut Transaction<'_, Postgres>,
-    ctx: &JobContext,
-    t: Uuid,
-    intent: Uuid,
-    legs: &Value,
-) -> Result<Planned, Stop> {
-    let legs = parse_legs(legs).map_err(|r| refused("intent_rejected", r))?;
-    let accounts: Vec<Uuid> = legs
-        .iter()
-        .map(|l| l.account_id)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    // The accounts with their API credentials (what submission needs) in one read.
-    let known: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT a.id, a.venue_id, c.identifier, c.secret_ref
-         FROM trading_accounts a
-         LEFT JOIN account_credentials c ON c.account_id = a.id AND c.credential_type = 'api_key'
-         WHERE a.id = ANY($1)",
-    )
-    .bind(&accounts)
-    .fetch_all(&mut **tx)
-    .await?;
-    if known.len() != accounts.len() {
-        return Err(refused(
-            "intent_rejected",
-            "a leg names an account this tenant does not have",
-        ));
-    }
-    let engaged: Option<(Option<Uuid>, Option<String>)> = sqlx::query_as(
-        "SELECT account_id, reason FROM kill_switches
-         WHERE engaged AND (account_id IS NULL OR account_id = ANY($1)) LIMIT 1",
-    )
-    .bind(&accounts)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some((account, reason)) = engaged {
-        let scope = account.map_or("the tenant".to_string(), |a| format!("account {a}"));
-        return Err(refused(
-            "kill_switch_blocked",
-            format!(
-                "kill switch engaged for {scope}: {}",
-                reason.unwrap_or_default()
-            ),
-        ));
-    }
-    check_limits(tx, &legs).await?;
-
-    // Entry locks, all in one statement, in a fixed order so that two intents cannot
-    // deadlock; a lock held by another live intent stops planning.
-    let keys: BTreeSet<(Uuid, &str)> = legs
-        .iter()
-        .map(|l| (l.account_id, l.symbol.as_str()))
-        .collect();
-    let (lock_accounts, lock_symbols): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
-    let taken: i64 = sqlx::query_scalar(
-        "WITH taken AS (
-             INSERT INTO entry_locks AS l (tenant_id, account_id, symbol, owner_token, expires_at)
-             SELECT $1, a, s, $4, now() + make_interval(secs => $5)
-             FROM unnest($2::uuid[], $3::text[]) WITH ORDINALITY AS k(a, s, ord) ORDER BY ord
-             ON CONFLICT (tenant_id, account_id, symbol) DO UPDATE
-                 SET owner_token = excluded.owner_token, expires_at = excluded.expires_at
-                 WHERE l.expires_at < now() OR l.owner_token = excluded.owner_token
-             RETURNING 1)
-         SELECT count(*) FROM taken",
-    )
-    .bind(t)
-    .bind(&lock_accounts)
-    .bind(&lock_symbols)
-    .bind(intent)
-    .bind(LOCK_TTL_SECS)
-    .fetch_one(&mut **tx)
-    .await?;
-    if taken as usize != keys.len() {
-        return Err(Stop::Locked);
-    }
-
-    // One order row per leg, in one statement.
-    let venue_of = |a: Uuid| -> &str { &known.iter().find(|k| k.0 == a).expect("checked above").1 };
-    let notionals: Vec<Decimal> = legs
-        .iter()
-        .map(|l| (l.quantity * l.price).round_dp(10))
-        .collect();
-    let orders: Vec<OrderRow> = sqlx::query_as(
-        "WITH submitted AS (
-             UPDATE multi_leg_intents SET status = 'submitted', updated_at = now() WHERE id = $2)
-         INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
-                             order_type, limit_price, time_in_force, client_order_id, reserved_amount)
-         SELECT $1, $2, (ord - 1)::int, a, v, s, sd, q, ot, lp, tif, coid, r
-         FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::numeric[], $8::text[],
-                     $9::numeric[], $10::text[], $11::text[], $12::numeric[])
-              WITH ORDINALITY AS l(a, v, s, sd, q, ot, lp, tif, coid, r, ord)
-         RETURNING id, leg_index, account_id, venue_id, symbol, side, quantity, order_type, limit_price,
-                   time_in_force, client_order_id, venue_order_id, status, reserved_amount",
-    )
-    .bind(t)
-    .bind(intent)
-    .bind(legs.iter().map(|l| l.account_id).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| venue_of(l.account_id)).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.symbol.as_str()).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.side.as_str()).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.quantity).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.order_type.as_str()).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.limit_price).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.time_in_force.as_str()).collect::<Vec<_>>())
-    .bind(
-        (0..legs.len() as i32)
-            .map(|i| client_order_id(t, intent, i))
-            .collect::<Vec<_>>(),
-    )
-    .bind(&notionals)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut orders = orders;
-    orders.sort_by_key(|o| o.leg_index);
-
-    // What submission needs comes from this transaction, so the first attempt needs no other.
-    let refs: Vec<&OrderRow> = orders.iter().collect();
-    let creds: Credentials = known
-        .iter()
-        .filter_map(|(a, _, key_id, secret_ref)| Some((*a, key_id.clone(), secret_ref.clone()?)))
-        .collect();
-    let clients = build_clients(ctx, &creds, &refs);
-    let total: Decimal = notionals.iter().sum();
-    tenancy::audit(
-        tx,
-        "capital_reserved",
-        "intent",
-        &intent.to_string(),
-        &json!({"legs": legs.len(), "notional": total.to_string()}),
-    )
-    .await?;
-
-    // Last before commit, in one statement: the capital reservation (through the
-    // journal) and the venue request budget. Both are rows per account that concurrent
-    // intents of the account contend on, so their locks are held only from here to
-    // the commit.
-    let (budget_accounts, budget_counts): (Vec<Uuid>, Vec<i32>) =
-        budget_wants(&refs, ctx.attempt).into_iter().unzip();
-    let reserved: sqlx::Result<Vec<i32>> = sqlx::query_scalar(concat!(
-        "WITH reserve AS (
-             INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
-             SELECT $1, a, 'reserve_order', n, 'order', o
-             FROM unnest($4::uuid[], $5::numeric[], $6::uuid[]) AS r(a, n, o))
-         ",
-        take_budget_sql!()
-    ))
-    .bind(t)
-    .bind(&budget_accounts)
-    .bind(&budget_counts)
-    .bind(orders.iter().map(|o| o.account_id).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.reserved_amount).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await;
-    if let Err(e) = &reserved {
-        if e.as_database_error().and_then(|d| d.constraint()) == Some("capital_invariant") {
-            return Err(refused(
-                "insufficient_capital",
-                format!(
-                    "reserving {} would exceed the capital of the account",
-                    total.normalize()
-                ),
-            ));
-        }
-        return Err(reserved.unwrap_err().into());
-    }
-    let wait = over_budget(ctx, &reserved?);
-    Ok(Planned {
-        orders,
-        clients,
-        wait,
-    })
-}
-
-async fn check_limits(tx: &mut Transaction<'_, Postgres>, legs: &[Leg]) -> Result<(), Stop> {
-    type Limits = (Option<Uuid>, Option<Decimal>, Option<Decimal>, Option<i32>);
-    let limits: Vec<Limits> = sqlx::query_as(
-        "SELECT account_id, max_order_notional, max_intent_notional, max_open_intents FROM risk_limits",
-    )
-    .fetch_all(&mut **tx)
-    .await?;
-    let total: Decimal = legs.iter().map(|l| l.quantity * l.price).sum();
-    for (account, max_order, max_intent, max_open) in &limits {
-        let applies = |leg: &Leg| account.is_none_or(|a| a == leg.account_id);
-        if let Some(max) = max_order
-            && let Some((i, leg)) = legs
-                .iter()
-                .enumerate()
-                .find(|(_, l)| applies(l) && l.quantity * l.price > *max)
-        {
-            return Err(refused(
-                "risk_limit_exceeded",
-                format!(
-                    "leg {i}: notional {} exceeds the order limit {max}",
-                    (leg.quantity * leg.price).normalize()
-                ),
-            ));
-        }
-        if let Some(max) = max_intent
-            && account.is_none()
-            && total > *max
-        {
-            return Err(refused(
-                "risk_limit_exceeded",
-                format!(
-                    "intent notional {} exceeds the limit {max}",
-                    total.normalize()
-                ),
-            ));
-        }
-        if let Some(max) = max_open
-            && account.is_none()
-        {
-            let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM multi_leg_intents WHERE status IN ('submitted', 'partially_filled')",
-            )
-            .fetch_one(&mut **tx)
-            .await?;
-            if open >= *max as i64 {
-                return Err(refused(
-                    "risk_limit_exceeded",
-                    format!("{open} intents already open (limit {max})"),
-                ));
+            Verdict::Planned(Planned {
+                orders,
+                clients,
+                wait,
+            }) => {
+                if let Some(wait) = wait {
+                    return Err(JobError::Snooze(wait));
+                }
+                submit_all(
+                    &ctx,
+                    t,
+                    intent,
+                    Some(Prepared {
+                        legs: orders,
+                        clients,
+                    }),
+                )
+                .await
             }
+            Verdict::Refused { event, reason } => fail(&ctx, t, intent, event, &reason).await,
+            Verdict::Locked => Err(JobError::Snooze(Duration::from_millis(100))),
         }
     }
-    Ok(())
 }
 
 /// Moves the intent to its final state for this job (status, reason), releases its
@@ -592,8 +228,8 @@ async fn load_orders(
     intent: Uuid,
 ) -> sqlx::Result<Vec<OrderRow>> {
     sqlx::query_as(
-        "SELECT id, leg_index, account_id, venue_id, symbol, side, quantity, order_type, limit_price,
-                time_in_force, client_order_id, venue_order_id, status, reserved_amount
+        "SELECT intent_id, id, leg_index, account_id, venue_id, symbol, side, quantity, order_type,
+                limit_price, time_in_force, client_order_id, venue_order_id, status, reserved_amount
          FROM orders WHERE intent_id = $1 ORDER BY leg_index",
     )
     .bind(intent)
@@ -632,16 +268,15 @@ async fn load_credentials(
 
 /// The venue clients of the legs' accounts; an account whose client cannot be built
 /// maps to the reason.
-fn build_clients(ctx: &JobContext, creds: &Credentials, legs: &[&OrderRow]) -> Clients {
-    let key = ctx.services.secrets_key;
+fn build_clients(services: &Services, creds: &Credentials, legs: &[&OrderRow]) -> Clients {
+    let key = services.secrets_key;
     let mut out = HashMap::new();
     for leg in legs {
         if out.contains_key(&leg.account_id) {
             continue;
         }
         let client = (|| {
-            let base = ctx
-                .services
+            let base = services
                 .venue_urls
                 .get(&leg.venue_id)
                 .ok_or_else(|| format!("no URL configured for venue {}", leg.venue_id))?;
@@ -656,7 +291,7 @@ fn build_clients(ctx: &JobContext, creds: &Credentials, legs: &[&OrderRow]) -> C
             )
             .map_err(|e| format!("credential of account {}: {e}", leg.account_id))?;
             Ok(AlpacaClient::new(
-                ctx.services.http.clone(),
+                services.http.clone(),
                 base,
                 key_id.as_deref().unwrap_or_default(),
                 secret,
@@ -671,7 +306,7 @@ async fn clients(ctx: &JobContext, t: Uuid, legs: &[&OrderRow]) -> Result<Client
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
     let creds = load_credentials(&mut tx, legs).await?;
     tx.commit().await?;
-    Ok(build_clients(ctx, &creds, legs))
+    Ok(build_clients(&ctx.services, &creds, legs))
 }
 
 /// Takes one request from the account's per-minute budget, or says how long to wait.
@@ -684,11 +319,8 @@ async fn take_budget(
 }
 
 /// How long to wait for the next window when a budget is spent.
-fn over_budget(ctx: &JobContext, used: &[i32]) -> Option<Duration> {
-    if used
-        .iter()
-        .any(|u| *u > ctx.services.venue_requests_per_minute)
-    {
+fn over_budget(per_minute: i32, used: &[i32]) -> Option<Duration> {
+    if used.iter().any(|u| *u > per_minute) {
         let secs_left = 60 - (chrono::Utc::now().timestamp() % 60);
         return Some(Duration::from_secs(secs_left as u64));
     }
@@ -709,7 +341,7 @@ async fn take_budgets(
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(over_budget(ctx, &used))
+    Ok(over_budget(ctx.services.venue_requests_per_minute, &used))
 }
 
 fn budget_wants(legs: &[&OrderRow], attempt: i32) -> Vec<(Uuid, i32)> {
@@ -1097,38 +729,5 @@ mod tests {
             client_order_id(Uuid::from_u128(3), i, 0)
         );
         assert!(client_order_id(t, i, 1001).len() <= 48);
-    }
-
-    #[test]
-    fn bad_legs_get_readable_reasons() {
-        let account = Uuid::from_u128(9).to_string();
-        let cases = [
-            (json!([]), "legs must be a non-empty array"),
-            (
-                json!([{"account_id": "x"}]),
-                "leg 0: account_id must be a uuid",
-            ),
-            (
-                json!([{"account_id": account, "symbol": "AAPL", "side": "hold"}]),
-                "leg 0: side must be buy or sell",
-            ),
-            (
-                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": -1}]),
-                "leg 0: quantity must be a positive number",
-            ),
-            (
-                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": 1, "type": "limit"}]),
-                "leg 0: a limit leg needs a positive limit_price",
-            ),
-            (
-                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": "1"}]),
-                "leg 0: a market leg needs a reference_price for risk checks",
-            ),
-        ];
-        for (legs, reason) in cases {
-            assert_eq!(parse_legs(&legs).unwrap_err(), reason);
-        }
-        let ok = parse_legs(&json!([{"account_id": account, "symbol": "AAPL", "side": "sell", "quantity": "2.5", "type": "limit", "limit_price": 10}])).unwrap();
-        assert_eq!(ok[0].price, Decimal::from(10));
     }
 }
