@@ -43,34 +43,44 @@ async fn desk(options: PaperOptions, allocated: i64) -> Desk {
     )
     .await
     .unwrap();
-    let mut services = Services::new(Duration::from_secs(5), None);
-    services.venue_urls = HashMap::from([("paper".to_string(), base.clone())]);
-    services.secrets_key = Some(KEY);
-    let s = db.settings();
-    let pools = pulse_fleet::db::queue_pools(&s, 1).await.unwrap();
-    let worker = pulse_fleet::worker::start(
-        db.pool.clone(),
-        pools,
-        vec![pulse_fleet::worker::QueueSpec {
-            job: JobSpec::of::<ExecuteIntent>(),
-            concurrency: 4,
-        }],
-        &test_worker_settings(),
-        services,
-    )
-    .await
-    .unwrap();
-    Desk {
+    let mut desk = Desk {
         db,
         venue,
         base,
         tenant,
         account,
-        worker: Some(worker),
-    }
+        worker: None,
+    };
+    desk.start_worker().await;
+    desk
 }
 
 impl Desk {
+    fn services(&self) -> Services {
+        let mut services = Services::new(Duration::from_secs(5), None);
+        services.venue_urls = HashMap::from([("paper".to_string(), self.base.clone())]);
+        services.secrets_key = Some(KEY);
+        services
+    }
+
+    async fn start_worker(&mut self) {
+        let s = self.db.settings();
+        let pools = pulse_fleet::db::queue_pools(&s, 1).await.unwrap();
+        let worker = pulse_fleet::worker::start(
+            self.db.pool.clone(),
+            pools,
+            vec![pulse_fleet::worker::QueueSpec {
+                job: JobSpec::of::<ExecuteIntent>(),
+                concurrency: 4,
+            }],
+            &test_worker_settings(),
+            self.services(),
+        )
+        .await
+        .unwrap();
+        self.worker = Some(worker);
+    }
+
     fn leg(&self, symbol: &str, side: &str, qty: i64) -> Value {
         json!({"account_id": self.account, "symbol": symbol, "side": side, "quantity": qty,
                "type": "market", "reference_price": "100"})
@@ -188,6 +198,7 @@ async fn intents_planned_in_one_batch_are_judged_one_by_one() {
     // Concurrent intents of a tenant are planned in one transaction; each still gets
     // its own verdict, and an intent that does not fit the capital is refused alone.
     let desk = desk(PaperOptions::default(), 1_000).await.stop().await;
+    let services = desk.services();
     let buy = |symbol: &str, qty: i64| vec![desk.leg(symbol, "buy", qty)];
     let a = desk.intent("a", buy("AAPL", 2)).await; // 200
     let b = desk.intent("b", buy("AAPL", 1)).await; // same account and symbol as a
@@ -198,7 +209,7 @@ async fn intents_planned_in_one_batch_are_judged_one_by_one() {
         .await;
     let verdicts = jobs::execute_intent::plan_together(
         &desk.db.pool,
-        &Services::default(),
+        &services,
         desk.tenant,
         &[a, b, c, d, e],
     )
@@ -233,15 +244,117 @@ async fn intents_planned_in_one_batch_are_judged_one_by_one() {
             .unwrap();
     assert_eq!(locks, [("AAPL".to_string(), a), ("MSFT".to_string(), c)]);
     // Planned twice is planned once.
-    let again = jobs::execute_intent::plan_together(
-        &desk.db.pool,
-        &Services::default(),
-        desk.tenant,
-        &[a, c],
-    )
-    .await
-    .unwrap();
+    let again = jobs::execute_intent::plan_together(&desk.db.pool, &services, desk.tenant, &[a, c])
+        .await
+        .unwrap();
     assert_eq!(again, ["not pending: submitted", "not pending: submitted"]);
+}
+
+#[tokio::test]
+async fn secrets_appear_in_no_log_line_of_a_worker_process_that_trades() {
+    // A real worker process, logging at debug, trades through a venue that fails
+    // often (5xx, answers lost after the order was made), so failed attempts and
+    // their errors are logged; neither the API secret nor the sealing key may appear.
+    let mut desk = desk(
+        PaperOptions {
+            error_rate: 0.3,
+            drop_rate: 0.3,
+            seed: 11,
+            ..Default::default()
+        },
+        1_000_000,
+    )
+    .await;
+    desk.worker.take().unwrap().shutdown().await.unwrap();
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, KEY);
+    let mut worker = fleet_process(
+        &desk.db,
+        &["worker", "--queues", "execute_intent"],
+        &[
+            ("RUST_LOG", "debug"),
+            ("PULSE_SECRETS_KEY", &key),
+            ("PULSE__VENUES__PAPER", &desk.base),
+        ],
+    );
+    let mut readers = vec![];
+    for pipe in [
+        Box::new(worker.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        Box::new(worker.stderr.take().unwrap()),
+    ] {
+        readers.push(tokio::spawn(async move {
+            let mut pipe = pipe;
+            let mut out = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut out)
+                .await
+                .unwrap();
+            out
+        }));
+    }
+    let mut intents = vec![];
+    for i in 0..6 {
+        let legs = vec![
+            desk.leg(&format!("S{i}A"), "buy", 1),
+            desk.leg(&format!("S{i}B"), "sell", 1),
+        ];
+        intents.push(desk.intent(&format!("logs-{i}"), legs).await);
+    }
+    for id in &intents {
+        assert_eq!(desk.wait_for(*id, &["filled", "failed"]).await.0, "filled");
+    }
+    sigterm(&worker);
+    worker.wait().await.unwrap();
+    let mut logs = String::new();
+    for r in readers {
+        logs.push_str(&r.await.unwrap());
+    }
+    assert!(
+        logs.contains("attempt 1 failed") && logs.contains("outcome unknown"),
+        "the venue's failures were logged: {logs}"
+    );
+    assert!(!logs.contains(API_SECRET), "the API secret was logged");
+    assert!(!logs.contains(&key), "the sealing key was logged");
+}
+
+#[tokio::test]
+async fn an_intent_carried_over_attempts_renews_its_entry_locks() {
+    let desk = desk(
+        PaperOptions {
+            latency_ms: 400,
+            ..Default::default()
+        },
+        10_000,
+    )
+    .await;
+    let mut desk = desk.stop().await;
+    let id = desk.intent("renew", vec![desk.leg("AAPL", "buy", 1)]).await;
+    let planned =
+        jobs::execute_intent::plan_together(&desk.db.pool, &desk.services(), desk.tenant, &[id])
+            .await
+            .unwrap();
+    assert_eq!(planned, ["planned"]);
+    // As if the planning attempt died long ago: its lock is about to expire.
+    sqlx::query("UPDATE entry_locks SET expires_at = now() + interval '1 second'")
+        .execute(&desk.db.pool)
+        .await
+        .unwrap();
+    desk.start_worker().await;
+    wait_until(
+        "the next attempt renews the lock",
+        Duration::from_secs(10),
+        || async {
+            desk.db
+                .count(
+                    "SELECT count(*) FROM entry_locks
+                     WHERE owner_token IN (SELECT id FROM multi_leg_intents WHERE status = 'submitted')
+                       AND expires_at > now() + interval '30 seconds'",
+                )
+                .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(desk.wait_for(id, &["filled"]).await.0, "filled");
+    assert_eq!(desk.db.count("SELECT count(*) FROM entry_locks").await, 0);
 }
 
 #[tokio::test]

@@ -302,11 +302,33 @@ fn build_clients(services: &Services, creds: &Credentials, legs: &[&OrderRow]) -
     out
 }
 
-async fn clients(ctx: &JobContext, t: Uuid, legs: &[&OrderRow]) -> Result<Clients, JobError> {
+/// The venue clients of `legs`, for an attempt that goes on with an intent planned
+/// earlier; the intent's entry locks are renewed in the same transaction.
+async fn clients(
+    ctx: &JobContext,
+    t: Uuid,
+    intent: Uuid,
+    legs: &[&OrderRow],
+) -> Result<Clients, JobError> {
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    renew_locks(&mut tx, intent).await?;
     let creds = load_credentials(&mut tx, legs).await?;
     tx.commit().await?;
     Ok(build_clients(&ctx.services, &creds, legs))
+}
+
+/// An intent holds its entry locks from planning until it settles, over any number
+/// of attempts; each attempt, and each `LOCK_TTL_SECS / 3` within a long one, pushes
+/// their expiry forward, so only a dead holder's locks expire.
+async fn renew_locks(tx: &mut Transaction<'_, Postgres>, intent: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE entry_locks SET expires_at = now() + make_interval(secs => $2) WHERE owner_token = $1",
+    )
+    .bind(intent)
+    .bind(LOCK_TTL_SECS)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Takes one request from the account's per-minute budget, or says how long to wait.
@@ -507,7 +529,7 @@ async fn submit_all(
         let clients = match ready {
             Some(c) => c,
             None => {
-                let c = clients(ctx, t, &pending).await?;
+                let c = clients(ctx, t, intent, &pending).await?;
                 if let Some(wait) =
                     take_budgets(ctx, t, &budget_wants(&pending, ctx.attempt)).await?
                 {
@@ -516,7 +538,14 @@ async fn submit_all(
                 c
             }
         };
+        let mut renewed = std::time::Instant::now();
         for leg in &pending {
+            if renewed.elapsed().as_secs_f64() > LOCK_TTL_SECS / 3.0 {
+                let mut tx = tenancy::begin(&ctx.pool, t).await?;
+                renew_locks(&mut tx, intent).await?;
+                tx.commit().await?;
+                renewed = std::time::Instant::now();
+            }
             let outcome = match &clients[&leg.account_id] {
                 Ok(venue) => submit_one(venue, leg.may_exist_at_venue(ctx.attempt), leg).await?,
                 Err(reason) => Outcome::Rejected(reason.clone()),
@@ -593,7 +622,7 @@ async fn unwind(
         .iter()
         .filter(|o| o.leg_index < UNWIND_BASE && o.status != "rejected")
         .collect();
-    let clients = clients(ctx, t, &siblings).await?;
+    let clients = clients(ctx, t, intent, &siblings).await?;
     for leg in siblings {
         let venue = clients[&leg.account_id]
             .as_ref()
