@@ -9,6 +9,12 @@
 //! older event never overwrites it; credits are keyed by event id. Unknown event
 //! types are recorded as ignored. A payload missing what its type needs is a
 //! permanent failure (Stripe will not send it differently next time).
+//!
+//! Tenancy: the inbox is platform-level; an event names a Stripe customer, which
+//! `billing.customer_tenants` routes to its tenant (the route is made from the
+//! checkout session's `metadata.tenant_id`). Once routed, the job works as
+//! `pulse_worker` confined to that tenant. An event of a customer with no route yet
+//! (its checkout is still to be processed) is retried.
 
 use std::str::FromStr;
 
@@ -18,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 
-use crate::{Job, JobContext, JobError};
+use uuid::Uuid;
+
+use crate::{Job, JobContext, JobError, tenancy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessPayment {
@@ -76,7 +84,13 @@ impl Job for ProcessPayment {
                 .cloned()
                 .unwrap_or(Value::Null),
         };
-        let outcome = apply(&mut tx, &event).await?;
+        let outcome = match route(&mut tx, &event).await? {
+            None => Outcome::Ignored,
+            Some(tenant) => {
+                tenancy::enter(&mut tx, tenant).await?;
+                apply(&mut tx, tenant, &event).await?
+            }
+        };
         sqlx::query(
             "UPDATE billing.stripe_events SET processed_at = now(), outcome = $2 WHERE event_id = $1",
         )
@@ -123,46 +137,108 @@ impl Event<'_> {
     }
 }
 
-async fn apply(tx: &mut Transaction<'_, Postgres>, e: &Event<'_>) -> Result<Outcome, JobError> {
+const HANDLED: [&str; 7] = [
+    "checkout.session.completed",
+    "payment_intent.succeeded",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.paid",
+    "invoice.payment_failed",
+];
+
+/// The tenant an event belongs to, or `None` for a type we do not handle. A checkout
+/// session makes its customer's route from `metadata.tenant_id`; every other event
+/// follows its customer's route.
+async fn route(
+    tx: &mut Transaction<'_, Postgres>,
+    e: &Event<'_>,
+) -> Result<Option<Uuid>, JobError> {
+    if !HANDLED.contains(&e.kind) {
+        return Ok(None);
+    }
+    let customer = e
+        .id_of("/customer")
+        .ok_or_else(|| JobError::Permanent(format!("{} event {} has no customer", e.kind, e.id)))?;
+    if e.kind == "checkout.session.completed" {
+        let tenant = e
+            .str("/metadata/tenant_id")
+            .and_then(|t| Uuid::from_str(t).ok())
+            .ok_or_else(|| {
+                JobError::Permanent(format!(
+                    "checkout session of {} has no metadata.tenant_id (a uuid): whose customer it is cannot be told",
+                    e.id
+                ))
+            })?;
+        let routed: Uuid = sqlx::query_scalar(
+            "WITH made AS (
+                 INSERT INTO billing.customer_tenants (stripe_customer_id, tenant_id) VALUES ($1, $2)
+                 ON CONFLICT (stripe_customer_id) DO NOTHING RETURNING tenant_id)
+             SELECT tenant_id FROM made
+             UNION ALL SELECT tenant_id FROM billing.customer_tenants WHERE stripe_customer_id = $1
+             LIMIT 1",
+        )
+        .bind(customer)
+        .bind(tenant)
+        .fetch_one(&mut **tx)
+        .await?;
+        if routed != tenant {
+            return Err(JobError::Permanent(format!(
+                "checkout session of {} names tenant {tenant}, but customer {customer} belongs to another",
+                e.id
+            )));
+        }
+        return Ok(Some(tenant));
+    }
+    let routed: Option<Uuid> = sqlx::query_scalar(
+        "SELECT tenant_id FROM billing.customer_tenants WHERE stripe_customer_id = $1",
+    )
+    .bind(customer)
+    .fetch_optional(&mut **tx)
+    .await?;
+    routed.map(Some).ok_or_else(|| {
+        JobError::Retryable(format!(
+            "customer {customer} has no tenant yet (its checkout.session.completed is not processed)"
+        ))
+    })
+}
+
+async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
+    e: &Event<'_>,
+) -> Result<Outcome, JobError> {
     match e.kind {
-        "checkout.session.completed" => checkout_completed(tx, e).await,
-        "payment_intent.succeeded" => payment_succeeded(tx, e).await,
+        "checkout.session.completed" => checkout_completed(tx, tenant, e).await,
+        "payment_intent.succeeded" => payment_succeeded(tx, tenant, e).await,
         "customer.subscription.created"
         | "customer.subscription.updated"
-        | "customer.subscription.deleted" => subscription_changed(tx, e).await,
+        | "customer.subscription.deleted" => subscription_changed(tx, tenant, e).await,
         "invoice.paid" => invoice_paid(tx, e).await,
-        "invoice.payment_failed" => invoice_failed(tx, e).await,
+        "invoice.payment_failed" => invoice_failed(tx, tenant, e).await,
         _ => Ok(Outcome::Ignored),
     }
 }
 
-/// Links the Stripe customer to the platform's user (client_reference_id) and tenant.
+/// Links the Stripe customer to the platform's user (client_reference_id).
 async fn checkout_completed(
     tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
     let customer = e.id_of("/customer").ok_or_else(|| {
         JobError::Permanent(format!("checkout session of {} has no customer", e.id))
     })?;
-    let tenant = e
-        .str("/metadata/tenant_id")
-        .map(|t| {
-            uuid::Uuid::from_str(t).map_err(|_| {
-                JobError::Permanent(format!("metadata.tenant_id of {} is not a uuid", e.id))
-            })
-        })
-        .transpose()?;
     sqlx::query(
-        "INSERT INTO billing.customers (stripe_customer_id, tenant_id, user_id, email)
+        "INSERT INTO billing.customers (tenant_id, stripe_customer_id, user_id, email)
          VALUES ($1, $2, $3, $4)
-         ON CONFLICT (stripe_customer_id) DO UPDATE SET
-             tenant_id = coalesce(excluded.tenant_id, billing.customers.tenant_id),
+         ON CONFLICT (tenant_id, stripe_customer_id) DO UPDATE SET
              user_id = coalesce(excluded.user_id, billing.customers.user_id),
              email = coalesce(excluded.email, billing.customers.email),
              updated_at = now()",
     )
-    .bind(customer)
     .bind(tenant)
+    .bind(customer)
     .bind(e.str("/client_reference_id"))
     .bind(e.str("/customer_details/email"))
     .execute(&mut **tx)
@@ -173,6 +249,7 @@ async fn checkout_completed(
 /// Money arrived: credits named in the payment's metadata go to the ledger, once.
 async fn payment_succeeded(
     tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
     let Some(credits) = e.str("/metadata/credits") else {
@@ -185,10 +262,11 @@ async fn payment_succeeded(
         JobError::Permanent(format!("payment intent of {} has no customer", e.id))
     })?;
     sqlx::query(
-        "INSERT INTO billing.credit_ledger (stripe_customer_id, delta, reason, stripe_event_id)
-         VALUES ($1, $2, 'payment_intent.succeeded', $3)
-         ON CONFLICT (stripe_event_id) DO NOTHING",
+        "INSERT INTO billing.credit_ledger (tenant_id, stripe_customer_id, delta, reason, stripe_event_id)
+         VALUES ($1, $2, $3, 'payment_intent.succeeded', $4)
+         ON CONFLICT (tenant_id, stripe_event_id) DO NOTHING",
     )
+    .bind(tenant)
     .bind(customer)
     .bind(credits)
     .bind(e.id)
@@ -208,6 +286,7 @@ fn lifecycle_rank(kind: &str) -> i32 {
 
 async fn subscription_changed(
     tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
     let id = e.require("/id")?;
@@ -233,9 +312,9 @@ async fn subscription_changed(
     let written = sqlx::query(
         "INSERT INTO billing.subscriptions AS s
              (stripe_subscription_id, stripe_customer_id, tier, status, current_period_end,
-              source_event_created, source_event_id, source_rank)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (stripe_subscription_id) DO UPDATE SET
+              source_event_created, source_event_id, source_rank, tenant_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (tenant_id, stripe_subscription_id) DO UPDATE SET
              stripe_customer_id = excluded.stripe_customer_id,
              tier = coalesce(excluded.tier, s.tier),
              status = excluded.status,
@@ -254,6 +333,7 @@ async fn subscription_changed(
     .bind(e.created)
     .bind(e.id)
     .bind(lifecycle_rank(e.kind))
+    .bind(tenant)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -294,20 +374,19 @@ async fn invoice_paid(
 /// exactly one alert per event).
 async fn invoice_failed(
     tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
-    let customer = e.id_of("/customer");
-    let owner: Option<(Option<uuid::Uuid>, Option<String>)> =
-        match customer {
-            Some(c) => sqlx::query_as(
-                "SELECT tenant_id, user_id FROM billing.customers WHERE stripe_customer_id = $1",
-            )
-            .bind(c)
-            .fetch_optional(&mut **tx)
-            .await?,
-            None => None,
-        };
-    let (tenant, user) = owner.unwrap_or((None, None));
+    let user: Option<String> = match e.id_of("/customer") {
+        Some(c) => sqlx::query_scalar(
+            "SELECT user_id FROM billing.customers WHERE stripe_customer_id = $1",
+        )
+        .bind(c)
+        .fetch_optional(&mut **tx)
+        .await?
+        .flatten(),
+        None => None,
+    };
     let amount = e
         .object
         .pointer("/amount_due")

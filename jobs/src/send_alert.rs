@@ -25,6 +25,7 @@ use crate::{
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendAlert {
     pub alert_id: i64,
+    pub tenant_id: uuid::Uuid,
 }
 
 /// Colour and default title per alert kind.
@@ -112,14 +113,17 @@ impl Job for SendAlert {
             Option<String>,
             Option<DateTime<Utc>>,
         );
+        let mut tx = crate::tenancy::begin(&ctx.pool, self.tenant_id).await?;
         let row: Option<Row> = sqlx::query_as(
             "SELECT a.kind::text, a.payload, a.status, a.created_at, s.discord_webhook_url, s.discord_disabled_at
-             FROM alerts a LEFT JOIN notification_settings s ON s.user_id = a.user_id
+             FROM alerts a
+             LEFT JOIN notification_settings s ON s.tenant_id = a.tenant_id AND s.user_id = a.user_id
              WHERE a.id = $1",
         )
         .bind(self.alert_id)
-        .fetch_optional(&ctx.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         let Some((kind, payload, status, created_at, own_url, disabled_at)) = row else {
             return Err(JobError::Permanent(format!("no alert {}", self.alert_id)));
         };
@@ -139,10 +143,12 @@ impl Job for SendAlert {
         if let Some(wait) = take_budget(&ctx, &key).await? {
             return Err(JobError::Snooze(wait));
         }
-        sqlx::query("UPDATE alerts SET attempts = attempts + 1 WHERE id = $1")
-            .bind(self.alert_id)
-            .execute(&ctx.pool)
-            .await?;
+        self.confined(
+            &ctx,
+            sqlx::query("UPDATE alerts SET attempts = attempts + 1 WHERE id = $1")
+                .bind(self.alert_id),
+        )
+        .await?;
         let message = render(&kind, &payload, created_at);
         let delivery = discord::execute(&ctx.services.http, &url, &message)
             .await
@@ -166,13 +172,15 @@ impl Job for SendAlert {
                 Err(JobError::Snooze(retry_after))
             }
             Delivery::Gone => {
-                sqlx::query(
-                    "UPDATE notification_settings SET discord_disabled_at = now(),
-                            discord_disabled_why = 'Discord answered 404: the webhook no longer exists'
-                     WHERE discord_webhook_url = $1",
+                self.confined(
+                    &ctx,
+                    sqlx::query(
+                        "UPDATE notification_settings SET discord_disabled_at = now(),
+                                discord_disabled_why = 'Discord answered 404: the webhook no longer exists'
+                         WHERE discord_webhook_url = $1",
+                    )
+                    .bind(&url),
                 )
-                .bind(&url)
-                .execute(&ctx.pool)
                 .await?;
                 tracing::warn!(
                     alert.id = self.alert_id,
@@ -202,31 +210,46 @@ impl Job for SendAlert {
 }
 
 impl SendAlert {
+    /// Runs one statement in a transaction confined to the alert's tenant.
+    async fn confined(
+        &self,
+        ctx: &JobContext,
+        statement: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::Result<()> {
+        let mut tx = crate::tenancy::begin(&ctx.pool, self.tenant_id).await?;
+        statement.execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
     async fn finish(
         &self,
         ctx: &JobContext,
         status: &str,
         error: Option<&str>,
     ) -> Result<(), JobError> {
-        sqlx::query(
-            "UPDATE alerts SET status = $2, last_error = coalesce($3, last_error),
-                    sent_at = CASE WHEN $2 = 'sent' THEN now() END
-             WHERE id = $1 AND status = 'pending'",
+        self.confined(
+            ctx,
+            sqlx::query(
+                "UPDATE alerts SET status = $2, last_error = coalesce($3, last_error),
+                        sent_at = CASE WHEN $2 = 'sent' THEN now() END
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(self.alert_id)
+            .bind(status)
+            .bind(error),
         )
-        .bind(self.alert_id)
-        .bind(status)
-        .bind(error)
-        .execute(&ctx.pool)
         .await?;
         Ok(())
     }
 
     async fn note_error(&self, ctx: &JobContext, error: &str) -> Result<(), JobError> {
-        sqlx::query("UPDATE alerts SET last_error = $2 WHERE id = $1")
-            .bind(self.alert_id)
-            .bind(error)
-            .execute(&ctx.pool)
-            .await?;
+        self.confined(
+            ctx,
+            sqlx::query("UPDATE alerts SET last_error = $2 WHERE id = $1")
+                .bind(self.alert_id)
+                .bind(error),
+        )
+        .await?;
         Ok(())
     }
 }

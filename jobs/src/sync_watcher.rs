@@ -78,10 +78,24 @@ impl Job for SyncWatcher {
             )));
         };
         // Serialise the changes of one source row, then compare versions.
+        // The inbox is platform-level; from here on the job works as its tenant.
+        let tenant = [&record, &old_record]
+            .into_iter()
+            .flatten()
+            .find_map(|r| r.get("tenant_id").and_then(Value::as_str))
+            .and_then(|t| t.parse::<uuid::Uuid>().ok())
+            .ok_or_else(|| {
+                JobError::Permanent(format!(
+                    "watcher event {} names no tenant_id (record.tenant_id must be a uuid)",
+                    self.event_id
+                ))
+            })?;
+        crate::tenancy::enter(&mut tx, tenant).await?;
         sqlx::query(
-            "INSERT INTO watcher_sources (source_id, source_version) VALUES ($1, 0)
-             ON CONFLICT (source_id) DO NOTHING",
+            "INSERT INTO watcher_sources (tenant_id, source_id, source_version) VALUES ($1, $2, 0)
+             ON CONFLICT (tenant_id, source_id) DO NOTHING",
         )
+        .bind(tenant)
         .bind(source_id)
         .execute(&mut *tx)
         .await?;
@@ -135,15 +149,10 @@ impl Job for SyncWatcher {
                     .get("active")
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
-                let tenant = record
-                    .get("tenant_id")
-                    .and_then(Value::as_str)
-                    .and_then(|t| t.parse::<uuid::Uuid>().ok());
                 sqlx::query(
                     "INSERT INTO watchers (tenant_id, user_id, symbol, timeframe, strategy, active)
                      VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (user_id, symbol, timeframe) DO UPDATE SET
-                         tenant_id = coalesce(excluded.tenant_id, watchers.tenant_id),
+                     ON CONFLICT (tenant_id, user_id, symbol, timeframe) DO UPDATE SET
                          strategy = excluded.strategy, active = excluded.active, updated_at = now()",
                 )
                 .bind(tenant)

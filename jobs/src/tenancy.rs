@@ -5,14 +5,25 @@
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+/// The statements that confine a transaction to `tenant`. A simple-protocol batch, so
+/// the tenant is spelled into the text: a `Uuid` formats as hex and dashes only.
+fn confine(tenant: Uuid) -> String {
+    format!("SET LOCAL ROLE pulse_worker; SELECT set_config('app.tenant_id', '{tenant}', true)")
+}
+
 /// Begins a transaction confined to `tenant`, in one round trip.
 pub async fn begin(pool: &PgPool, tenant: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
-    // A simple-protocol batch, so the tenant is spelled into the text: a `Uuid`
-    // formats as hex and dashes only.
-    pool.begin_with(sqlx::AssertSqlSafe(format!(
-        "BEGIN; SET LOCAL ROLE pulse_worker; SELECT set_config('app.tenant_id', '{tenant}', true)"
-    )))
-    .await
+    pool.begin_with(sqlx::AssertSqlSafe(format!("BEGIN; {}", confine(tenant))))
+        .await
+}
+
+/// Confines an open transaction to `tenant` from here on: for jobs that first read a
+/// platform-level inbox row to learn whose it is.
+pub async fn enter(tx: &mut Transaction<'_, Postgres>, tenant: Uuid) -> sqlx::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(confine(tenant)))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Appends an audit event for the transaction's tenant (in the caller's transaction,

@@ -143,6 +143,15 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     let Some(source_id) = subject.and_then(|r| r.get("id")).and_then(Value::as_i64) else {
         return error(StatusCode::BAD_REQUEST, "missing_record_id");
     };
+    // Multi-tenant: a change without its tenant could not be applied by anyone.
+    if subject
+        .and_then(|r| r.get("tenant_id"))
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<uuid::Uuid>().ok())
+        .is_none()
+    {
+        return error(StatusCode::BAD_REQUEST, "missing_tenant_id");
+    }
     let version = source_version(kind, record, old);
     let stored = sqlx::query(
         "INSERT INTO watcher_events (source_id, source_version, type, record, old_record)

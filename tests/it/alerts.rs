@@ -20,7 +20,8 @@ fn alert_jobs() -> Vec<jobs::JobSpec> {
 }
 
 async fn user_with_webhook(db: &TestDb, user: &str, url: &str) {
-    sqlx::query("INSERT INTO notification_settings (user_id, discord_webhook_url) VALUES ($1, $2)")
+    sqlx::query("INSERT INTO notification_settings (tenant_id, user_id, discord_webhook_url) VALUES ($1, $2, $3)")
+        .bind(TENANT)
         .bind(user)
         .bind(url)
         .execute(&db.pool)
@@ -30,8 +31,9 @@ async fn user_with_webhook(db: &TestDb, user: &str, url: &str) {
 
 async fn raise(db: &TestDb, user: &str, kind: &str, payload: serde_json::Value) -> i64 {
     sqlx::query_scalar(
-        "INSERT INTO alerts (user_id, kind, payload) VALUES ($1, $2::alert_kind, $3) RETURNING id",
+        "INSERT INTO alerts (tenant_id, user_id, kind, payload) VALUES ($1, $2, $3::alert_kind, $4) RETURNING id",
     )
+    .bind(TENANT)
     .bind(user)
     .bind(kind)
     .bind(payload)

@@ -26,6 +26,9 @@ pub struct TestDb {
     pub url: String,
 }
 
+/// The tenant of the rows of tests that are not about tenancy (every database has it).
+pub const TENANT: uuid::Uuid = uuid::Uuid::from_u128(0x7e57_7e57);
+
 impl TestDb {
     pub async fn new(extra: &[JobSpec]) -> Self {
         let name = format!("pf_test_{}", uuid::Uuid::new_v4().simple());
@@ -51,6 +54,11 @@ impl TestDb {
         let mut specs = jobs::registry();
         specs.extend(extra.iter().cloned());
         db::migrate(&pool, &specs).await.expect("migrate");
+        sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'test tenant')")
+            .bind(TENANT)
+            .execute(&pool)
+            .await
+            .expect("the test tenant");
         Self { pool, url }
     }
 

@@ -1,5 +1,7 @@
 //! Stripe webhooks over real HTTP into `process_payment`.
 
+use std::time::Duration;
+
 use pulse_fleet::web::signature;
 use serde_json::{Value, json};
 
@@ -43,6 +45,18 @@ fn now() -> i64 {
 
 fn signed(body: &[u8]) -> Option<String> {
     Some(signature::stripe_header(SECRET, body, now()))
+}
+
+/// Routes a Stripe customer to the test tenant, as its processed checkout would.
+async fn route(db: &TestDb, customer: &str) {
+    sqlx::query(
+        "INSERT INTO billing.customer_tenants (stripe_customer_id, tenant_id) VALUES ($1, $2)",
+    )
+    .bind(customer)
+    .bind(TENANT)
+    .execute(&db.pool)
+    .await
+    .unwrap();
 }
 
 fn payment_jobs() -> Vec<jobs::JobSpec> {
@@ -144,6 +158,7 @@ async fn malformed_or_oversized_bodies_get_a_clear_error() {
 #[tokio::test]
 async fn a_duplicate_delivery_answers_200_and_credits_once() {
     let db = TestDb::new(&[]).await;
+    route(&db, "cus_1").await;
     let url = serve(&db).await;
     let worker = db.start_worker(payment_jobs(), 4).await;
     let body = event(
@@ -176,6 +191,7 @@ async fn a_duplicate_delivery_answers_200_and_credits_once() {
 #[tokio::test]
 async fn subscription_events_in_any_order_end_in_the_newest_state() {
     let db = TestDb::new(&[]).await;
+    route(&db, "cus_1").await;
     let url = serve(&db).await;
     let t = now() - 100;
     let sub = |status: &str, tier: &str| {
@@ -238,29 +254,53 @@ async fn a_failed_payment_alerts_the_customers_user_and_unknown_types_are_ignore
     let mut jobs = payment_jobs();
     jobs.push(jobs::JobSpec::of::<jobs::send_alert::SendAlert>());
     let worker = db.start_worker(jobs, 4).await;
-    let checkout = event(
-        "evt_co",
-        "checkout.session.completed",
-        now(),
-        json!({"id": "cs_1", "customer": "cus_7", "client_reference_id": "user-7", "customer_details": {"email": "u7@example.com"}}),
-    );
-    post(&url, &checkout, signed(&checkout)).await;
-    db.drain().await;
+    // The failure arrives before the checkout that tells whose customer cus_7 is: it
+    // waits (retries) for the route instead of being lost or misfiled.
     let failed = event(
         "evt_fail",
         "invoice.payment_failed",
         now(),
         json!({"id": "in_1", "number": "INV-1", "customer": "cus_7", "amount_due": 1999, "currency": "usd", "attempt_count": 2}),
     );
+    post(&url, &failed, signed(&failed)).await;
+    wait_until(
+        "the failure waits for its tenant",
+        Duration::from_secs(10),
+        || async {
+            db.count(
+                "SELECT count(*) FROM fleet.jobs WHERE job_name = 'process_payment'
+               AND errors::text LIKE '%customer cus_7 has no tenant yet%'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    let checkout = event(
+        "evt_co",
+        "checkout.session.completed",
+        now(),
+        json!({"id": "cs_1", "customer": "cus_7", "client_reference_id": "user-7",
+               "customer_details": {"email": "u7@example.com"}, "metadata": {"tenant_id": TENANT}}),
+    );
+    post(&url, &checkout, signed(&checkout)).await;
+    wait_until(
+        "the failure is processed",
+        Duration::from_secs(15),
+        || async {
+            db.count("SELECT count(*) FROM billing.stripe_events WHERE processed_at IS NOT NULL")
+                .await
+                == 2
+        },
+    )
+    .await;
     let unknown = event(
         "evt_odd",
         "radar.early_fraud_warning.created",
         now(),
         json!({"id": "issfr_1"}),
     );
-    for body in [&failed, &unknown] {
-        post(&url, body, signed(body)).await;
-    }
+    post(&url, &unknown, signed(&unknown)).await;
     db.drain().await;
     worker.shutdown().await.unwrap();
     let alert: (String, String, Value, String) =

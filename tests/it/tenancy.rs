@@ -68,6 +68,56 @@ async fn a_job_of_tenant_a_can_neither_read_nor_write_tenant_bs_rows() {
         "{refused}"
     );
     tx.rollback().await.unwrap();
+
+    // The same holds for billing, watchers and alerts: B's rows are invisible to A,
+    // and A cannot write rows for B.
+    for (t, n) in [(a.id, 1), (b.id, 2)] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO billing.customers (tenant_id, stripe_customer_id, user_id) VALUES ('{t}', 'cus_{n}', 'u{n}');
+             INSERT INTO alerts (tenant_id, user_id, kind) VALUES ('{t}', 'u{n}', 'system');
+             INSERT INTO watchers (tenant_id, user_id, symbol, timeframe) VALUES ('{t}', 'u{n}', 'BTC', '1h');"
+        )))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let mut tx = tenancy::begin(&db.pool, a.id).await.unwrap();
+    for (table, insert_for_b) in [
+        (
+            "billing.customers",
+            "INSERT INTO billing.customers (tenant_id, stripe_customer_id) VALUES ($1, 'cus_x')",
+        ),
+        (
+            "alerts",
+            "INSERT INTO alerts (tenant_id, user_id, kind) VALUES ($1, 'u2', 'system')",
+        ),
+        (
+            "watchers",
+            "INSERT INTO watchers (tenant_id, user_id, symbol, timeframe) VALUES ($1, 'u2', 'ETH', '1h')",
+        ),
+    ] {
+        let users: Vec<Option<String>> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT user_id FROM {table}")))
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(users, [Some("u1".to_string())], "{table}: only A's row");
+        sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
+        let refused = sqlx::query(sqlx::AssertSqlSafe(insert_for_b))
+            .bind(b.id)
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("row-level security"),
+            "{table}: {refused}"
+        );
+        sqlx::query("ROLLBACK TO SAVEPOINT s")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.rollback().await.unwrap();
     // And without a tenant set, a worker sees nothing at all.
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query("SET LOCAL ROLE pulse_worker")

@@ -23,8 +23,9 @@ async fn inserts_updates_moves_and_deletes_of_user_symbols_follow_through_the_tr
     let db = TestDb::new(&[]).await;
     let worker = db.start_worker(watcher_jobs(), 4).await;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO user_symbols (user_id, symbol, timeframe) VALUES ('u1', 'BTC/USDT', '1h') RETURNING id",
+        "INSERT INTO user_symbols (tenant_id, user_id, symbol, timeframe) VALUES ($1, 'u1', 'BTC/USDT', '1h') RETURNING id",
     )
+    .bind(TENANT)
     .fetch_one(&db.pool)
     .await
     .unwrap();
@@ -95,7 +96,7 @@ async fn deliver(url: &str, body: &Value, secret: &str) -> reqwest::Response {
 }
 
 fn change(kind: &str, version: i64, timeframe: &str, strategy: Value) -> Value {
-    let record = json!({"id": 77, "user_id": "u2", "symbol": "ETH/USDT", "timeframe": timeframe,
+    let record = json!({"id": 77, "tenant_id": TENANT, "user_id": "u2", "symbol": "ETH/USDT", "timeframe": timeframe,
                         "strategy": strategy, "active": true, "version": version});
     match kind {
         "DELETE" => {
@@ -183,6 +184,18 @@ async fn bad_signatures_and_bad_bodies_are_refused_and_store_nothing() {
     assert_eq!(
         unknown.json::<Value>().await.unwrap()["error"],
         "unknown_type"
+    );
+    // A change that does not say whose it is cannot be applied: refused up front.
+    let mut anonymous = change("INSERT", 1, "1h", json!({}));
+    anonymous["record"]
+        .as_object_mut()
+        .unwrap()
+        .remove("tenant_id");
+    let anonymous = deliver(&url, &anonymous, SECRET).await;
+    assert_eq!(anonymous.status(), 400);
+    assert_eq!(
+        anonymous.json::<Value>().await.unwrap()["error"],
+        "missing_tenant_id"
     );
     let raw = b"{oops";
     let malformed = reqwest::Client::new()
