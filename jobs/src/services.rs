@@ -17,8 +17,8 @@ pub struct Services {
     pub venue_requests_per_minute: i32,
     /// The key of `enc:v1:` secret references (PULSE_SECRETS_KEY), if set.
     pub secrets_key: Option<[u8; 32]>,
-    /// Plans concurrent intents of a tenant together (see `execute_intent::Planner`).
-    pub intent_planner: Arc<crate::execute_intent::Planner>,
+    /// Concurrent intents of a tenant are planned and recorded in batches.
+    pub intent_batches: Arc<crate::execute_intent::IntentBatches>,
 }
 
 impl std::fmt::Debug for Services {
@@ -42,7 +42,7 @@ impl Services {
             venue_urls: Default::default(),
             venue_requests_per_minute: 200,
             secrets_key: crate::secrets::key_from_env().ok(),
-            intent_planner: Default::default(),
+            intent_batches: Default::default(),
         }
     }
 }

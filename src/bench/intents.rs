@@ -5,6 +5,9 @@
 //!   per second until every leg of every intent is accepted;
 //! - latency: one intent per transaction at `--rate`/s for `--seconds`; from the
 //!   intent's insert to its last leg accepted (database timestamps), p50/p99.
+//!
+//! Audit events are sealed meanwhile, as every worker process does, and the chains
+//! are verified at the end.
 
 use std::{
     collections::HashMap,
@@ -148,6 +151,10 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     )
     .await?;
 
+    // As in every worker process, audit events are sealed while the OMS runs.
+    let (stop_sealer, sealer_stop) = tokio::sync::watch::channel(false);
+    let sealer = tokio::spawn(crate::audit::run_sealer(pool.clone(), sealer_stop));
+
     // Throughput.
     eprintln!(
         "throughput: {} intents over {} tenant(s)",
@@ -191,6 +198,10 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     }
     wait_settled(&pool, total + n as i64, Duration::from_secs(120)).await?;
     handle.shutdown().await?;
+    let _ = stop_sealer.send(true);
+    sealer.await?;
+    let report = crate::audit::verify(&pool).await?;
+    anyhow::ensure!(report.is_ok(), "audit chains broken: {:?}", report.problems);
     let mut ms: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM (SELECT max(o.updated_at) FROM orders o WHERE o.intent_id = i.id) - i.created_at)::float8 * 1000
          FROM multi_leg_intents i WHERE i.idempotency_key LIKE 'lat-%'",

@@ -358,6 +358,58 @@ async fn an_intent_carried_over_attempts_renews_its_entry_locks() {
 }
 
 #[tokio::test]
+async fn many_intents_at_once_are_planned_and_recorded_in_batches_each_exactly_once() {
+    let desk = desk(PaperOptions::default(), 1_000_000).await;
+    let legs: Vec<Value> = (0..24)
+        .map(|i| {
+            Value::Array(vec![
+                desk.leg(&format!("M{i}A"), "buy", 1),
+                desk.leg(&format!("M{i}B"), "sell", 2),
+            ])
+        })
+        .collect();
+    let mut tx = tenancy::begin(&desk.db.pool, desk.tenant).await.unwrap();
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json)
+         SELECT $1, 'many-' || ord, l FROM unnest($2::jsonb[]) WITH ORDINALITY AS u(l, ord) RETURNING id",
+    )
+    .bind(desk.tenant)
+    .bind(&legs)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    for id in &ids {
+        assert_eq!(desk.wait_for(*id, &["filled", "failed"]).await.0, "filled");
+    }
+    let desk = desk.stop().await;
+    assert_eq!(desk.venue.orders().len(), 48);
+    let per_intent: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_type, count(*) FROM audit_events WHERE subject_type = 'intent'
+         GROUP BY event_type, subject_id ORDER BY 1, 2",
+    )
+    .fetch_all(&desk.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_intent.len(), 48, "two events for each intent");
+    assert!(per_intent.iter().all(|(_, n)| *n == 1), "{per_intent:?}");
+    assert_eq!(desk.reserved().await, "7200.0000000000");
+    assert_eq!(desk.db.count("SELECT count(*) FROM entry_locks").await, 0);
+    assert_eq!(
+        desk.db
+            .count("SELECT count(*) FROM capital_ledger_drift")
+            .await,
+        0
+    );
+    assert_eq!(
+        desk.db
+            .count("SELECT count(*) FROM orders WHERE venue_order_id IS NULL OR status <> 'filled'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn a_two_leg_intent_trades_through_the_paper_venue() {
     let desk = desk(PaperOptions::default(), 10_000).await;
     let id = desk

@@ -19,6 +19,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
+    sync::Arc,
     time::Duration,
 };
 
@@ -59,9 +60,18 @@ macro_rules! take_budget_sql {
     };
 }
 
+mod group;
 mod plan;
+pub use plan::plan_together;
 use plan::{Planned, Verdict};
-pub use plan::{Planner, plan_together};
+
+/// This process's batches of intents, per tenant (see `group.rs`): planning, and
+/// recording the venue's answers when every leg was accepted.
+#[derive(Default)]
+pub struct IntentBatches {
+    plan: Arc<group::GroupCommit<(Uuid, i32), Verdict>>,
+    settle: Arc<group::GroupCommit<Settlement, ()>>,
+}
 
 /// A client order id: the same for (tenant, intent, leg) on every attempt, at most
 /// 48 characters (the strictest Alpaca API's limit), letters, digits and dashes.
@@ -135,7 +145,7 @@ impl Job for ExecuteIntent {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let (t, intent) = (self.tenant_id, self.intent_id);
-        let verdict = Planner::plan(&ctx.pool, &ctx.services, t, intent, ctx.attempt)
+        let verdict = plan::plan(&ctx.pool, &ctx.services, t, intent, ctx.attempt)
             .await
             .map_err(JobError::Retryable)?;
         match verdict {
@@ -171,33 +181,73 @@ impl Job for ExecuteIntent {
     }
 }
 
-/// Moves the intent to its final state for this job (status, reason), releases its
-/// entry locks and records the audit event, in one statement: one place for every
-/// way an intent ends.
-async fn settle_intent(
-    tx: &mut Transaction<'_, Postgres>,
+/// How an intent ends for this job: its status (and reason), and its audit event.
+struct Ending<'a> {
     intent: Uuid,
-    status: &str,
-    reason: Option<&str>,
-    event: &str,
-    details: &Value,
+    status: &'a str,
+    reason: Option<&'a str>,
+    event: &'a str,
+    details: Value,
+}
+
+/// Moves intents to their final state for this job (status, reason), releases their
+/// entry locks and records their audit events, in one statement: one place for every
+/// way an intent ends.
+async fn settle_intents(
+    tx: &mut Transaction<'_, Postgres>,
+    endings: &[Ending<'_>],
 ) -> sqlx::Result<()> {
+    let ids: Vec<Uuid> = endings.iter().map(|e| e.intent).collect();
     sqlx::query(
-        "WITH settled AS (
-             UPDATE multi_leg_intents SET status = $2::intent_status, reason = coalesce($3, reason),
-                                          updated_at = now()
-             WHERE id = $1),
-         unlocked AS (DELETE FROM entry_locks WHERE owner_token = $1)
-         SELECT audit_append($4, 'intent', $1::text, $5)",
+        "WITH e AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+                    AS e(id, status, reason, event, details)),
+         settled AS (
+             UPDATE multi_leg_intents i SET status = e.status::intent_status,
+                                            reason = coalesce(e.reason, i.reason), updated_at = now()
+             FROM e WHERE i.id = e.id AND i.id = ANY($1)),
+         unlocked AS (DELETE FROM entry_locks WHERE owner_token = ANY($1))
+         SELECT audit_append(e.event, 'intent', e.id::text, e.details) FROM e",
     )
-    .bind(intent)
-    .bind(status)
-    .bind(reason)
-    .bind(event)
-    .bind(details)
+    .bind(&ids)
+    .bind(endings.iter().map(|e| e.status).collect::<Vec<_>>())
+    .bind(endings.iter().map(|e| e.reason).collect::<Vec<_>>())
+    .bind(endings.iter().map(|e| e.event).collect::<Vec<_>>())
+    .bind(endings.iter().map(|e| &e.details).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// What the venue answered for an intent all of whose legs were accepted, to be
+/// recorded together with other intents of the tenant (see `IntentBatches`).
+struct Settlement {
+    intent: Uuid,
+    accepted: Vec<(Uuid, VenueOrder)>,
+    filled: bool,
+    legs: usize,
+}
+
+/// Records settlements in one transaction: the orders' venue answers, then the
+/// intents' endings.
+async fn settle_batch(pool: &sqlx::PgPool, t: Uuid, batch: &[Settlement]) -> sqlx::Result<()> {
+    let mut tx = tenancy::begin(pool, t).await?;
+    let accepted: Vec<(Uuid, &VenueOrder)> = batch
+        .iter()
+        .flat_map(|s| s.accepted.iter().map(|(id, v)| (*id, v)))
+        .collect();
+    record_accepted(&mut tx, &accepted).await?;
+    let endings: Vec<Ending> = batch
+        .iter()
+        .map(|s| Ending {
+            intent: s.intent,
+            status: if s.filled { "filled" } else { "submitted" },
+            reason: None,
+            event: "intent_submitted",
+            details: json!({"legs": s.legs, "filled": s.filled}),
+        })
+        .collect();
+    settle_intents(&mut tx, &endings).await?;
+    tx.commit().await
 }
 
 /// Marks the intent failed with an audit event (and releases what it held).
@@ -209,15 +259,14 @@ async fn fail(
     reason: &str,
 ) -> Result<(), JobError> {
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    settle_intent(
-        &mut tx,
+    let ending = Ending {
         intent,
-        "failed",
-        Some(reason),
+        status: "failed",
+        reason: Some(reason),
         event,
-        &json!({"reason": reason}),
-    )
-    .await?;
+        details: json!({"reason": reason}),
+    };
+    settle_intents(&mut tx, &[ending]).await?;
     tx.commit().await?;
     tracing::info!(intent.id = %intent, event, "intent {intent} failed: {reason}");
     Ok(())
@@ -570,7 +619,46 @@ async fn submit_all(
         )),
         _ => None,
     });
-    // Every outcome, and the intent's new state when it is settled, in one transaction.
+    if rejected.is_none() && unknown.is_none() {
+        // Every leg accepted: recorded in a batch with the tenant's other intents.
+        let filled = legs.iter().all(|o| {
+            outcomes
+                .iter()
+                .find(|(l, _)| l.id == o.id)
+                .map(|(_, out)| matches!(out, Outcome::Accepted(v) if v.status == "filled"))
+                .unwrap_or(o.status == "filled")
+        });
+        let settlement = Settlement {
+            intent,
+            accepted: outcomes
+                .into_iter()
+                .filter_map(|(leg, o)| match o {
+                    Outcome::Accepted(v) => Some((leg.id, v)),
+                    _ => None,
+                })
+                .collect(),
+            filled,
+            legs: legs.len(),
+        };
+        let pool = ctx.pool.clone();
+        return ctx
+            .services
+            .intent_batches
+            .settle
+            .submit(t, settlement, move |batch: Vec<Settlement>| {
+                let pool = pool.clone();
+                async move {
+                    let n = batch.len();
+                    match settle_batch(&pool, t, &batch).await {
+                        Ok(()) => (0..n).map(|_| Ok(())).collect(),
+                        Err(e) => (0..n).map(|_| Err(e.to_string())).collect(),
+                    }
+                }
+            })
+            .await
+            .map_err(JobError::Retryable);
+    }
+    // Every outcome in one transaction.
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
     let accepted: Vec<(Uuid, &VenueOrder)> = outcomes
         .iter()
@@ -584,18 +672,6 @@ async fn submit_all(
         if !matches!(outcome, Outcome::Accepted(_)) {
             record(&mut tx, t, intent, leg, outcome).await?;
         }
-    }
-    if rejected.is_none() && unknown.is_none() {
-        let all_filled = legs.iter().all(|o| {
-            outcomes
-                .iter()
-                .find(|(l, _)| l.id == o.id)
-                .map(|(_, out)| matches!(out, Outcome::Accepted(v) if v.status == "filled"))
-                .unwrap_or(o.status == "filled")
-        });
-        let status = if all_filled { "filled" } else { "submitted" };
-        let details = json!({"legs": legs.len(), "filled": all_filled});
-        settle_intent(&mut tx, intent, status, None, "intent_submitted", &details).await?;
     }
     tx.commit().await?;
     if let Some(leg) = rejected {

@@ -2,7 +2,7 @@
 //! transaction, after validation, kill switches, risk limits and entry locks.
 //!
 //! Intents of one tenant that are planned at the same moment in this process are
-//! planned together, in one transaction of set-oriented statements ([`Planner`]):
+//! planned together, in one transaction of set-oriented statements (`group.rs`):
 //! the per-account rows every intent must lock (the capital ledger, the venue request
 //! budget) are then locked and committed once per batch instead of once per intent,
 //! and a batch costs about as many round trips as one intent. Each intent still gets
@@ -13,14 +13,13 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{
@@ -31,9 +30,6 @@ use crate::{
     Services, tenancy,
     venue::{OrderType, Side},
 };
-
-/// Most intents planned in one transaction.
-const MAX_BATCH: usize = 64;
 
 #[derive(Debug, Clone)]
 pub(super) struct Leg {
@@ -161,55 +157,24 @@ fn refused(event: &'static str, reason: impl Into<String>) -> Verdict {
     }
 }
 
-struct Request {
+/// Plans the intent together with the other intents of its tenant asking at the same
+/// moment in this process (see `group.rs`).
+pub(super) async fn plan(
+    pool: &PgPool,
+    services: &Arc<Services>,
+    tenant: Uuid,
     intent: Uuid,
     attempt: i32,
-    reply: oneshot::Sender<Result<Verdict, String>>,
-}
-
-/// Gathers the intents of a tenant that ask to be planned while a batch of that
-/// tenant is in flight, and plans them as the next batch (group commit): one batch
-/// per tenant at a time in this process, tenants in parallel.
-#[derive(Default)]
-pub struct Planner {
-    waiting: Mutex<HashMap<Uuid, Vec<Request>>>,
-}
-
-impl Planner {
-    pub(super) async fn plan(
-        pool: &PgPool,
-        services: &Arc<Services>,
-        tenant: Uuid,
-        intent: Uuid,
-        attempt: i32,
-    ) -> Result<Verdict, String> {
-        let (reply, verdict) = oneshot::channel();
-        let request = Request {
-            intent,
-            attempt,
-            reply,
-        };
-        let lead = {
-            let mut waiting = services.intent_planner.waiting.lock().expect("planner");
-            match waiting.get_mut(&tenant) {
-                // A batch of this tenant is in flight: its drainer takes this one next.
-                Some(queue) => {
-                    queue.push(request);
-                    false
-                }
-                None => {
-                    waiting.insert(tenant, vec![request]);
-                    true
-                }
-            }
-        };
-        if lead {
-            tokio::spawn(drain(pool.clone(), services.clone(), tenant));
-        }
-        verdict
-            .await
-            .map_err(|_| "the intent planner stopped".to_string())?
-    }
+) -> Result<Verdict, String> {
+    let (pool, shared) = (pool.clone(), services.clone());
+    services
+        .intent_batches
+        .plan
+        .submit(tenant, (intent, attempt), move |asks: Vec<(Uuid, i32)>| {
+            let (pool, services) = (pool.clone(), shared.clone());
+            async move { plan_asks(&pool, &services, tenant, &asks).await }
+        })
+        .await
 }
 
 /// Plans `intents` of `tenant` as one batch, as concurrent jobs would, and describes
@@ -237,42 +202,6 @@ pub async fn plan_together(
             Verdict::Missing => "missing".to_string(),
         })
         .collect())
-}
-
-/// Plans batches of `tenant` until none is waiting. The tenant's entry exists while
-/// a drainer runs; it is removed (under the lock) when the drainer finds it empty.
-async fn drain(pool: PgPool, services: Arc<Services>, tenant: Uuid) {
-    // If planning panics, the tenant's waiting requests are dropped (their jobs see
-    // an error and retry) and the next request starts a new drainer.
-    struct OnPanic<'a>(&'a Services, Uuid);
-    impl Drop for OnPanic<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking()
-                && let Ok(mut waiting) = self.0.intent_planner.waiting.lock()
-            {
-                waiting.remove(&self.1);
-            }
-        }
-    }
-    let _guard = OnPanic(&services, tenant);
-    loop {
-        let batch: Vec<Request> = {
-            let mut waiting = services.intent_planner.waiting.lock().expect("planner");
-            let queue = waiting.get_mut(&tenant).expect("the drainer's entry");
-            if queue.is_empty() {
-                waiting.remove(&tenant);
-                return;
-            }
-            let n = queue.len().min(MAX_BATCH);
-            queue.drain(..n).collect()
-        };
-        let asks: Vec<(Uuid, i32)> = batch.iter().map(|r| (r.intent, r.attempt)).collect();
-        let verdicts = plan_asks(&pool, &services, tenant, &asks).await;
-        for (request, verdict) in batch.into_iter().zip(verdicts) {
-            // A job that gave up waiting (its timeout) no longer listens.
-            let _ = request.reply.send(verdict);
-        }
-    }
 }
 
 /// Plans `asks` as one batch; when the batch does not fit an account's capital, one
