@@ -324,7 +324,7 @@ async fn run_roles(
                 fallback,
             );
             services.venue_urls = settings.venues.clone().into_iter().collect();
-            services.venue_requests_per_minute = settings.paper.requests_per_minute;
+            services.venue_requests_per_minute = settings.oms.requests_per_minute_per_account;
             if local && args.demo {
                 crate::demo::seed(&app_pool).await?;
                 tasks.spawn(crate::demo::run(
@@ -385,8 +385,7 @@ async fn start_paper_venue(
         listener.local_addr()?
     );
     let venue = crate::paper::PaperVenue::new(crate::paper::PaperOptions {
-        rate_limit_per_minute: u32::try_from(settings.paper.requests_per_minute).unwrap_or(200)
-            * 10,
+        rate_limit_per_minute: u32::try_from(settings.paper.requests_per_minute).unwrap_or(200),
         ..Default::default()
     });
     spawn_until_stopped(tasks, "paper venue", venue.serve(listener), stop);

@@ -39,6 +39,25 @@ pub struct Settings {
     pub venues: BTreeMap<String, String>,
     #[serde(default)]
     pub paper: PaperSettings,
+    #[serde(default)]
+    pub oms: OmsSettings,
+}
+
+/// The OMS (`execute_intent`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct OmsSettings {
+    /// Venue requests per minute per trading account, a budget shared by every worker
+    /// process (Alpaca allows 200).
+    #[serde(default = "default_venue_rpm")]
+    pub requests_per_minute_per_account: i32,
+}
+
+impl Default for OmsSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_minute_per_account: default_venue_rpm(),
+        }
+    }
 }
 
 /// The local paper venue that `all` starts (when `venues.paper` points at it).
@@ -46,7 +65,7 @@ pub struct Settings {
 pub struct PaperSettings {
     #[serde(default = "default_paper_bind")]
     pub bind: String,
-    /// Requests per minute per trading account, for the OMS's shared budget.
+    /// Requests per minute per API key that the paper venue answers before its 429s.
     #[serde(default = "default_venue_rpm")]
     pub requests_per_minute: i32,
 }
