@@ -236,8 +236,11 @@ async fn settle_batch(pool: &sqlx::PgPool, t: Uuid, batch: &[Settlement]) -> sql
         .flat_map(|s| s.accepted.iter().map(|(id, v)| (*id, v)))
         .collect();
     record_accepted(&mut tx, &accepted).await?;
+    // An intent run twice at once (a zombie and its rescuer) ends once.
+    let mut seen = std::collections::HashSet::new();
     let endings: Vec<Ending> = batch
         .iter()
+        .filter(|s| seen.insert(s.intent))
         .map(|s| Ending {
             intent: s.intent,
             status: if s.filled { "filled" } else { "submitted" },
