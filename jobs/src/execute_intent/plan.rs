@@ -575,14 +575,18 @@ async fn plan_batch(
         .iter()
         .filter_map(|(a, _, key_id, secret_ref)| Some((*a, key_id.clone(), secret_ref.clone()?)))
         .collect();
+    // One client per account for the whole batch (resolving a secret decrypts it).
+    let all_clients = build_clients(services, &creds, &orders.iter().collect::<Vec<_>>());
     let mut by_intent: HashMap<Uuid, Vec<OrderRow>> = HashMap::new();
     for order in orders {
         by_intent.entry(order.intent_id).or_default().push(order);
     }
     for (i, _) in &planned {
         let orders = by_intent.remove(&asks[*i].0).unwrap_or_default();
-        let refs: Vec<&OrderRow> = orders.iter().collect();
-        let clients = build_clients(services, &creds, &refs);
+        let clients: Clients = orders
+            .iter()
+            .map(|o| (o.account_id, all_clients[&o.account_id].clone()))
+            .collect();
         verdicts[*i] = Some(Verdict::Planned(Planned {
             orders,
             clients,
