@@ -622,24 +622,30 @@ async fn submit_all(
         )),
         _ => None,
     });
+    // The venue's answers for accepted legs, apart from the others.
+    let (accepted, others): (Vec<(Uuid, VenueOrder)>, Vec<(&OrderRow, Outcome)>) = {
+        let mut accepted = vec![];
+        let mut others = vec![];
+        for (leg, outcome) in outcomes {
+            match outcome {
+                Outcome::Accepted(v) => accepted.push((leg.id, v)),
+                other => others.push((leg, other)),
+            }
+        }
+        (accepted, others)
+    };
     if rejected.is_none() && unknown.is_none() {
         // Every leg accepted: recorded in a batch with the tenant's other intents.
         let filled = legs.iter().all(|o| {
-            outcomes
+            accepted
                 .iter()
-                .find(|(l, _)| l.id == o.id)
-                .map(|(_, out)| matches!(out, Outcome::Accepted(v) if v.status == "filled"))
+                .find(|(id, _)| *id == o.id)
+                .map(|(_, v)| v.status == "filled")
                 .unwrap_or(o.status == "filled")
         });
         let settlement = Settlement {
             intent,
-            accepted: outcomes
-                .into_iter()
-                .filter_map(|(leg, o)| match o {
-                    Outcome::Accepted(v) => Some((leg.id, v)),
-                    _ => None,
-                })
-                .collect(),
+            accepted,
             filled,
             legs: legs.len(),
         };
@@ -663,18 +669,10 @@ async fn submit_all(
     }
     // Every outcome in one transaction.
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    let accepted: Vec<(Uuid, &VenueOrder)> = outcomes
-        .iter()
-        .filter_map(|(leg, o)| match o {
-            Outcome::Accepted(v) => Some((leg.id, v)),
-            _ => None,
-        })
-        .collect();
+    let accepted: Vec<(Uuid, &VenueOrder)> = accepted.iter().map(|(id, v)| (*id, v)).collect();
     record_accepted(&mut tx, &accepted).await?;
-    for (leg, outcome) in &outcomes {
-        if !matches!(outcome, Outcome::Accepted(_)) {
-            record(&mut tx, t, intent, leg, outcome).await?;
-        }
+    for (leg, outcome) in &others {
+        record(&mut tx, t, intent, leg, outcome).await?;
     }
     tx.commit().await?;
     if let Some(leg) = rejected {
