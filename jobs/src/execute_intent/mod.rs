@@ -623,17 +623,14 @@ async fn submit_all(
         _ => None,
     });
     // The venue's answers for accepted legs, apart from the others.
-    let (accepted, others): (Vec<(Uuid, VenueOrder)>, Vec<(&OrderRow, Outcome)>) = {
-        let mut accepted = vec![];
-        let mut others = vec![];
-        for (leg, outcome) in outcomes {
-            match outcome {
-                Outcome::Accepted(v) => accepted.push((leg.id, v)),
-                other => others.push((leg, other)),
-            }
+    let mut accepted: Vec<(Uuid, VenueOrder)> = vec![];
+    let mut others = vec![];
+    for (leg, outcome) in outcomes {
+        match outcome {
+            Outcome::Accepted(v) => accepted.push((leg.id, v)),
+            other => others.push((leg, other)),
         }
-        (accepted, others)
-    };
+    }
     if rejected.is_none() && unknown.is_none() {
         // Every leg accepted: recorded in a batch with the tenant's other intents.
         let filled = legs.iter().all(|o| {
