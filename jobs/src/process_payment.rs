@@ -86,9 +86,9 @@ impl Job for ProcessPayment {
         };
         let outcome = match route(&mut tx, &event).await? {
             None => Outcome::Ignored,
-            Some(tenant) => {
-                tenancy::enter(&mut tx, tenant).await?;
-                apply(&mut tx, tenant, &event).await?
+            Some(owner) => {
+                tenancy::enter(&mut tx, owner.tenant).await?;
+                apply(&mut tx, &owner, &event).await?
             }
         };
         sqlx::query(
@@ -147,13 +147,21 @@ const HANDLED: [&str; 7] = [
     "invoice.payment_failed",
 ];
 
-/// The tenant an event belongs to, or `None` for a type we do not handle. A checkout
-/// session makes its customer's route from `metadata.tenant_id`; every other event
-/// follows its customer's route.
-async fn route(
+/// Whose an event is: its Stripe customer (every handled type names one) and the
+/// customer's tenant.
+#[derive(Clone, Copy)]
+struct Owner<'a> {
+    tenant: Uuid,
+    customer: &'a str,
+}
+
+/// The owner of an event, or `None` for a type we do not handle. A checkout session
+/// makes its customer's route from `metadata.tenant_id`; every other event follows
+/// its customer's route.
+async fn route<'e>(
     tx: &mut Transaction<'_, Postgres>,
-    e: &Event<'_>,
-) -> Result<Option<Uuid>, JobError> {
+    e: &'e Event<'_>,
+) -> Result<Option<Owner<'e>>, JobError> {
     if !HANDLED.contains(&e.kind) {
         return Ok(None);
     }
@@ -188,7 +196,7 @@ async fn route(
                 e.id
             )));
         }
-        return Ok(Some(tenant));
+        return Ok(Some(Owner { tenant, customer }));
     }
     let routed: Option<Uuid> = sqlx::query_scalar(
         "SELECT tenant_id FROM billing.customer_tenants WHERE stripe_customer_id = $1",
@@ -196,7 +204,9 @@ async fn route(
     .bind(customer)
     .fetch_optional(&mut **tx)
     .await?;
-    routed.map(Some).ok_or_else(|| {
+    routed
+        .map(|tenant| Some(Owner { tenant, customer }))
+        .ok_or_else(|| {
         JobError::Retryable(format!(
             "customer {customer} has no tenant yet (its checkout.session.completed is not processed)"
         ))
@@ -205,17 +215,17 @@ async fn route(
 
 async fn apply(
     tx: &mut Transaction<'_, Postgres>,
-    tenant: Uuid,
+    owner: &Owner<'_>,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
     match e.kind {
-        "checkout.session.completed" => checkout_completed(tx, tenant, e).await,
-        "payment_intent.succeeded" => payment_succeeded(tx, tenant, e).await,
+        "checkout.session.completed" => checkout_completed(tx, owner, e).await,
+        "payment_intent.succeeded" => payment_succeeded(tx, owner, e).await,
         "customer.subscription.created"
         | "customer.subscription.updated"
-        | "customer.subscription.deleted" => subscription_changed(tx, tenant, e).await,
+        | "customer.subscription.deleted" => subscription_changed(tx, owner, e).await,
         "invoice.paid" => invoice_paid(tx, e).await,
-        "invoice.payment_failed" => invoice_failed(tx, tenant, e).await,
+        "invoice.payment_failed" => invoice_failed(tx, owner, e).await,
         _ => Ok(Outcome::Ignored),
     }
 }
@@ -223,12 +233,10 @@ async fn apply(
 /// Links the Stripe customer to the platform's user (client_reference_id).
 async fn checkout_completed(
     tx: &mut Transaction<'_, Postgres>,
-    tenant: Uuid,
+    owner: &Owner<'_>,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
-    let customer = e.id_of("/customer").ok_or_else(|| {
-        JobError::Permanent(format!("checkout session of {} has no customer", e.id))
-    })?;
+    let Owner { tenant, customer } = *owner;
     sqlx::query(
         "INSERT INTO billing.customers (tenant_id, stripe_customer_id, user_id, email)
          VALUES ($1, $2, $3, $4)
@@ -249,7 +257,7 @@ async fn checkout_completed(
 /// Money arrived: credits named in the payment's metadata go to the ledger, once.
 async fn payment_succeeded(
     tx: &mut Transaction<'_, Postgres>,
-    tenant: Uuid,
+    owner: &Owner<'_>,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
     let Some(credits) = e.str("/metadata/credits") else {
@@ -258,9 +266,7 @@ async fn payment_succeeded(
     let credits = Decimal::from_str(credits).map_err(|_| {
         JobError::Permanent(format!("metadata.credits of {} is not a decimal", e.id))
     })?;
-    let customer = e.id_of("/customer").ok_or_else(|| {
-        JobError::Permanent(format!("payment intent of {} has no customer", e.id))
-    })?;
+    let Owner { tenant, customer } = *owner;
     sqlx::query(
         "INSERT INTO billing.credit_ledger (tenant_id, stripe_customer_id, delta, reason, stripe_event_id)
          VALUES ($1, $2, $3, 'payment_intent.succeeded', $4)
@@ -286,13 +292,11 @@ fn lifecycle_rank(kind: &str) -> i32 {
 
 async fn subscription_changed(
     tx: &mut Transaction<'_, Postgres>,
-    tenant: Uuid,
+    owner: &Owner<'_>,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
     let id = e.require("/id")?;
-    let customer = e
-        .id_of("/customer")
-        .ok_or_else(|| JobError::Permanent(format!("subscription in {} has no customer", e.id)))?;
+    let Owner { tenant, customer } = *owner;
     let status = if e.kind == "customer.subscription.deleted" {
         "canceled"
     } else {
@@ -374,19 +378,16 @@ async fn invoice_paid(
 /// exactly one alert per event).
 async fn invoice_failed(
     tx: &mut Transaction<'_, Postgres>,
-    tenant: Uuid,
+    owner: &Owner<'_>,
     e: &Event<'_>,
 ) -> Result<Outcome, JobError> {
-    let user: Option<String> = match e.id_of("/customer") {
-        Some(c) => sqlx::query_scalar(
-            "SELECT user_id FROM billing.customers WHERE stripe_customer_id = $1",
-        )
-        .bind(c)
-        .fetch_optional(&mut **tx)
-        .await?
-        .flatten(),
-        None => None,
-    };
+    let Owner { tenant, customer } = *owner;
+    let user: Option<String> =
+        sqlx::query_scalar("SELECT user_id FROM billing.customers WHERE stripe_customer_id = $1")
+            .bind(customer)
+            .fetch_optional(&mut **tx)
+            .await?
+            .flatten();
     let amount = e
         .object
         .pointer("/amount_due")
