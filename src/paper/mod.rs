@@ -244,11 +244,7 @@ impl PaperVenue {
             let price = book.prices[&book.orders[i].symbol];
             let o = &book.orders[i];
             let limit = o.limit_price.unwrap_or_default();
-            let crosses = match o.side {
-                Side::Buy => price <= limit,
-                Side::Sell => price >= limit,
-            };
-            if crosses {
+            if crosses(o.side, price, limit) {
                 let rest = o.qty - o.filled_qty;
                 Self::fill(&mut book, i, rest, limit);
             } else {
@@ -304,6 +300,15 @@ impl PaperVenue {
             order_status: o.status.clone(),
         };
         book.fills.push(fill);
+    }
+}
+
+/// A limit order fills once the price reaches its limit: at or below it for a buy,
+/// at or above it for a sell.
+fn crosses(side: Side, price: Decimal, limit: Decimal) -> bool {
+    match side {
+        Side::Buy => price <= limit,
+        Side::Sell => price >= limit,
     }
 }
 
@@ -417,11 +422,7 @@ async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) 
             }
             OrderType::Limit => {
                 let limit = request.limit_price.unwrap_or_default();
-                let crosses = match request.side {
-                    Side::Buy => price <= limit,
-                    Side::Sell => price >= limit,
-                };
-                if crosses {
+                if crosses(request.side, price, limit) {
                     PaperVenue::fill(&mut book, i, request.qty, limit);
                 } else {
                     book.open_limits.push(i);
