@@ -325,6 +325,10 @@ async fn run_roles(
             );
             services.venue_urls = settings.venues.clone().into_iter().collect();
             services.venue_requests_per_minute = settings.oms.requests_per_minute_per_account;
+            services.max_external_wait = settings.worker.max_snooze();
+            services.discord_webhooks = jobs::bounds::WebhookPolicy {
+                extra_origins: settings.discord.allowed_webhook_origins.clone(),
+            };
             if local && args.demo {
                 crate::demo::seed(&app_pool).await?;
                 tasks.spawn(crate::demo::run(

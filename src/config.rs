@@ -161,6 +161,11 @@ pub struct DiscordSettings {
     pub sink_bind: String,
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
+    /// Origins besides Discord's that tenants' alert webhooks may point at, e.g.
+    /// `["http://127.0.0.1:8090"]` for the local sink (an entry without a port allows
+    /// every port of its host). Empty in production: only Discord's webhook URLs.
+    #[serde(default)]
+    pub allowed_webhook_origins: Vec<String>,
 }
 
 fn default_sink_bind() -> String {
@@ -177,6 +182,7 @@ impl Default for DiscordSettings {
             fallback_webhook_url: String::new(),
             sink_bind: default_sink_bind(),
             request_timeout_ms: default_request_timeout(),
+            allowed_webhook_origins: vec![],
         }
     }
 }
@@ -186,6 +192,7 @@ impl std::fmt::Debug for DiscordSettings {
         f.debug_struct("DiscordSettings")
             .field("fallback_webhook_url", &"[redacted]")
             .field("sink_bind", &self.sink_bind)
+            .field("allowed_webhook_origins", &self.allowed_webhook_origins)
             .finish()
     }
 }
@@ -211,6 +218,14 @@ pub struct WorkerSettings {
     pub lease_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
     pub stats_flush_ms: u64,
+    /// The longest a job may snooze (a vendor's `retry_after` passes through here);
+    /// also the longest wait any answer from outside may impose on a job.
+    #[serde(default = "default_max_snooze")]
+    pub max_snooze_ms: u64,
+}
+
+fn default_max_snooze() -> u64 {
+    3_600_000
 }
 
 impl WorkerSettings {
@@ -228,6 +243,9 @@ impl WorkerSettings {
     }
     pub fn stats_flush(&self) -> Duration {
         Duration::from_millis(self.stats_flush_ms)
+    }
+    pub fn max_snooze(&self) -> Duration {
+        Duration::from_millis(self.max_snooze_ms)
     }
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::wait_from_secs;
+
 /// Discord's documented limits.
 pub mod limits {
     pub const EMBEDS: usize = 10;
@@ -177,10 +179,12 @@ pub enum Delivery {
     },
     /// 404: the webhook was deleted; stop using it.
     Gone,
-    /// 400 and other 4xx: the request is wrong and will stay wrong.
+    /// 400 and other 4xx (and 3xx): the request is wrong and will stay wrong. Only Discord's
+    /// numeric error code is kept, never the body: the URL is a tenant's, and what
+    /// answers there need not be Discord.
     Rejected {
         status: u16,
-        body: String,
+        code: Option<i64>,
     },
     /// 5xx: Discord's problem; try again later.
     Unavailable {
@@ -193,16 +197,40 @@ struct RateLimitedBody {
     retry_after: f64,
 }
 
+/// Discord's error body: `{"code": 50035, "message": "..."}`.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    code: i64,
+}
+
+/// Bodies read from the other side are cut at this size (a tenant's URL may answer
+/// with anything, of any length).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+pub(crate) async fn small_body(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ANSWER_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ANSWER_BYTES {
+            break;
+        }
+    }
+    body
+}
+
 fn header<T: std::str::FromStr>(response: &reqwest::Response, name: &str) -> Option<T> {
     response.headers().get(name)?.to_str().ok()?.parse().ok()
 }
 
 /// Executes a webhook. The URL carries the webhook's token: it never appears in an
-/// error (reqwest's errors are stripped of it) or a log line.
+/// error (reqwest's errors are stripped of it) or a log line. Every wait the answer
+/// asks for is cut to `max_wait`.
 pub async fn execute(
     http: &reqwest::Client,
     url: &str,
     message: &Message,
+    max_wait: Duration,
 ) -> Result<Delivery, reqwest::Error> {
     let response = http
         .post(url)
@@ -216,23 +244,28 @@ pub async fn execute(
         bucket: header(&response, "x-ratelimit-bucket"),
         remaining: header(&response, "x-ratelimit-remaining"),
         reset_after: header::<f64>(&response, "x-ratelimit-reset-after")
-            .map(Duration::from_secs_f64),
+            .map(|s| wait_from_secs(s, max_wait)),
     };
     let retry_header: Option<f64> = header(&response, "retry-after");
     Ok(match status {
         200..=299 => Delivery::Sent(rate),
         429 => {
-            let body: Option<RateLimitedBody> = response.json().await.ok();
+            let body = small_body(response).await;
+            let body: Option<RateLimitedBody> = serde_json::from_slice(&body).ok();
             let secs = body.map(|b| b.retry_after).or(retry_header).unwrap_or(1.0);
             Delivery::RateLimited {
-                retry_after: Duration::from_secs_f64(secs.max(0.0)),
+                retry_after: wait_from_secs(secs, max_wait),
                 rate,
             }
         }
         404 => Delivery::Gone,
-        400..=499 => Delivery::Rejected {
+        // A redirect is refused like a 4xx: it is never followed (the URL is a
+        // tenant's), and Discord never sends one.
+        300..=499 => Delivery::Rejected {
             status,
-            body: truncate(&response.text().await.unwrap_or_default(), 500),
+            code: serde_json::from_slice::<ErrorBody>(&small_body(response).await)
+                .ok()
+                .map(|b| b.code),
         },
         _ => Delivery::Unavailable { status },
     })

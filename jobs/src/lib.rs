@@ -6,6 +6,8 @@ mod contract;
 mod registry;
 mod services;
 
+pub mod bounds;
+
 pub mod canary;
 pub mod discord;
 pub mod execute_intent;

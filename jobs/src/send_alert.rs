@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     Job, JobContext, JobError,
+    bounds::wait_from_secs,
     discord::{self, Delivery, Embed, Field, Footer, Message, RateLimit},
 };
 
@@ -131,7 +132,17 @@ impl Job for SendAlert {
             return Ok(());
         }
         let url = match (own_url, disabled_at) {
-            (Some(url), None) => Some(url),
+            (Some(url), None) => {
+                // The tenant chose this URL: only Discord's webhook endpoint (or an
+                // origin the operator allowed) is ever called.
+                if let Err(why) = ctx.services.discord_webhooks.check(&url) {
+                    let reason = format!("webhook URL refused: {why}");
+                    self.finish(&ctx, "failed", Some(&reason)).await?;
+                    return Err(JobError::Permanent(reason));
+                }
+                Some(url)
+            }
+            // The operator's fallback (configuration, not tenant input).
             _ => ctx.services.discord_fallback_url.clone(),
         };
         let Some(url) = url else {
@@ -140,7 +151,8 @@ impl Job for SendAlert {
                 .await;
         };
         let key = webhook_key(&url);
-        if let Some(wait) = take_budget(&ctx, &key).await? {
+        let max_wait = ctx.services.max_external_wait;
+        if let Some(wait) = take_budget(&ctx, &key, max_wait).await? {
             return Err(JobError::Snooze(wait));
         }
         self.confined(
@@ -150,7 +162,7 @@ impl Job for SendAlert {
         )
         .await?;
         let message = render(&kind, &payload, created_at);
-        let delivery = discord::execute(&ctx.services.http, &url, &message)
+        let delivery = discord::execute(&ctx.services.http, &url, &message, max_wait)
             .await
             .map_err(|e| JobError::Retryable(format!("Discord unreachable: {e}")));
         let delivery = match delivery {
@@ -189,16 +201,11 @@ impl Job for SendAlert {
                 self.finish(&ctx, "failed", Some("webhook gone (404); disabled"))
                     .await
             }
-            Delivery::Rejected { status, body } => {
-                self.finish(
-                    &ctx,
-                    "failed",
-                    Some(&format!("Discord refused it ({status}): {body}")),
-                )
-                .await?;
-                Err(JobError::Permanent(format!(
-                    "Discord answered {status}: {body}"
-                )))
+            Delivery::Rejected { status, code } => {
+                let code = code.map_or(String::new(), |c| format!(", code {c}"));
+                let reason = format!("Discord refused it ({status}{code})");
+                self.finish(&ctx, "failed", Some(&reason)).await?;
+                Err(JobError::Permanent(reason))
             }
             Delivery::Unavailable { status } => {
                 let e = format!("Discord answered {status}");
@@ -255,8 +262,12 @@ impl SendAlert {
 }
 
 /// Takes one request from the webhook's shared budget. Returns how long to wait when
-/// it is spent.
-async fn take_budget(ctx: &JobContext, key: &str) -> Result<Option<Duration>, JobError> {
+/// it is spent (never more than `max_wait`, whatever the row says).
+async fn take_budget(
+    ctx: &JobContext,
+    key: &str,
+    max_wait: Duration,
+) -> Result<Option<Duration>, JobError> {
     let taken: Option<(i32,)> = sqlx::query_as(
         "UPDATE discord_rate_limits SET remaining = remaining - 1, updated_at = now()
          WHERE webhook_key = $1 AND (remaining > 0 OR reset_at <= now())
@@ -268,17 +279,15 @@ async fn take_budget(ctx: &JobContext, key: &str) -> Result<Option<Duration>, Jo
     if taken.is_some() {
         return Ok(None);
     }
-    let reset: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT reset_at FROM discord_rate_limits WHERE webhook_key = $1")
-            .bind(key)
-            .fetch_optional(&ctx.pool)
-            .await?;
-    Ok(reset.map(|at| {
-        (at - Utc::now())
-            .to_std()
-            .unwrap_or_default()
-            .max(Duration::from_millis(50))
-    }))
+    // The wait is computed by the database, in seconds: no far-off timestamp is ever
+    // decoded or subtracted here.
+    let reset: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM reset_at - now())::float8 FROM discord_rate_limits WHERE webhook_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(&ctx.pool)
+    .await?;
+    Ok(reset.map(|secs| wait_from_secs(secs, max_wait).max(Duration::from_millis(50))))
 }
 
 /// Stores what Discord said about the budget (a 429 empties it until `retry_after`).
@@ -304,7 +313,7 @@ async fn record_rate(
     )
     .bind(key)
     .bind(&rate.bucket)
-    .bind(remaining as i32)
+    .bind(remaining.clamp(0, i64::from(i32::MAX)) as i32)
     .bind(reset_after.as_secs_f64())
     .execute(&ctx.pool)
     .await?;

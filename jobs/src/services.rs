@@ -19,6 +19,10 @@ pub struct Services {
     pub secrets_key: Option<[u8; 32]>,
     /// Concurrent intents of a tenant are planned and recorded in batches.
     pub intent_batches: Arc<crate::execute_intent::IntentBatches>,
+    /// The longest wait an answer from outside may impose (`retry_after`, resets).
+    pub max_external_wait: Duration,
+    /// Where tenants' alert webhooks may point (Discord, plus configured origins).
+    pub discord_webhooks: crate::bounds::WebhookPolicy,
 }
 
 impl std::fmt::Debug for Services {
@@ -31,8 +35,11 @@ impl std::fmt::Debug for Services {
 
 impl Services {
     pub fn new(request_timeout: Duration, discord_fallback_url: Option<String>) -> Self {
+        // No redirects: a vendor never needs one, and a tenant's URL could redirect
+        // the request anywhere.
         let http = reqwest::Client::builder()
             .timeout(request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent("pulse-fleet")
             .build()
             .expect("HTTP client with default TLS");
@@ -43,6 +50,8 @@ impl Services {
             venue_requests_per_minute: 200,
             secrets_key: crate::secrets::key_from_env().ok(),
             intent_batches: Default::default(),
+            max_external_wait: crate::bounds::DEFAULT_MAX_EXTERNAL_WAIT,
+            discord_webhooks: Default::default(),
         }
     }
 }

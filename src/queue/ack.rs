@@ -6,7 +6,9 @@
 use std::{
     collections::HashMap,
     future::Future,
+    panic::AssertUnwindSafe,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -20,8 +22,9 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
+use uuid::Uuid;
 
-use super::ClaimedJob;
+use super::{ClaimedJob, holdings::Holdings};
 use crate::stats::Recorder;
 
 const ACK_SQL: &str = include_str!("sql/ack.sql");
@@ -37,6 +40,13 @@ pub enum AttemptFailure {
     Timeout(Duration),
     #[error("panicked: {0}")]
     Panic(String),
+    /// Aborted from outside (the shutdown grace period ran out): the attempt counts.
+    #[error("aborted: {0}")]
+    Aborted(&'static str),
+    /// The worker's lease lapsed: others may be running the job, so this attempt is
+    /// not settled at all (the rescue records it).
+    #[error("the worker's lease was lost")]
+    LeaseLost,
 }
 
 impl AttemptFailure {
@@ -45,6 +55,8 @@ impl AttemptFailure {
             Self::Job(e) => e.kind(),
             Self::Timeout(_) => "timeout",
             Self::Panic(_) => "panic",
+            Self::Aborted(_) => "aborted",
+            Self::LeaseLost => "lease_lost",
         }
     }
 }
@@ -72,7 +84,7 @@ impl Settle {
 #[derive(Debug, Clone)]
 pub struct Ack {
     pub id: i64,
-    pub lease_token: i32,
+    pub lease_token: Uuid,
     pub job_name: &'static str,
     pub settle: Settle,
     pub run_at: Option<DateTime<Utc>>,
@@ -107,6 +119,34 @@ impl Ack {
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub backoff: Backoff,
+    /// The longest a handler may snooze its job (a vendor's `retry_after` passes
+    /// through here): longer requests are cut to this.
+    pub max_snooze: Duration,
+}
+
+/// Longest text kept of one attempt's error.
+const MAX_ERROR_CHARS: usize = 2000;
+
+/// Error text as the job table can store it: jsonb refuses `\u0000`, and one ack it
+/// refuses would fail its whole batch, so NULs become U+FFFD; and it is bounded.
+pub fn storable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_ERROR_CHARS)
+        .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
+        .collect();
+    if text.chars().count() > MAX_ERROR_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// `now + wait`, without overflow whatever `wait` is (cut to `cap`).
+fn later(now: DateTime<Utc>, wait: Duration, cap: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(wait.min(cap))
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now)
 }
 
 /// What an attempt's result means for its job.
@@ -132,21 +172,21 @@ pub fn classify(
         None => ("retryable", error.to_string(), None),
     };
     if let Some(AttemptFailure::Job(JobError::Snooze(wait))) = failure {
-        let until = now + chrono::Duration::from_std(*wait).unwrap_or_default();
+        let until = later(now, *wait, policy.max_snooze);
         return (Settle::Available, Some(until), 1, None, "snoozed");
     }
     let record = json!({
         "attempt": lease.attempt,
         "at": now,
         "kind": kind,
-        "error": message,
+        "error": storable(&message),
     });
     let permanent = matches!(failure, Some(AttemptFailure::Job(JobError::Permanent(_))));
     if permanent || lease.attempt >= lease.max_attempts {
         return (Settle::Dead, None, 0, Some(record), "dead");
     }
     let delay = policy.backoff.delay(lease.attempt, unit);
-    let run_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+    let run_at = later(now, delay, Duration::from_secs(366 * 24 * 3600));
     (Settle::Available, Some(run_at), 0, Some(record), "retried")
 }
 
@@ -154,7 +194,7 @@ pub fn classify(
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseInfo {
     pub id: i64,
-    pub lease_token: i32,
+    pub lease_token: Uuid,
     pub job_name: &'static str,
     pub attempt: i32,
     pub max_attempts: i32,
@@ -193,13 +233,22 @@ impl AckSender {
 pub struct Acker;
 
 impl Acker {
-    pub fn spawn(pool: PgPool, recorder: Recorder) -> (AckSender, tokio::task::JoinHandle<()>) {
+    pub fn spawn(
+        pool: PgPool,
+        recorder: Recorder,
+        holdings: Arc<Holdings>,
+    ) -> (AckSender, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(Self::run(pool, recorder, rx));
+        let handle = tokio::spawn(Self::run(pool, recorder, holdings, rx));
         (AckSender(tx), handle)
     }
 
-    async fn run(pool: PgPool, recorder: Recorder, mut rx: mpsc::UnboundedReceiver<AckMessage>) {
+    async fn run(
+        pool: PgPool,
+        recorder: Recorder,
+        holdings: Arc<Holdings>,
+        mut rx: mpsc::UnboundedReceiver<AckMessage>,
+    ) {
         let mut batch = Vec::new();
         let mut flushes = Vec::new();
         while let Some(first) = rx.recv().await {
@@ -215,6 +264,7 @@ impl Acker {
             }
             if !batch.is_empty() {
                 write_until_done(&pool, &recorder, &batch).await;
+                holdings.released(batch.iter().map(|a| a.id));
                 batch.clear();
             }
             for done in flushes.drain(..) {
@@ -224,22 +274,59 @@ impl Acker {
     }
 }
 
+/// Whether a failed write is worth repeating as it is: the connection or the server
+/// failed, not the statement. A statement the database refuses (bad data) would fail
+/// the same way forever.
+fn transient(error: &sqlx::Error) -> bool {
+    !matches!(error, sqlx::Error::Database(_))
+}
+
 /// Writes one batch, retrying while the database is unreachable: an ack is never
-/// dropped while the process lives.
+/// dropped while the process lives. A batch the database refuses is split until the
+/// refused ack stands alone; that one is written without its error text, and if even
+/// that is refused it is dropped with a log line (its lease lapses and the job is
+/// rescued). One bad ack never blocks the others.
 async fn write_until_done(pool: &PgPool, recorder: &Recorder, batch: &[Ack]) {
+    let mut pending: Vec<Vec<Ack>> = vec![batch.to_vec()];
     let mut delay = Duration::from_millis(50);
-    loop {
+    while let Some(part) = pending.pop() {
         let started = std::time::Instant::now();
-        match write(pool, batch).await {
+        match write(pool, &part).await {
             Ok(accepted) => {
-                tracing::debug!(acks = batch.len(), elapsed = ?started.elapsed(), "acks written");
-                record(recorder, batch, &accepted);
-                return;
+                tracing::debug!(acks = part.len(), elapsed = ?started.elapsed(), "acks written");
+                record(recorder, &part, &accepted);
+                delay = Duration::from_millis(50);
             }
-            Err(error) => {
-                tracing::warn!(%error, acks = batch.len(), "ack write failed; retrying in {delay:?}");
+            Err(error) if transient(&error) => {
+                tracing::warn!(%error, acks = part.len(), "ack write failed; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+                pending.push(part);
+            }
+            Err(error) if part.len() > 1 => {
+                tracing::warn!(%error, acks = part.len(), "ack batch refused; splitting it");
+                let mut left = part;
+                let right = left.split_off(left.len() / 2);
+                pending.push(right);
+                pending.push(left);
+            }
+            Err(error) => {
+                let ack = &part[0];
+                if ack.error.is_some() {
+                    tracing::error!(%error, job.id = ack.id, "ack refused; writing it without its error text");
+                    let mut bare = ack.clone();
+                    bare.error = Some(
+                        json!({"kind": "unstorable", "error": "the attempt's error could not be stored"}),
+                    );
+                    if let Some(e) = &ack.error
+                        && e.get("kind") == Some(&json!("unstorable"))
+                    {
+                        bare.error = None;
+                    }
+                    pending.push(vec![bare]);
+                } else {
+                    tracing::error!(%error, job.id = ack.id, "ack refused by the database; dropped (the job will be rescued)");
+                }
             }
         }
     }
@@ -279,7 +366,7 @@ fn record(recorder: &Recorder, batch: &[Ack], accepted: &[i64]) {
             tracing::warn!(
                 job.id = ack.id,
                 job.name = ack.job_name,
-                lease_token = ack.lease_token,
+                lease_token = %ack.lease_token,
                 "late ack of job {} refused: its lease was rescued or re-claimed",
                 ack.id
             );
@@ -304,11 +391,16 @@ fn record(recorder: &Recorder, batch: &[Ack], accepted: &[i64]) {
 pub struct AckLayer {
     acks: AckSender,
     policy: RetryPolicy,
+    holdings: Arc<Holdings>,
 }
 
 impl AckLayer {
-    pub fn new(acks: AckSender, policy: RetryPolicy) -> Self {
-        Self { acks, policy }
+    pub fn new(acks: AckSender, policy: RetryPolicy, holdings: Arc<Holdings>) -> Self {
+        Self {
+            acks,
+            policy,
+            holdings,
+        }
     }
 
     pub fn sender(&self) -> AckSender {
@@ -322,8 +414,7 @@ impl<S> Layer<S> for AckLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AckService {
             inner,
-            acks: self.acks.clone(),
-            policy: self.policy,
+            layer: self.clone(),
         }
     }
 }
@@ -331,8 +422,64 @@ impl<S> Layer<S> for AckLayer {
 #[derive(Clone)]
 pub struct AckService<S> {
     inner: S,
-    acks: AckSender,
-    policy: RetryPolicy,
+    layer: AckLayer,
+}
+
+/// The ack of one finished attempt. Total: whatever the result (and whatever a
+/// handler asked for), it returns an ack and never panics.
+fn settle(
+    lease: &LeaseInfo,
+    result: &Result<(), &BoxDynError>,
+    policy: &RetryPolicy,
+    run_secs: f64,
+) -> Ack {
+    let now = Utc::now();
+    let unit: f64 = rand::rng().random();
+    let (settle, run_at, refund, error, outcome) = classify(lease, result, policy, now, unit);
+    let wait = (lease.claimed_at - lease.run_at)
+        .to_std()
+        .unwrap_or_default();
+    Ack {
+        id: lease.id,
+        lease_token: lease.lease_token,
+        job_name: lease.job_name,
+        settle,
+        run_at,
+        refund,
+        error,
+        outcome,
+        wait_secs: Some(wait.as_secs_f64()),
+        run_secs: Some(run_secs),
+    }
+}
+
+/// If settling itself panicked (a defect of ours): retry the job in a minute with the
+/// reason, rather than let the panic stop the queue's worker.
+fn settle_after_panic(lease: &LeaseInfo, panic: &str) -> Ack {
+    let now = Utc::now();
+    Ack {
+        id: lease.id,
+        lease_token: lease.lease_token,
+        job_name: lease.job_name,
+        settle: Settle::Available,
+        run_at: Some(later(now, Duration::from_secs(60), Duration::from_secs(60))),
+        refund: 0,
+        error: Some(json!({
+            "attempt": lease.attempt, "at": now, "kind": "internal",
+            "error": storable(&format!("settling the attempt failed: {panic}")),
+        })),
+        outcome: "retried",
+        wait_secs: None,
+        run_secs: None,
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".into())
 }
 
 impl<S, R> Service<Task<ClaimedJob>> for AckService<S>
@@ -363,42 +510,53 @@ where
             claimed_at: job.claimed_at,
         };
         let started = std::time::Instant::now();
-        let future = self.inner.call(task);
-        let acks = self.acks.clone();
-        let policy = self.policy;
+        let layer = self.layer.clone();
+        // Nothing between the claim and the ack may stop the queue's worker: a panic
+        // in the inner service or in settling fails this one attempt, with a reason.
+        let future = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(task)));
         Box::pin(async move {
-            let result = future.await.map_err(Into::into);
+            use futures_util::FutureExt;
+            let result: Result<R, BoxDynError> = match future {
+                Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(result) => result.map_err(Into::into),
+                    Err(panic) => Err(Box::new(AttemptFailure::Panic(panic_text(&*panic)))),
+                },
+                Err(panic) => Err(Box::new(AttemptFailure::Panic(panic_text(&*panic)))),
+            };
+            let lease_lost = result
+                .as_ref()
+                .err()
+                .and_then(|e| e.downcast_ref::<AttemptFailure>())
+                .is_some_and(|f| matches!(f, AttemptFailure::LeaseLost));
+            if lease_lost {
+                // Not ours to settle any more: the rescue records the attempt.
+                tracing::warn!(
+                    job.id = lease.id,
+                    job.name = lease.job_name,
+                    "attempt abandoned: lease lost"
+                );
+                layer.holdings.released([lease.id]);
+                drop(permit);
+                return result;
+            }
             let run_secs = started.elapsed().as_secs_f64();
-            let now = Utc::now();
-            let unit: f64 = rand::rng().random();
-            let (settle, run_at, refund, error, outcome) =
-                classify(&lease, &result.as_ref().map(|_| ()), &policy, now, unit);
+            let outcome = result.as_ref().map(|_| ());
+            let ack = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                settle(&lease, &outcome, &layer.policy, run_secs)
+            }))
+            .unwrap_or_else(|panic| settle_after_panic(&lease, &panic_text(&*panic)));
             if let Err(e) = &result {
                 tracing::warn!(
                     job.id = lease.id,
                     job.name = lease.job_name,
                     job.attempt = lease.attempt,
-                    outcome,
+                    outcome = ack.outcome,
                     "job {} attempt {} failed: {e}",
                     lease.id,
                     lease.attempt
                 );
             }
-            let wait = (lease.claimed_at - lease.run_at)
-                .to_std()
-                .unwrap_or_default();
-            acks.send(Ack {
-                id: lease.id,
-                lease_token: lease.lease_token,
-                job_name: lease.job_name,
-                settle,
-                run_at,
-                refund,
-                error,
-                outcome,
-                wait_secs: Some(wait.as_secs_f64()),
-                run_secs: Some(run_secs),
-            });
+            layer.acks.send(ack);
             drop(permit);
             result
         })
@@ -413,7 +571,7 @@ mod tests {
         let now = Utc::now();
         LeaseInfo {
             id: 1,
-            lease_token: 1,
+            lease_token: Uuid::nil(),
             job_name: "canary",
             attempt,
             max_attempts,
@@ -429,6 +587,7 @@ mod tests {
                 max: Duration::from_secs(60),
                 jitter: 0.0,
             },
+            max_snooze: Duration::from_secs(3600),
         }
     }
 
@@ -465,6 +624,29 @@ mod tests {
         assert_eq!(run_at, Some(now + chrono::Duration::seconds(30)));
         assert_eq!(refund, 1);
         assert!(error.is_none());
+    }
+
+    #[test]
+    fn a_snooze_from_outside_is_bounded_and_never_overflows() {
+        // A tenant's endpoint answered 429 with retry_after ~9e12 seconds: the snooze
+        // overflowed chrono here and killed the queue worker.
+        let now = Utc::now();
+        for wait in [Duration::from_secs_f64(9e12), Duration::MAX] {
+            let e = err(AttemptFailure::Job(JobError::Snooze(wait)));
+            let (settle, run_at, refund, _, _) =
+                classify(&lease(1, 5), &Err(&e), &policy(), now, 0.5);
+            assert_eq!(settle, Settle::Available);
+            assert_eq!(run_at, Some(now + chrono::Duration::seconds(3600)));
+            assert_eq!(refund, 1);
+        }
+    }
+
+    #[test]
+    fn error_text_is_made_storable() {
+        let e = err(AttemptFailure::Job(JobError::Retryable("bad\0byte".into())));
+        let (_, _, _, error, _) = classify(&lease(1, 5), &Err(&e), &policy(), Utc::now(), 0.5);
+        assert_eq!(error.unwrap()["error"], "bad\u{FFFD}byte");
+        assert!(storable(&"x".repeat(10_000)).chars().count() <= MAX_ERROR_CHARS + 1);
     }
 
     #[test]

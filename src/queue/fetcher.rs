@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use super::{
     ClaimedJob,
+    ack::{Ack, AckSender},
+    holdings::Holdings,
     idle::{IdleLock, Park},
 };
 
@@ -30,7 +32,7 @@ type ClaimRow = (
     serde_json::Value,
     i32,
     i32,
-    i32,
+    Uuid,
     DateTime<Utc>,
     DateTime<Utc>,
     DateTime<Utc>,
@@ -51,16 +53,28 @@ pub async fn claim(
         .await
 }
 
+/// What a fetcher shares with the rest of its worker process.
+pub struct FetcherLinks {
+    pub permits: Arc<Semaphore>,
+    pub wake: Arc<Notify>,
+    pub stop: watch::Receiver<bool>,
+    pub out: mpsc::Sender<ClaimedJob>,
+    pub holdings: Arc<Holdings>,
+    /// Where jobs claimed too late to run (the worker stopped meanwhile) are handed back.
+    pub acks: AckSender,
+}
+
 /// Runs until `stop` turns true. Dropping `out` on return tells the backend that no
 /// more jobs will come.
-pub async fn run(
-    pool: PgPool,
-    config: FetcherConfig,
-    permits: Arc<Semaphore>,
-    wake: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
-    out: mpsc::Sender<ClaimedJob>,
-) {
+pub async fn run(pool: PgPool, config: FetcherConfig, links: FetcherLinks) {
+    let FetcherLinks {
+        permits,
+        wake,
+        mut stop,
+        out,
+        holdings,
+        acks,
+    } = links;
     let queue = config.queue;
     let mut idle = IdleLock::new(queue, pool.connect_options());
     let mut failures = 0u32;
@@ -76,6 +90,17 @@ pub async fn run(
         if *stop.borrow() {
             return;
         }
+        if !holdings.lease_ok() {
+            // Our lease lapsed: others may be rescuing our jobs. Claim nothing until a
+            // heartbeat goes through again.
+            drop(first);
+            tokio::select! {
+                _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let epoch = holdings.epoch();
         let mut held: Vec<OwnedSemaphorePermit> = vec![first];
         while held.len() < config.batch_size {
             match permits.clone().try_acquire_owned() {
@@ -111,22 +136,32 @@ pub async fn run(
         tracing::debug!(queue, asked = held.len(), got = rows.len(), elapsed = ?started.elapsed(), "claimed");
         if !rows.is_empty() {
             idle.unpark().await;
+            holdings.claimed(rows.iter().map(|r| r.0));
             let now = Utc::now();
-            for (row, permit) in rows.into_iter().zip(held.drain(..)) {
-                let job = ClaimedJob {
+            let mut jobs = rows
+                .into_iter()
+                .zip(held.drain(..))
+                .map(|(row, permit)| ClaimedJob {
                     id: row.0,
                     job_name: queue,
                     payload: row.1,
                     attempt: row.2,
                     max_attempts: row.3,
                     lease_token: row.4,
+                    epoch,
                     run_at: row.5,
                     created_at: row.6,
                     claimed_at: row.7.max(now),
                     permit: Some(permit),
-                };
-                if out.send(job).await.is_err() {
-                    // The worker is gone; its leases lapse and are rescued.
+                });
+            while let Some(job) = jobs.next() {
+                if let Err(mpsc::error::SendError(job)) = out.send(job).await {
+                    // The worker stopped while this claim was in flight: give the
+                    // jobs back at once, unstarted (no attempt used), rather than
+                    // leaving them to a rescue that would blame a lost lease.
+                    for job in std::iter::once(job).chain(jobs) {
+                        acks.send(Ack::hand_back(&job));
+                    }
                     return;
                 }
             }

@@ -8,6 +8,8 @@
 //! - [`ack`]: the backend's middleware classifies each attempt's outcome, and the
 //!   [`ack::Acker`] settles outcomes in batches, fenced by the lease token.
 //! - [`lease`]: worker identity, heartbeats and the rescue of dead workers' jobs.
+//! - [`holdings`]: what a process holds (claimed jobs, handler tasks) and whether
+//!   its lease still lets it hold them.
 //! - [`listener`]: LISTEN `fleet_jobs`, waking the fetcher of the named queue.
 //! - [`idle`]: parked fetchers hold an advisory lock so enqueue NOTIFYs only then.
 //! - [`admin`]: what operators do to jobs (list, show, retry, cancel, stats).
@@ -17,6 +19,7 @@ pub mod admin;
 pub mod backend;
 pub mod enqueue;
 pub mod fetcher;
+pub mod holdings;
 pub mod idle;
 pub mod lease;
 pub mod listener;
@@ -36,8 +39,12 @@ pub struct ClaimedJob {
     /// This attempt, 1-based.
     pub attempt: i32,
     pub max_attempts: i32,
-    /// The fencing token the ack must present.
-    pub lease_token: i32,
+    /// The fencing token the ack must present: random per claim, so it never repeats,
+    /// even when a claim is lost in a database crash.
+    pub lease_token: uuid::Uuid,
+    /// The process's lease epoch at claim time: a job claimed under a lease since
+    /// lost never starts (see [`holdings`]).
+    pub epoch: u64,
     pub run_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub claimed_at: DateTime<Utc>,

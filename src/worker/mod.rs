@@ -28,8 +28,9 @@ use crate::{
     queue::{
         ack::{AckLayer, AckSender, Acker, RetryPolicy},
         backend::FleetBackend,
-        fetcher::{self, FetcherConfig},
-        lease::{self, WorkerIdentity},
+        fetcher::{self, FetcherConfig, FetcherLinks},
+        holdings::{AbortReason, Holdings},
+        lease::{self, LeaseTiming, WorkerIdentity},
         listener,
     },
     stats::Recorder,
@@ -53,6 +54,7 @@ pub struct WorkerHandle {
     recorder: Recorder,
     queue_pool: PgPool,
     grace: Duration,
+    holdings: Arc<Holdings>,
 }
 
 /// Starts the worker. Returns once it is registered and listening.
@@ -75,7 +77,8 @@ pub async fn start(
     tracing::info!(worker = %identity.name, queues = ?names, "worker starting");
 
     let recorder = Recorder::default();
-    let (acks, acker) = Acker::spawn(pools.ack, recorder.clone());
+    let holdings = Holdings::new();
+    let (acks, acker) = Acker::spawn(pools.ack, recorder.clone(), holdings.clone());
     let (stop, stop_rx) = watch::channel(false);
     let mut workers = JoinSet::new();
     let mut background = JoinSet::new();
@@ -95,16 +98,22 @@ pub async fn start(
                 batch_size: settings.batch_size.clamp(1, queue.concurrency.max(1)),
                 poll_interval: settings.poll_interval(),
             },
-            permits,
-            wake,
-            stop_rx.clone(),
-            tx,
+            FetcherLinks {
+                permits,
+                wake,
+                stop: stop_rx.clone(),
+                out: tx,
+                holdings: holdings.clone(),
+                acks: acks.clone(),
+            },
         ));
         let layer = AckLayer::new(
             acks.clone(),
             RetryPolicy {
                 backoff: queue.job.backoff,
+                max_snooze: settings.max_snooze(),
             },
+            holdings.clone(),
         );
         let backend = FleetBackend::new(rx, stop_rx.clone(), layer);
         let worker = WorkerBuilder::new(format!("{name}@{}", identity.name))
@@ -113,6 +122,7 @@ pub async fn start(
                 queue.job.clone(),
                 app_pool.clone(),
                 services.clone(),
+                holdings.clone(),
             ));
         workers.spawn(async move {
             if let Err(error) = worker.run().await {
@@ -132,8 +142,11 @@ pub async fn start(
         queue_pool.clone(),
         identity.clone(),
         names,
-        settings.heartbeat_interval(),
-        settings.lease_timeout(),
+        LeaseTiming {
+            heartbeat_interval: settings.heartbeat_interval(),
+            lease_timeout: settings.lease_timeout(),
+        },
+        holdings.clone(),
         stop_rx.clone(),
     ));
     background.spawn(recorder.clone().run_flusher(
@@ -154,6 +167,7 @@ pub async fn start(
         recorder,
         queue_pool,
         grace: settings.shutdown_grace(),
+        holdings,
     })
 }
 
@@ -177,15 +191,30 @@ impl WorkerHandle {
             while self.workers.join_next().await.is_some() {}
         })
         .await;
-        self.acks.flush().await;
         if finished.is_err() {
-            self.workers.abort_all();
-            let handed = lease::hand_back_all(&self.queue_pool, self.identity.id).await?;
+            // The grace period is over: abort the attempts still running. Each fails
+            // (its attempt counts, so a job that always hangs past the grace period
+            // ends up dead) and is settled by its apalis worker, which then ends.
+            let aborted = self.holdings.abort_running(AbortReason::Shutdown);
             tracing::warn!(
-                handed,
-                "grace period of {:?} over: handed back the jobs still running",
+                aborted,
+                "grace period of {:?} over: aborted the attempts still running",
                 self.grace
             );
+            let settled = tokio::time::timeout(Duration::from_secs(5), async {
+                while self.workers.join_next().await.is_some() {}
+            })
+            .await;
+            if settled.is_err() {
+                self.workers.abort_all();
+            }
+        }
+        self.acks.flush().await;
+        // Whatever is still leased to us was claimed and never started (a claim that
+        // raced the stop): give it back without using an attempt.
+        let handed = lease::hand_back_all(&self.queue_pool, self.identity.id).await?;
+        if handed > 0 {
+            tracing::info!(handed, "handed back jobs claimed but never started");
         }
         while self.background.join_next().await.is_some() {}
         drop(self.acks);

@@ -1,6 +1,7 @@
 //! The innermost apalis service: runs one attempt of a job. The handler runs in its
 //! own tokio task, so a panic is caught as that task's error and the worker goes on;
-//! a timeout aborts the task.
+//! a timeout aborts the task, and so do shutdown and a lost lease (through
+//! [`Holdings`]).
 
 use std::{
     future::Future,
@@ -14,7 +15,11 @@ use jobs::{JobContext, JobSpec, Services};
 use sqlx::PgPool;
 use tower_service::Service;
 
-use crate::queue::{ClaimedJob, ack::AttemptFailure};
+use crate::queue::{
+    ClaimedJob,
+    ack::AttemptFailure,
+    holdings::{AbortReason, Holdings},
+};
 
 #[derive(Clone)]
 pub struct JobService {
@@ -22,15 +27,32 @@ pub struct JobService {
     pool: PgPool,
     /// Shared, not copied, per attempt: this is on every job's path.
     services: Arc<Services>,
+    holdings: Arc<Holdings>,
 }
 
 impl JobService {
-    pub fn new(spec: JobSpec, pool: PgPool, services: Arc<Services>) -> Self {
+    pub fn new(
+        spec: JobSpec,
+        pool: PgPool,
+        services: Arc<Services>,
+        holdings: Arc<Holdings>,
+    ) -> Self {
         Self {
             spec,
             pool,
             services,
+            holdings,
         }
+    }
+}
+
+/// Aborts the handler task if the attempt's future is dropped (its apalis worker was
+/// aborted): no handler runs on, detached, after the worker let go of it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -45,6 +67,10 @@ impl Service<Task<ClaimedJob>> for JobService {
 
     fn call(&mut self, task: Task<ClaimedJob>) -> Self::Future {
         let (job, _) = task.take();
+        if job.epoch != self.holdings.epoch() {
+            // Claimed under a lease since lost: others may be running it already.
+            return Box::pin(std::future::ready(Err(AttemptFailure::LeaseLost)));
+        }
         let ctx = JobContext {
             pool: self.pool.clone(),
             job_id: job.id,
@@ -55,13 +81,24 @@ impl Service<Task<ClaimedJob>> for JobService {
             services: self.services.clone(),
         };
         let timeout = self.spec.timeout;
+        let id = job.id;
         let mut handle = tokio::spawn((self.spec.handler)(job.payload, ctx));
+        let guard = AbortOnDrop(handle.abort_handle());
+        let aborted = self.holdings.started(id, handle.abort_handle());
+        let holdings = self.holdings.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, &mut handle).await {
-                Err(_) => {
-                    handle.abort();
-                    Err(AttemptFailure::Timeout(timeout))
-                }
+            let outcome = tokio::time::timeout(timeout, &mut handle).await;
+            holdings.finished(id);
+            drop(guard);
+            match outcome {
+                Err(_) => Err(AttemptFailure::Timeout(timeout)),
+                Ok(Err(join_error)) if join_error.is_cancelled() => Err(match aborted.get() {
+                    Some(AbortReason::Shutdown) => {
+                        AttemptFailure::Aborted("the shutdown grace period ran out")
+                    }
+                    Some(AbortReason::LeaseLost) => AttemptFailure::LeaseLost,
+                    None => AttemptFailure::Aborted("the attempt was cancelled"),
+                }),
                 Ok(Err(join_error)) => Err(AttemptFailure::Panic(panic_message(join_error))),
                 Ok(Ok(result)) => result.map_err(AttemptFailure::Job),
             }

@@ -208,7 +208,7 @@ async fn a_rescued_attempts_late_completion_is_refused() {
     assert_eq!(rescued.state, "available");
     assert_eq!(rescued.errors[0]["kind"], "lease_expired");
 
-    let completion = |token: i32| Ack {
+    let completion = |token: uuid::Uuid| Ack {
         id,
         lease_token: token,
         job_name: "canary",
@@ -234,7 +234,7 @@ async fn a_rescued_attempts_late_completion_is_refused() {
         .await
         .unwrap();
     let fresh_token = again[0].4;
-    assert!(fresh_token > zombie_token);
+    assert_ne!(fresh_token, zombie_token, "every claim draws a new token");
     assert!(
         ack::write(&db.pool, &[completion(zombie_token)])
             .await

@@ -120,15 +120,9 @@ impl TestDb {
             .into_iter()
             .map(|job| QueueSpec { job, concurrency })
             .collect();
-        worker::start(
-            self.pool.clone(),
-            pools,
-            queues,
-            &settings,
-            jobs::Services::default(),
-        )
-        .await
-        .expect("start worker")
+        worker::start(self.pool.clone(), pools, queues, &settings, test_services())
+            .await
+            .expect("start worker")
     }
 
     /// Serves the web process on an ephemeral port with this database and the test
@@ -217,6 +211,14 @@ pub struct JobRow {
 pub fn load_test_settings() -> pulse_fleet::config::Settings {
     pulse_fleet::config::Settings::load_from(std::path::Path::new("config"), "test")
         .expect("config/ loads")
+}
+
+/// What in-process test workers use: default services, with alert webhooks allowed on
+/// this machine's loopback (where the tests' Discord-dialect servers listen).
+pub fn test_services() -> jobs::Services {
+    let mut services = jobs::Services::default();
+    services.discord_webhooks.extra_origins = vec!["http://127.0.0.1".into()];
+    services
 }
 
 /// Fast polls and short leases, so failure paths finish in seconds.

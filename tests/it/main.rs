@@ -10,6 +10,7 @@ mod oms;
 mod payments;
 mod processes;
 mod schedule;
+mod security;
 mod tenancy;
 mod venue;
 mod watchers;

@@ -587,7 +587,7 @@ async fn an_intent_waits_for_the_entry_lock_on_its_account_and_symbol() {
     let id = desk.intent("waits", vec![desk.leg("AAPL", "buy", 1)]).await;
     // The job runs, finds the lock taken and snoozes: nothing reaches the venue.
     wait_until("the job has tried at least once", Duration::from_secs(10), || async {
-        desk.db.count("SELECT count(*) FROM fleet.jobs WHERE job_name = 'execute_intent' AND lease_token >= 2").await == 1
+        desk.db.count("SELECT count(*) FROM fleet.jobs WHERE job_name = 'execute_intent' AND claims >= 2").await == 1
     })
     .await;
     assert_eq!(desk.intent_state(id).await.0, "pending");

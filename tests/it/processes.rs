@@ -84,7 +84,7 @@ async fn sigterm_finishes_the_running_job_and_leaves_the_rest_untouched() {
 }
 
 #[tokio::test]
-async fn past_the_grace_period_running_jobs_are_handed_back_without_using_an_attempt() {
+async fn past_the_grace_period_running_attempts_are_aborted_and_count() {
     let db = TestDb::new(&[]).await;
     let mut worker = fleet_process(
         &db,
@@ -105,9 +105,11 @@ async fn past_the_grace_period_running_jobs_are_handed_back_without_using_an_att
         .expect("exits soon after the grace period")
         .unwrap();
     assert!(status.success());
+    // The attempt ran, so it counts (before, the hand-back refunded it, and a job
+    // that always hangs past the grace period never died).
     let job = db.job(id).await;
-    assert_eq!((job.state.as_str(), job.attempts), ("available", 0));
-    assert_eq!(job.errors, serde_json::json!([]));
+    assert_eq!((job.state.as_str(), job.attempts), ("available", 1));
+    assert_eq!(job.errors[0]["kind"], "aborted", "{}", job.errors);
 }
 
 #[tokio::test]

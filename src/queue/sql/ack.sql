@@ -6,7 +6,7 @@
 --   hand-back do not consume one), $6 the attempt's error object or NULL.
 WITH acks AS (
     SELECT *
-    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::int[], $6::jsonb[])
+    FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[], $6::jsonb[])
          AS a(id, lease_token, state, run_at, refund, error)
 ), settled AS (
     UPDATE fleet.jobs j

@@ -2,7 +2,10 @@
 -- At most one job per concurrency key is running fleet-wide: keys already running are
 -- skipped, one job per key is picked from the batch, and the partial unique index
 -- jobs_one_running_per_concurrency_key refuses the rare race between two claimers.
--- Every claim bumps lease_token: the fencing token that acks must present.
+-- Every claim draws a fresh random lease_token: the fencing token that acks must
+-- present. Random, not a counter: the queue commits asynchronously, and a claim lost
+-- in a server crash must not let the next claim reuse its token (the lost claim's
+-- worker may still be running it). `claims` counts claims, for people.
 WITH candidates AS (
     SELECT j.id, j.concurrency_key
     FROM fleet.jobs j
@@ -24,7 +27,8 @@ WITH candidates AS (
     UPDATE fleet.jobs j
     SET state = 'running',
         attempts = j.attempts + 1,
-        lease_token = j.lease_token + 1,
+        claims = j.claims + 1,
+        lease_token = gen_random_uuid(),
         lease_owner = $3,
         started_at = now()
     -- An array of ids, not a join: always primary-key lookups, whatever the estimates.

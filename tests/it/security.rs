@@ -1,0 +1,551 @@
+//! Attacks from the trust review (issue 8), one test per finding. Each failed on the
+//! code before the fixes; the numbers are the issue's.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Json, Router, http::StatusCode, routing::any};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// A login role that is only a member of `pulse_client`, as a client of the platform
+/// would be (through its gateway, or stolen credentials). Dropped at the end.
+struct ClientLogin {
+    name: String,
+    url: String,
+}
+
+impl ClientLogin {
+    async fn new(db: &TestDb) -> Self {
+        let name = format!("pf_client_{}", Uuid::new_v4().simple());
+        db.pool
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE ROLE {name} LOGIN PASSWORD 'client-pw' IN ROLE pulse_client"
+            )))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&db.url).unwrap();
+        url.set_username(&name).unwrap();
+        url.set_password(Some("client-pw")).unwrap();
+        Self {
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    async fn drop_in(self, db: &TestDb) {
+        db.pool
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP OWNED BY {0}; DROP ROLE {0}",
+                self.name
+            )))
+            .await
+            .unwrap();
+    }
+}
+
+/// Makes `user` a member of `tenant`.
+async fn member(db: &TestDb, tenant: Uuid, user: &str) {
+    sqlx::query("INSERT INTO tenant_members (tenant_id, user_id, role) VALUES ($1, $2, 'trader')")
+        .bind(tenant)
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+/// What the gateway does for every client request: the verified user, then the tenant.
+async fn as_gateway(conn: &mut PgConnection, user: Option<&str>, tenant: Uuid) {
+    conn.execute("BEGIN").await.unwrap();
+    if let Some(user) = user {
+        sqlx::query("SELECT set_config('request.jwt.claims', $1, true)")
+            .bind(json!({"sub": user, "role": "pulse_client"}).to_string())
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
+async fn other_tenant(db: &TestDb) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'other')")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn f01_a_client_cannot_run_code_as_a_definer_functions_owner() {
+    let db = TestDb::new(&[]).await;
+    let client = ClientLogin::new(&db).await;
+    member(&db, TENANT, "mallory").await;
+    let row: i64 = sqlx::query_scalar(
+        "INSERT INTO user_symbols (tenant_id, user_id, symbol, timeframe) VALUES ($1, 'mallory', 'AAPL', '1h') RETURNING id",
+    )
+    .bind(TENANT)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    // First wall: PUBLIC may not create temporary objects at all.
+    let mut conn = client.connect().await;
+    let refused = conn
+        .execute("CREATE TEMP TABLE watcher_events (x int)")
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+
+    // Second wall, with the first taken down: the definer function that writes
+    // watcher_events on the client's behalf never resolves a name to pg_temp.
+    db.pool
+        .execute(sqlx::AssertSqlSafe(format!(
+            "GRANT TEMPORARY ON DATABASE {} TO {}",
+            url::Url::parse(&db.url)
+                .unwrap()
+                .path()
+                .trim_start_matches('/'),
+            client.name
+        )))
+        .await
+        .unwrap();
+    let mut conn = client.connect().await;
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE TEMP TABLE watcher_events (id bigint, source_id bigint, source_version bigint,
+             type text, record jsonb, old_record jsonb, received_at timestamptz);
+         CREATE TEMP TABLE loot (secret_ref text);
+         CREATE FUNCTION pg_temp.escalate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO pg_temp.loot SELECT secret_ref FROM public.account_credentials;
+             EXECUTE 'ALTER ROLE {} SUPERUSER';
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER escalate BEFORE INSERT ON pg_temp.watcher_events
+             FOR EACH ROW EXECUTE FUNCTION pg_temp.escalate();",
+        client.name
+    )))
+    .await
+    .unwrap();
+    as_gateway(&mut conn, Some("mallory"), TENANT).await;
+    sqlx::query("UPDATE user_symbols SET active = false WHERE id = $1")
+        .bind(row)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.execute("COMMIT").await.unwrap();
+    let shadowed: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_temp.watcher_events")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        shadowed, 0,
+        "the definer function wrote the client's temp table"
+    );
+    drop(conn);
+    let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+        .bind(&client.name)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(!superuser, "the client made itself a superuser");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM watcher_events WHERE source_id = {row} AND type = 'UPDATE'"
+        ))
+        .await,
+        1,
+        "the change went to the real inbox"
+    );
+
+    // And every definer function: a safe search_path, a plain owner.
+    let unsafe_definers: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE p.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND (r.rolsuper OR r.rolbypassrls OR r.rolcanlogin
+                OR NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false))",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(unsafe_definers.is_empty(), "{unsafe_definers:?}");
+    client.drop_in(&db).await;
+}
+
+#[tokio::test]
+async fn f02_a_client_cannot_reach_the_queue_nor_preclaim_anyones_key() {
+    let db = TestDb::new(&[]).await;
+    let client = ClientLogin::new(&db).await;
+    member(&db, TENANT, "mallory").await;
+    let mut conn = client.connect().await;
+    for attack in [
+        "SELECT payload, errors FROM fleet.jobs",
+        "INSERT INTO fleet.stat_deltas (metric, job_name, delta) VALUES ('jobs', 'x', 1)",
+        "SELECT fleet.enqueue('send_alert', '{\"alert_id\": 1}', 'alert:1')",
+        "SELECT fleet.enqueue_batch('send_alert', ARRAY['{}'::jsonb], ARRAY['1'])",
+    ] {
+        let refused = conn.execute(attack).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("permission denied"),
+            "{attack}: {refused}"
+        );
+    }
+    // The client's writes still enqueue their work, through triggers, under keys
+    // namespaced by the table they come from.
+    as_gateway(&mut conn, Some("mallory"), TENANT).await;
+    let intent: Uuid = sqlx::query_scalar(
+        "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, 'k1', '[]') RETURNING id",
+    )
+    .bind(TENANT)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    // ...and only the intent's content: never the status the OMS decides.
+    conn.execute("SAVEPOINT s").await.unwrap();
+    let forged = sqlx::query(
+        "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json, status) VALUES ($1, 'k2', '[]', 'filled')",
+    )
+    .bind(TENANT)
+    .execute(&mut conn)
+    .await
+    .unwrap_err();
+    assert!(forged.to_string().contains("permission denied"), "{forged}");
+    conn.execute("ROLLBACK TO SAVEPOINT s; COMMIT")
+        .await
+        .unwrap();
+    drop(conn);
+    let key: String = sqlx::query_scalar(
+        "SELECT idempotency_key FROM fleet.jobs WHERE job_name = 'execute_intent'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(key, format!("intent:{intent}"));
+    let alert: i64 = sqlx::query_scalar(
+        "INSERT INTO alerts (tenant_id, user_id, kind) VALUES ($1, 'u1', 'system') RETURNING id",
+    )
+    .bind(TENANT)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let key: String =
+        sqlx::query_scalar("SELECT idempotency_key FROM fleet.jobs WHERE job_name = 'send_alert'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(key, format!("alert:{alert}"));
+    client.drop_in(&db).await;
+}
+
+#[tokio::test]
+async fn f03_a_clients_tenant_is_checked_against_its_verified_user() {
+    let db = TestDb::new(&[]).await;
+    let other = other_tenant(&db).await;
+    let client = ClientLogin::new(&db).await;
+    member(&db, TENANT, "alice").await;
+    member(&db, other, "bob").await;
+    for (tenant, user) in [(TENANT, "alice"), (other, "bob")] {
+        sqlx::query(
+            "INSERT INTO user_symbols (tenant_id, user_id, symbol, timeframe) VALUES ($1, $2, 'AAPL', '1h')",
+        )
+        .bind(tenant)
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let mut conn = client.connect().await;
+    // Alice, verified, in her tenant: her rows.
+    as_gateway(&mut conn, Some("alice"), TENANT).await;
+    let users: Vec<String> = sqlx::query_scalar("SELECT user_id FROM user_symbols")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(users, vec!["alice".to_string()]);
+    conn.execute("COMMIT").await.unwrap();
+    // Alice naming Bob's tenant: refused, whatever she asks for.
+    for statement in [
+        "SELECT user_id FROM user_symbols",
+        "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES (current_tenant_id(), 'x', '[]')",
+    ] {
+        as_gateway(&mut conn, Some("alice"), other).await;
+        let refused = conn.execute(statement).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("user alice is not a member of tenant {other}")),
+            "{refused}"
+        );
+        conn.execute("ROLLBACK").await.unwrap();
+    }
+    // No verified user at all: refused.
+    as_gateway(&mut conn, None, TENANT).await;
+    let refused = conn
+        .execute("SELECT user_id FROM user_symbols")
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("without an authenticated user"),
+        "{refused}"
+    );
+    conn.execute("ROLLBACK").await.unwrap();
+    drop(conn);
+    // Workers still set their tenant per transaction, unchecked.
+    let mut tx = jobs::tenancy::begin(&db.pool, other).await.unwrap();
+    let users: Vec<String> = sqlx::query_scalar("SELECT user_id FROM user_symbols")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(users, vec!["bob".to_string()]);
+    tx.rollback().await.unwrap();
+    client.drop_in(&db).await;
+}
+
+/// An HTTP endpoint on loopback that answers every request with `status` and `body`
+/// (and `headers`), counting the requests: a tenant's "Discord webhook" that is not
+/// Discord.
+async fn endpoint(
+    status: u16,
+    body: Value,
+    headers: &'static [(&'static str, &'static str)],
+) -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = Router::new().fallback(any(move || {
+        let counter = counter.clone();
+        let body = body.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut response = axum::response::IntoResponse::into_response((
+                StatusCode::from_u16(status).unwrap(),
+                Json(body),
+            ));
+            for (k, v) in headers {
+                response.headers_mut().insert(*k, v.parse().unwrap());
+            }
+            response
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), hits)
+}
+
+async fn webhook_of(db: &TestDb, user: &str, url: &str) {
+    sqlx::query(
+        "INSERT INTO notification_settings (tenant_id, user_id, discord_webhook_url) VALUES ($1, $2, $3)",
+    )
+    .bind(TENANT)
+    .bind(user)
+    .bind(url)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+async fn alert_for(db: &TestDb, user: &str) -> (i64, i64) {
+    let alert: i64 = sqlx::query_scalar(
+        "INSERT INTO alerts (tenant_id, user_id, kind, payload) VALUES ($1, $2, 'system', '{\"message\": \"hi\"}') RETURNING id",
+    )
+    .bind(TENANT)
+    .bind(user)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let job: i64 = sqlx::query_scalar("SELECT id FROM fleet.jobs WHERE idempotency_key = $1")
+        .bind(format!("alert:{alert}"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    (alert, job)
+}
+
+async fn alert_row(db: &TestDb, alert: i64) -> (String, Option<String>) {
+    sqlx::query_as("SELECT status, last_error FROM alerts WHERE id = $1")
+        .bind(alert)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn alert_jobs() -> Vec<jobs::JobSpec> {
+    vec![jobs::JobSpec::of::<jobs::send_alert::SendAlert>(), canary()]
+}
+
+#[tokio::test]
+async fn f04_an_absurd_retry_after_is_bounded_and_no_worker_dies_of_it() {
+    let db = TestDb::new(&[]).await;
+    let (base, hits) = endpoint(
+        429,
+        json!({"message": "You are being rate limited.", "retry_after": 9e12, "global": false}),
+        &[
+            ("x-ratelimit-reset-after", "9e15"),
+            ("x-ratelimit-remaining", "0"),
+        ],
+    )
+    .await;
+    webhook_of(&db, "u1", &format!("{base}/api/webhooks/1/token")).await;
+    let worker = db.start_worker(alert_jobs(), 4).await;
+    let (_, first) = alert_for(&db, "u1").await;
+    // The 429 snoozes the job (no attempt used) for at most an hour.
+    wait_until(
+        "the first alert snoozes",
+        Duration::from_secs(20),
+        || async {
+            let job = db.job(first).await;
+            job.state == "available" && job.started_at.is_some()
+        },
+    )
+    .await;
+    let job = db.job(first).await;
+    assert_eq!(job.attempts, 0, "{}", job.errors);
+    let hour = chrono::Duration::hours(1) + chrono::Duration::seconds(5);
+    assert!(job.run_at <= chrono::Utc::now() + hour, "{}", job.run_at);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // The stored budget is bounded too, and a later send to the same webhook reads it
+    // and waits (snoozes) without a panic.
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM discord_rate_limits
+             WHERE remaining = 0 AND reset_at <= now() + interval '1 hour 5 seconds'"
+        )
+        .await,
+        1
+    );
+    let (_, second) = alert_for(&db, "u1").await;
+    wait_until(
+        "the second alert snoozes",
+        Duration::from_secs(20),
+        || async {
+            let job = db.job(second).await;
+            job.state == "available" && job.started_at.is_some()
+        },
+    )
+    .await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the spent budget held it back"
+    );
+    // Both queues of the worker are alive: new work of either kind runs.
+    let canary_job = db.enqueue("canary", json!({"quiet": true})).await;
+    db.wait_for_state(canary_job, "completed", Duration::from_secs(20))
+        .await;
+    let (_, third) = alert_for(&db, "u1").await;
+    wait_until(
+        "the third alert is taken up",
+        Duration::from_secs(20),
+        || async { db.job(third).await.started_at.is_some() },
+    )
+    .await;
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn f05_alert_webhooks_reach_only_discord_and_never_echo_a_foreign_body() {
+    let db = TestDb::new(&[]).await;
+    // An internal service, reachable from the workers, answering with its secrets.
+    let (internal, internal_hits) = endpoint(
+        400,
+        json!({"code": 50035, "message": "INTERNAL-SECRET-TOKEN"}),
+        &[],
+    )
+    .await;
+    let redirect_target = format!("{internal}/api/webhooks/2/after-redirect");
+    let redirecting: &'static str = Box::leak(redirect_target.into_boxed_str());
+    let (redirector, _) = endpoint(
+        302,
+        json!({}),
+        Box::leak(Box::new([("location", redirecting)])),
+    )
+    .await;
+
+    // With Discord only (production's policy), the internal URL is never called.
+    let mut services = jobs::Services::default();
+    services.discord_webhooks.extra_origins = vec![];
+    let pools = pulse_fleet::db::queue_pools(&db.settings(), 1)
+        .await
+        .unwrap();
+    let worker = pulse_fleet::worker::start(
+        db.pool.clone(),
+        pools,
+        vec![pulse_fleet::worker::QueueSpec {
+            job: jobs::JobSpec::of::<jobs::send_alert::SendAlert>(),
+            concurrency: 2,
+        }],
+        &test_worker_settings(),
+        services,
+    )
+    .await
+    .unwrap();
+    webhook_of(&db, "u1", &format!("{internal}/api/webhooks/1/token")).await;
+    let (alert, job) = alert_for(&db, "u1").await;
+    db.wait_for_state(job, "dead", Duration::from_secs(20))
+        .await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(internal_hits.load(Ordering::SeqCst), 0);
+    let (status, error) = alert_row(&db, alert).await;
+    assert_eq!(status, "failed");
+    assert!(
+        error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("webhook URL refused"),
+        "{error:?}"
+    );
+
+    // With the origin allowed (as for the local sink), a refusal is stored as status
+    // and Discord's error code, never the body; and redirects are not followed.
+    let worker = db.start_worker(alert_jobs(), 2).await;
+    webhook_of(&db, "u2", &format!("{internal}/api/webhooks/1/token")).await;
+    let (alert, job) = alert_for(&db, "u2").await;
+    db.wait_for_state(job, "dead", Duration::from_secs(20))
+        .await;
+    let (status, error) = alert_row(&db, alert).await;
+    assert_eq!(status, "failed");
+    assert_eq!(
+        error.as_deref(),
+        Some("Discord refused it (400, code 50035)")
+    );
+    let errors = db.job(job).await.errors.to_string();
+    assert!(!errors.contains("INTERNAL-SECRET"), "{errors}");
+    webhook_of(&db, "u3", &format!("{redirector}/api/webhooks/1/token")).await;
+    let before = internal_hits.load(Ordering::SeqCst);
+    let (alert, job) = alert_for(&db, "u3").await;
+    db.wait_for_state(job, "dead", Duration::from_secs(20))
+        .await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(
+        internal_hits.load(Ordering::SeqCst),
+        before,
+        "the redirect was followed"
+    );
+    assert_eq!(
+        alert_row(&db, alert).await.1.as_deref(),
+        Some("Discord refused it (302)")
+    );
+}
