@@ -13,6 +13,9 @@ export APP_ENV="${APP_ENV:-local}"
 # Local signing secrets for the webhooks (real deployments set their own).
 export PULSE__STRIPE__WEBHOOK_SECRETS="${PULSE__STRIPE__WEBHOOK_SECRETS:-whsec_local_dev}"
 export PULSE__WATCHERS__WEBHOOK_SECRET="${PULSE__WATCHERS__WEBHOOK_SECRET:-local-dev-secret}"
+# The operator credential of the dashboard and /metrics (user any, password this).
+export PULSE__WEB__OPERATOR_TOKEN="${PULSE__WEB__OPERATOR_TOKEN:-local-operator}"
+echo "dashboard: http://127.0.0.1:8080/ (any user name, password: $PULSE__WEB__OPERATOR_TOKEN)" >&2
 cargo build --release --quiet
 # The demo desk's paper-venue credential (the paper venue accepts any key).
 export PULSE_DEMO_PAPER_SECRET="${PULSE_DEMO_PAPER_SECRET:-local-paper-secret}"

@@ -5,7 +5,10 @@
 //! - `PULSE_CONFIG_DIR`: where `config/` is (default `./config`).
 //! - `PULSE__<SECTION>__<KEY>`: any setting, e.g. `PULSE__WORKER__CONCURRENCY=32`.
 //! - `DATABASE_URL`: shortcut for `database.url`.
-//! - `PORT`: shortcut for the port of `web.bind` (Procfile platforms set it).
+//! - `PORT`: the web port (Procfile platforms set it); with it, the web process binds
+//!   every interface unless `web.host` names one.
+//! - `PULSE__WEB__OPERATOR_TOKEN`: the operator credential of the dashboard,
+//!   `/metrics` and health's details.
 //! - `PULSE__STRIPE__WEBHOOK_SECRETS`, `PULSE__WATCHERS__WEBHOOK_SECRET`,
 //!   `PULSE__DISCORD__FALLBACK_WEBHOOK_URL`: secrets, from the environment only.
 
@@ -264,13 +267,48 @@ fn default_inbox_days() -> u64 {
     30
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct WebSettings {
     pub bind: String,
+    /// The interface to bind when `PORT` is set (Procfile platforms): all of them
+    /// unless this names one.
+    #[serde(default)]
+    pub host: Option<String>,
     pub max_queue_lag_secs: u64,
     /// Larger webhook bodies are refused with 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// The operator credential (`PULSE__WEB__OPERATOR_TOKEN`, from the environment
+    /// only): the dashboard, `/metrics` and health's details need it.
+    #[serde(default)]
+    pub operator_token: String,
+}
+
+impl WebSettings {
+    /// A Procfile platform's `PORT`: its router reaches the process from outside, so
+    /// bind every interface on that port, unless `web.host` names one explicitly.
+    pub fn apply_port(&mut self, port: Option<&str>) {
+        if let Some(port) = port.map(str::trim).filter(|p| !p.is_empty()) {
+            let host = self.host.as_deref().unwrap_or("0.0.0.0");
+            self.bind = format!("{host}:{port}");
+        }
+    }
+
+    pub fn operator_token(&self) -> Option<&str> {
+        Some(self.operator_token.trim()).filter(|t| !t.is_empty())
+    }
+}
+
+impl std::fmt::Debug for WebSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSettings")
+            .field("bind", &self.bind)
+            .field("host", &self.host)
+            .field("max_queue_lag_secs", &self.max_queue_lag_secs)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("operator_token", &"[redacted]")
+            .finish()
+    }
 }
 
 fn default_max_body() -> usize {
@@ -329,19 +367,49 @@ impl Settings {
             .with_context(|| format!("Failed to read settings from {}", dir.display()))?
             .try_deserialize()
             .context("Failed to parse settings")?;
-        if let Ok(port) = std::env::var("PORT") {
-            let host = settings
-                .web
-                .bind
-                .rsplit_once(':')
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_else(|| "0.0.0.0".into());
-            settings.web.bind = format!("{host}:{port}");
-        }
+        settings
+            .web
+            .apply_port(std::env::var("PORT").ok().as_deref());
         Ok(settings)
     }
 
     pub fn job(&self, name: &str) -> JobSettings {
         self.jobs.get(name).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web(bind: &str, host: Option<&str>) -> WebSettings {
+        WebSettings {
+            bind: bind.into(),
+            host: host.map(Into::into),
+            max_queue_lag_secs: 60,
+            max_body_bytes: 1024,
+            operator_token: String::new(),
+        }
+    }
+
+    #[test]
+    fn with_port_set_the_web_process_binds_every_interface_unless_a_host_is_named() {
+        // The default bind is loopback; a platform's router could not reach it.
+        let mut s = web("127.0.0.1:8080", None);
+        s.apply_port(Some("5000"));
+        assert_eq!(s.bind, "0.0.0.0:5000");
+        let mut s = web("127.0.0.1:8080", Some("10.1.2.3"));
+        s.apply_port(Some("5000"));
+        assert_eq!(s.bind, "10.1.2.3:5000");
+        let mut s = web("127.0.0.1:8080", None);
+        s.apply_port(None);
+        assert_eq!(s.bind, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn the_operator_token_never_shows_in_debug_output() {
+        let mut s = web("127.0.0.1:8080", None);
+        s.operator_token = "op-secret".into();
+        assert!(!format!("{s:?}").contains("op-secret"));
     }
 }

@@ -91,6 +91,34 @@ impl WebhookPolicy {
     }
 }
 
+/// Replaces every NUL character in the strings (and keys) of a JSON document with
+/// U+FFFD. PostgreSQL's jsonb refuses `\u0000`, so a signed webhook body containing
+/// one could otherwise never be stored (and its sender would retry for days).
+/// Returns whether anything was replaced.
+pub fn strip_nul(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    fn clean(s: &str) -> String {
+        s.replace('\0', "\u{FFFD}")
+    }
+    match value {
+        Value::String(s) if s.contains('\0') => {
+            *s = clean(s);
+            true
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |any, v| strip_nul(v) | any),
+        Value::Object(map) => {
+            let mut changed = false;
+            if map.keys().any(|k| k.contains('\0')) {
+                let entries = std::mem::take(map);
+                *map = entries.into_iter().map(|(k, v)| (clean(&k), v)).collect();
+                changed = true;
+            }
+            map.values_mut().fold(changed, |any, v| strip_nul(v) | any)
+        }
+        _ => false,
+    }
+}
+
 fn origin_matches(origin: &str, url: &reqwest::Url) -> bool {
     let Ok(allowed) = reqwest::Url::parse(origin) else {
         return false;
@@ -114,6 +142,17 @@ mod tests {
         assert_eq!(wait_from_secs(f64::NAN, max), Duration::ZERO);
         assert_eq!(wait_from_secs(-5.0, max), Duration::ZERO);
         assert_eq!(wait_from_secs(1.5, max), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_everywhere_in_a_document() {
+        let mut doc = serde_json::json!({"a\0": ["x\0y", {"k": "\0"}], "n": 1});
+        assert!(strip_nul(&mut doc));
+        assert_eq!(
+            doc,
+            serde_json::json!({"a\u{FFFD}": ["x\u{FFFD}y", {"k": "\u{FFFD}"}], "n": 1})
+        );
+        assert!(!strip_nul(&mut doc));
     }
 
     #[test]

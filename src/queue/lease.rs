@@ -162,27 +162,33 @@ pub async fn run_heartbeat(
     let mut watchdog =
         tokio::time::interval((timing.heartbeat_interval / 4).max(Duration::from_millis(10)));
     let mut last_ok = Instant::now();
+    // The watchdog must tick while a heartbeat hangs, so every wait below races it.
+    let watch = |last_ok: Instant| {
+        if holdings.lease_ok() && last_ok.elapsed() > timing.give_up_after() {
+            let aborted = holdings.lose_lease();
+            tracing::error!(worker = %identity.name, aborted,
+                "no heartbeat for {:?}: lease presumed lost, in-flight attempts aborted unsettled",
+                last_ok.elapsed());
+        }
+    };
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = watchdog.tick() => {
-                if holdings.lease_ok() && last_ok.elapsed() > timing.give_up_after() {
-                    let aborted = holdings.lose_lease();
-                    tracing::error!(worker = %identity.name, aborted,
-                        "no heartbeat for {:?}: lease presumed lost, in-flight attempts aborted unsettled",
-                        last_ok.elapsed());
-                }
-                continue;
-            }
+            _ = watchdog.tick() => { watch(last_ok); continue; }
             _ = stop.wait_for(|s| *s) => return,
         }
         let sent = Instant::now();
-        // Bounded, so that the watchdog above keeps ticking through a hung database.
-        let beat = tokio::time::timeout(
-            timing.lease_timeout,
-            identity.heartbeat(&pool, &holdings.held()),
-        )
-        .await;
+        let held = holdings.held();
+        let heartbeat =
+            tokio::time::timeout(timing.lease_timeout, identity.heartbeat(&pool, &held));
+        tokio::pin!(heartbeat);
+        let beat = loop {
+            tokio::select! {
+                beat = &mut heartbeat => break beat,
+                _ = watchdog.tick() => watch(last_ok),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        };
         match beat {
             Ok(Ok(true)) => {
                 last_ok = sent;

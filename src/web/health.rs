@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::{
     Json,
     extract::State,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -147,14 +147,20 @@ pub async fn collect(state: &AppState) -> Health {
     }
 }
 
-pub async fn health(State(state): State<AppState>) -> Response {
+/// 200 or 503 for everyone; the reasons, queues, workers and schedules only for
+/// operators (worker names carry hosts and pids).
+pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let health = collect(&state).await;
     let code = if health.status == "ok" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(health)).into_response()
+    if super::operator::is_operator(&state, &headers) {
+        (code, Json(health)).into_response()
+    } else {
+        (code, Json(serde_json::json!({"status": health.status}))).into_response()
+    }
 }
 
 fn escape(s: &str) -> String {

@@ -52,9 +52,11 @@ pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Byt
     if let Err(e) = checked {
         return unauthorized(e);
     }
-    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "malformed_json");
     };
+    // Verified above on the raw bytes; stored without NULs, which jsonb refuses.
+    jobs::bounds::strip_nul(&mut event);
     let (Some(id), Some(kind), Some(created)) = (
         event.get("id").and_then(Value::as_str),
         event.get("type").and_then(Value::as_str),
@@ -94,8 +96,10 @@ pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Byt
 
 /// The version of a `user_symbols` change, for ordering deliveries: the row's
 /// `version` (deletes count one past the deleted version), else its `updated_at` in
-/// microseconds, else the arrival time.
-fn source_version(kind: &str, record: Option<&Value>, old: Option<&Value>) -> i64 {
+/// microseconds. Never the arrival time: the signature carries no time, so a replayed
+/// body would get a new, newer version on every delivery and could revert a later
+/// change or resurrect a deleted watcher. A change without either is refused.
+fn source_version(kind: &str, record: Option<&Value>, old: Option<&Value>) -> Option<i64> {
     let version = |r: Option<&Value>| r.and_then(|r| r.get("version")).and_then(Value::as_i64);
     let updated = |r: Option<&Value>| {
         r.and_then(|r| r.get("updated_at"))
@@ -105,11 +109,10 @@ fn source_version(kind: &str, record: Option<&Value>, old: Option<&Value>) -> i6
     };
     match kind {
         "DELETE" => version(old)
-            .map(|v| v + 1)
-            .or_else(|| updated(old).map(|t| t + 1)),
+            .and_then(|v| v.checked_add(1))
+            .or_else(|| updated(old).and_then(|t| t.checked_add(1))),
         _ => version(record).or_else(|| updated(record)),
     }
-    .unwrap_or_else(|| Utc::now().timestamp_micros())
 }
 
 /// `POST /webhooks/watchers`: the watcher-sync contract of the platform docs.
@@ -127,9 +130,10 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     if let Err(e) = checked {
         return unauthorized(e);
     }
-    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(mut payload) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "malformed_json");
     };
+    jobs::bounds::strip_nul(&mut payload);
     let kind = payload
         .get("type")
         .and_then(Value::as_str)
@@ -152,7 +156,9 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     {
         return error(StatusCode::BAD_REQUEST, "missing_tenant_id");
     }
-    let version = source_version(kind, record, old);
+    let Some(version) = source_version(kind, record, old) else {
+        return error(StatusCode::BAD_REQUEST, "missing_version");
+    };
     let stored = sqlx::query(
         "INSERT INTO watcher_events (source_id, source_version, type, record, old_record)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",

@@ -1,11 +1,12 @@
 //! The web process: signed webhooks in (`/webhooks/stripe`, `/webhooks/watchers`),
-//! `/internal/health`, `/metrics` and the operator dashboard `/`.
+//! `/internal/health`, and for operators only `/metrics` and the dashboard `/`.
 //! None of them scans the job table: counts come from `fleet.stats`, lag from one
 //! index probe per queue.
 
 mod health;
 mod ingress;
 mod metrics;
+pub mod operator;
 pub mod signature;
 
 use std::{future::Future, sync::Arc};
@@ -36,12 +37,21 @@ impl AppState {
     }
 }
 
+/// The listener is public (webhooks come from outside): the operator pages, which name
+/// tenants and internals, need the operator credential ([`operator`]); health answers
+/// everyone with its status only, and operators with the details.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.web.max_body_bytes;
-    Router::new()
+    let operators = Router::new()
         .route("/", get(health::dashboard))
-        .route("/internal/health", get(health::health))
         .route("/metrics", get(metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            operator::require,
+        ));
+    Router::new()
+        .merge(operators)
+        .route("/internal/health", get(health::health))
         .route("/webhooks/stripe", post(ingress::stripe))
         .route("/webhooks/watchers", post(ingress::watchers))
         .layer(DefaultBodyLimit::max(max_body))

@@ -549,3 +549,323 @@ async fn f05_alert_webhooks_reach_only_discord_and_never_echo_a_foreign_body() {
         Some("Discord refused it (302)")
     );
 }
+
+/// Sets its flag when dropped: a handler holding one was aborted (or finished).
+struct DropFlag(Arc<AtomicUsize>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A job type whose handler hangs for a minute, holding a [`DropFlag`].
+fn hanging(name: &'static str, max_attempts: i32, dropped: Arc<AtomicUsize>) -> jobs::JobSpec {
+    spec(name, max_attempts, NO_JITTER, move |_, _| {
+        let flag = DropFlag(dropped.clone());
+        async move {
+            let _flag = flag;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }
+    })
+}
+
+#[tokio::test]
+async fn f11_a_worker_that_cannot_heartbeat_aborts_its_attempts_before_its_lease_can_expire() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let hang = hanging("hang", 5, dropped.clone());
+    let db = TestDb::new(std::slice::from_ref(&hang)).await;
+    let worker = db.start_worker(vec![hang], 2).await;
+    let id = db.enqueue("hang", json!({})).await;
+    db.wait_for_state(id, "running", Duration::from_secs(20))
+        .await;
+    // Heartbeats block from here on: another session holds the worker's row.
+    let mut blocker = PgConnection::connect(&db.url).await.unwrap();
+    blocker.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT 1 FROM fleet.workers WHERE id = $1 FOR UPDATE")
+        .bind(worker.identity.id)
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let blocked = std::time::Instant::now();
+    let lease_timeout = test_worker_settings().lease_timeout();
+    wait_until("the attempt is aborted", lease_timeout * 2, || async {
+        dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        blocked.elapsed() < lease_timeout,
+        "aborted after {:?}, when others could rescue the job after {lease_timeout:?}",
+        blocked.elapsed()
+    );
+    // Not settled by the aborted attempt: what happens to the job is the rescue's call.
+    worker.flush_acks().await;
+    let job = db.job(id).await;
+    assert_eq!(job.state, "running");
+    assert_eq!(job.errors, json!([]));
+    blocker.execute("ROLLBACK").await.unwrap();
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn f12_an_error_text_jsonb_refuses_blocks_no_other_ack() {
+    let nul = spec("nul_error", 1, NO_JITTER, |_, _| async {
+        Err(jobs::JobError::Retryable("bad \0 byte".into()))
+    });
+    let db = TestDb::new(std::slice::from_ref(&nul)).await;
+    let worker = db.start_worker(vec![nul, canary()], 4).await;
+    let bad = db.enqueue("nul_error", json!({})).await;
+    let good: Vec<i64> = futures_util::future::join_all(
+        (0..5).map(|_| db.enqueue("canary", json!({"quiet": true}))),
+    )
+    .await;
+    db.drain().await;
+    worker.shutdown().await.unwrap();
+    let dead = db.job(bad).await;
+    assert_eq!(dead.state, "dead");
+    assert_eq!(dead.errors[0]["error"], "bad \u{FFFD} byte");
+    for id in good {
+        assert_eq!(db.job(id).await.state, "completed");
+    }
+}
+
+#[tokio::test]
+async fn f12_a_signed_stripe_event_with_a_nul_is_stored_not_refused_forever() {
+    let db = TestDb::new(&[]).await;
+    let base = db
+        .serve_web(|s| s.stripe.webhook_secrets = "whsec_nul".into())
+        .await;
+    let body = json!({"id": "evt_nul", "object": "event", "type": "customer.created",
+                      "created": chrono::Utc::now().timestamp(), "livemode": false,
+                      "data": {"object": {"id": "cus_1", "name": "nul \u{0000} here"}}})
+    .to_string();
+    let signature = pulse_fleet::web::signature::stripe_header(
+        "whsec_nul",
+        body.as_bytes(),
+        chrono::Utc::now().timestamp(),
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/webhooks/stripe"))
+        .header("Stripe-Signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let name: String = sqlx::query_scalar(
+        "SELECT payload #>> '{data,object,name}' FROM billing.stripe_events WHERE event_id = 'evt_nul'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(name, "nul \u{FFFD} here");
+}
+
+#[tokio::test]
+async fn f12_past_the_grace_period_handlers_are_aborted_and_the_attempt_counts() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let hang = hanging("hang", 1, dropped.clone());
+    let db = TestDb::new(std::slice::from_ref(&hang)).await;
+    let mut settings = test_worker_settings();
+    settings.shutdown_grace_ms = 200;
+    let worker = db.start_worker_with(vec![hang], 2, settings).await;
+    let id = db.enqueue("hang", json!({})).await;
+    db.wait_for_state(id, "running", Duration::from_secs(20))
+        .await;
+    worker.shutdown().await.unwrap();
+    // The handler task is gone with the worker (it cannot run on and settle twice),
+    // and the attempt counted: a job that always hangs ends up dead.
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    let job = db.job(id).await;
+    assert_eq!((job.state.as_str(), job.attempts), ("dead", 1));
+    assert_eq!(job.errors[0]["kind"], "aborted");
+}
+
+#[tokio::test]
+async fn f12_jobs_claimed_as_the_worker_stops_are_handed_back_unused() {
+    use pulse_fleet::queue::{
+        ack::Acker,
+        fetcher::{self, FetcherConfig, FetcherLinks},
+        holdings::Holdings,
+        lease::WorkerIdentity,
+    };
+    let db = TestDb::new(&[]).await;
+    let id = db.enqueue("canary", json!({})).await;
+    let identity = WorkerIdentity::new();
+    identity.register(&db.pool, &["canary"]).await.unwrap();
+    let holdings = Holdings::new();
+    let (acks, acker) = Acker::spawn(
+        db.pool.clone(),
+        pulse_fleet::stats::Recorder::default(),
+        holdings.clone(),
+    );
+    // The worker is gone (its backend dropped the receiving end) while the fetcher's
+    // claim was in flight.
+    let (out, gone) = tokio::sync::mpsc::channel(4);
+    drop(gone);
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        fetcher::run(
+            db.pool.clone(),
+            FetcherConfig {
+                queue: "canary",
+                worker_id: identity.id,
+                batch_size: 4,
+                poll_interval: Duration::from_millis(100),
+            },
+            FetcherLinks {
+                permits: Arc::new(tokio::sync::Semaphore::new(4)),
+                wake: Arc::new(tokio::sync::Notify::new()),
+                stop,
+                out,
+                holdings: holdings.clone(),
+                acks: acks.clone(),
+            },
+        ),
+    )
+    .await
+    .expect("the fetcher ends when its worker is gone");
+    acks.flush().await;
+    drop(acks);
+    acker.await.unwrap();
+    let job = db.job(id).await;
+    assert_eq!((job.state.as_str(), job.attempts), ("available", 0));
+    assert_eq!(job.errors, json!([]), "no false lease_expired");
+    assert!(holdings.held().is_empty());
+}
+
+#[tokio::test]
+async fn f13_a_replayed_watcher_body_never_overrides_a_newer_state() {
+    const SECRET: &str = "watcher-secret";
+    let db = TestDb::new(&[]).await;
+    let base = db
+        .serve_web(|s| s.watchers.webhook_secret = SECRET.into())
+        .await;
+    let deliver = |body: Value| {
+        let url = format!("{base}/webhooks/watchers");
+        async move {
+            let raw = serde_json::to_vec(&body).unwrap();
+            reqwest::Client::new()
+                .post(url)
+                .header(
+                    "x-hmac-sha256",
+                    pulse_fleet::web::signature::hex_hmac(SECRET, &raw),
+                )
+                .body(raw)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let record = |version: Option<i64>, timeframe: &str| {
+        let mut r = json!({"id": 5, "tenant_id": TENANT, "user_id": "u1", "symbol": "BTC/USDT", "timeframe": timeframe});
+        if let Some(v) = version {
+            r["version"] = json!(v);
+        }
+        json!({"type": "UPDATE", "table": "user_symbols", "schema": "public", "record": r, "old_record": null})
+    };
+    // A change that carries no version cannot be ordered: refused, nothing stored.
+    for _ in 0..3 {
+        let answer = deliver(record(None, "1h")).await;
+        assert_eq!(answer.status(), 400);
+        assert_eq!(
+            answer.json::<Value>().await.unwrap()["error"],
+            "missing_version"
+        );
+    }
+    assert_eq!(db.count("SELECT count(*) FROM watcher_events").await, 0);
+    // Version 1, then 2; then version 1's signed body replayed three times.
+    assert_eq!(deliver(record(Some(1), "1h")).await.status(), 200);
+    assert_eq!(deliver(record(Some(2), "4h")).await.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(deliver(record(Some(1), "1h")).await.status(), 200);
+    }
+    assert_eq!(db.count("SELECT count(*) FROM watcher_events").await, 2);
+    let worker = db
+        .start_worker(
+            vec![jobs::JobSpec::of::<jobs::sync_watcher::SyncWatcher>()],
+            2,
+        )
+        .await;
+    db.drain().await;
+    worker.shutdown().await.unwrap();
+    let timeframe: String = sqlx::query_scalar("SELECT timeframe FROM watchers")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(timeframe, "4h");
+}
+
+#[tokio::test]
+async fn f14_operator_pages_need_the_operator_credential() {
+    let db = TestDb::new(&[]).await;
+    let tenant = other_tenant(&db).await;
+    sqlx::query("UPDATE tenants SET name = 'Acme Trading' WHERE id = $1")
+        .bind(tenant)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let worker = db.start_worker(vec![canary()], 1).await;
+    let base = db
+        .serve_web(|s| s.web.operator_token = "op-token-123".into())
+        .await;
+    let http = reqwest::Client::new();
+    let get = |path: &str, auth: Option<&str>| {
+        let mut request = http.get(format!("{base}{path}"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send()
+    };
+    // The public listener: the dashboard and metrics are closed, health says only
+    // its status (no worker names, hosts, pids, queues).
+    for path in ["/", "/metrics"] {
+        for auth in [None, Some("Bearer wrong"), Some("Basic b3A6d3Jvbmc=")] {
+            let answer = get(path, auth).await.unwrap();
+            assert_eq!(answer.status(), 401, "{path} {auth:?}");
+            assert!(answer.headers().contains_key("www-authenticate"));
+            let body = answer.text().await.unwrap();
+            assert!(
+                !body.contains("Acme") && !body.contains("fleet_jobs"),
+                "{body}"
+            );
+        }
+    }
+    let public: Value = get("/internal/health", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(public, json!({"status": "ok"}));
+    // Operators, by bearer token or as a browser's Basic password.
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "ops:op-token-123"
+        )
+    );
+    for auth in ["Bearer op-token-123", basic.as_str()] {
+        let page = get("/", Some(auth)).await.unwrap();
+        assert_eq!(page.status(), 200);
+        let detail: Value = get("/internal/health", Some(auth))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(detail["workers"]["names"][0], worker.identity.name.as_str());
+        let metrics = get("/metrics", Some(auth)).await.unwrap();
+        assert_eq!(metrics.status(), 200);
+    }
+    // No credential configured: the operator pages are closed to everyone.
+    let closed = db.serve_web(|_| {}).await;
+    assert_eq!(
+        reqwest::get(format!("{closed}/")).await.unwrap().status(),
+        404
+    );
+    worker.shutdown().await.unwrap();
+}

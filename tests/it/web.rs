@@ -4,8 +4,23 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
+const OPERATOR: &str = "test-operator-token";
+
 async fn serve(db: &TestDb, max_lag: u64) -> String {
-    db.serve_web(|s| s.web.max_queue_lag_secs = max_lag).await
+    db.serve_web(|s| {
+        s.web.max_queue_lag_secs = max_lag;
+        s.web.operator_token = OPERATOR.into();
+    })
+    .await
+}
+
+/// A GET as an operator (these pages are closed to everyone else).
+async fn get(url: String) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
 }
 
 #[tokio::test]
@@ -21,7 +36,7 @@ async fn metrics_report_jobs_by_state_attempts_and_wait_histograms() {
     db.drain().await;
     worker.shutdown().await.unwrap();
     let base = serve(&db, 60).await;
-    let body = reqwest::get(format!("{base}/metrics"))
+    let body = get(format!("{base}/metrics"))
         .await
         .unwrap()
         .text()
@@ -45,9 +60,7 @@ async fn metrics_report_jobs_by_state_attempts_and_wait_histograms() {
 async fn health_is_200_when_fine_and_503_with_the_reason_when_a_queue_lags() {
     let db = TestDb::new(&[]).await;
     let base = serve(&db, 60).await;
-    let ok = reqwest::get(format!("{base}/internal/health"))
-        .await
-        .unwrap();
+    let ok = get(format!("{base}/internal/health")).await.unwrap();
     assert_eq!(ok.status(), 200);
     let body: serde_json::Value = ok.json().await.unwrap();
     assert_eq!(body["status"], "ok");
@@ -60,7 +73,7 @@ async fn health_is_200_when_fine_and_503_with_the_reason_when_a_queue_lags() {
         "the canary queue lags over 1 s",
         Duration::from_secs(10),
         || async {
-            reqwest::get(format!("{strict}/internal/health"))
+            get(format!("{strict}/internal/health"))
                 .await
                 .unwrap()
                 .status()
@@ -68,7 +81,7 @@ async fn health_is_200_when_fine_and_503_with_the_reason_when_a_queue_lags() {
         },
     )
     .await;
-    let body: serde_json::Value = reqwest::get(format!("{strict}/internal/health"))
+    let body: serde_json::Value = get(format!("{strict}/internal/health"))
         .await
         .unwrap()
         .json()
