@@ -100,6 +100,10 @@ pub struct JobContext {
     pub job_name: &'static str,
     /// This attempt, 1-based.
     pub attempt: i32,
+    /// This attempt's identity, unique among all attempts of all jobs (the claim's
+    /// fencing token): what an effect can carry to be told apart from another
+    /// attempt's, even when a database crash lost the claim that started it.
+    pub attempt_id: uuid::Uuid,
     pub max_attempts: i32,
     /// When the job was enqueued (for end-to-end latency).
     pub enqueued_at: chrono::DateTime<chrono::Utc>,

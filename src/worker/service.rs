@@ -76,6 +76,7 @@ impl Service<Task<ClaimedJob>> for JobService {
             job_id: job.id,
             job_name: job.job_name,
             attempt: job.attempt,
+            attempt_id: job.lease_token,
             max_attempts: job.max_attempts,
             enqueued_at: job.created_at,
             services: self.services.clone(),

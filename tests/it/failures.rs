@@ -390,6 +390,7 @@ async fn prune_deletes_expired_jobs_and_workers_and_recounts_states() {
         job_id: 0,
         job_name: "prune",
         attempt: 1,
+        attempt_id: uuid::Uuid::new_v4(),
         max_attempts: 3,
         enqueued_at: chrono::Utc::now(),
         services: std::sync::Arc::new(jobs::Services::default()),
