@@ -326,6 +326,8 @@ async fn run_roles(
             services.venue_urls = settings.venues.clone().into_iter().collect();
             services.venue_requests_per_minute = settings.oms.requests_per_minute_per_account;
             services.max_external_wait = settings.worker.max_snooze();
+            services.venue_data_urls = settings.market_data.clone().into_iter().collect();
+            services.price_collar = settings.oms.price_collar;
             services.discord_webhooks = jobs::bounds::WebhookPolicy {
                 extra_origins: settings.discord.allowed_webhook_origins.clone(),
             };

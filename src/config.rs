@@ -40,6 +40,10 @@ pub struct Settings {
     /// Base URL per venue id: `alpaca = "https://paper-api.alpaca.markets"`, `paper = ...`.
     #[serde(default)]
     pub venues: BTreeMap<String, String>,
+    /// Market data base URL per venue id where it is another host than trading
+    /// (`alpaca = "https://data.alpaca.markets"`); others use their trading URL.
+    #[serde(default)]
+    pub market_data: BTreeMap<String, String>,
     #[serde(default)]
     pub paper: PaperSettings,
     #[serde(default)]
@@ -53,12 +57,22 @@ pub struct OmsSettings {
     /// process (Alpaca allows 200).
     #[serde(default = "default_venue_rpm")]
     pub requests_per_minute_per_account: i32,
+    /// Risk checks and reservations price a leg at the venue's latest quote (the
+    /// higher side) raised by this share, never lower (nor lower than the client's
+    /// limit or reference price). No quote, no market order.
+    #[serde(default = "default_price_collar")]
+    pub price_collar: rust_decimal::Decimal,
+}
+
+fn default_price_collar() -> rust_decimal::Decimal {
+    rust_decimal::Decimal::new(5, 2)
 }
 
 impl Default for OmsSettings {
     fn default() -> Self {
         Self {
             requests_per_minute_per_account: default_venue_rpm(),
+            price_collar: default_price_collar(),
         }
     }
 }

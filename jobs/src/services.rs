@@ -13,8 +13,16 @@ pub struct Services {
     /// Base URL per venue id (`alpaca` -> Alpaca's paper or live endpoint, `paper` ->
     /// the local paper venue).
     pub venue_urls: std::collections::HashMap<String, String>,
+    /// Market data base URL per venue id, where it is not the trading URL (Alpaca:
+    /// `https://data.alpaca.markets`).
+    pub venue_data_urls: std::collections::HashMap<String, String>,
     /// Requests per minute per trading account (Alpaca: 200).
     pub venue_requests_per_minute: i32,
+    /// Risk checks and reservations price a leg at the venue's quote raised by this
+    /// share (0.05: 5 % above the higher side), never lower.
+    pub price_collar: rust_decimal::Decimal,
+    /// Latest quotes, shared by the attempts of this process.
+    pub quotes: Arc<crate::venue::QuoteCache>,
     /// The key of `enc:v1:` secret references (PULSE_SECRETS_KEY), if set.
     pub secrets_key: Option<[u8; 32]>,
     /// Concurrent intents of a tenant are planned and recorded in batches.
@@ -47,7 +55,10 @@ impl Services {
             http,
             discord_fallback_url,
             venue_urls: Default::default(),
+            venue_data_urls: Default::default(),
             venue_requests_per_minute: 200,
+            price_collar: rust_decimal::Decimal::new(5, 2),
+            quotes: Default::default(),
             secrets_key: crate::secrets::key_from_env().ok(),
             intent_batches: Default::default(),
             max_external_wait: crate::bounds::DEFAULT_MAX_EXTERNAL_WAIT,

@@ -8,6 +8,8 @@
 //!   `GET /v2/orders/{id}`, `GET /v2/orders:by_client_order_id`, `DELETE /v2/orders/{id}`
 //!   (422 when no longer cancelable); 404 `order not found`.
 //! - Fills: `GET /v2/account/activities/FILL` (ascending, `page_token`).
+//! - Market data: `GET /v2/stocks/{symbol}/quotes/latest` (the price the OMS's risk
+//!   checks trust), outside the trading rate limit as at Alpaca.
 //! - Prices: a seeded random walk per symbol, one step per request. Market orders
 //!   fill at once (in two fills when `partial_fills`); limit orders fill when the
 //!   price crosses them.
@@ -60,6 +62,16 @@ pub struct PaperOptions {
     /// Symbols whose orders are rejected (422, not tradable).
     #[arg(long, value_delimiter = ',')]
     pub reject_symbols: Vec<String>,
+    /// Symbols whose order submissions are created and then answered 502 (the answer
+    /// is lost), every time: `drop_rate` for one symbol, on cue.
+    #[arg(long, value_delimiter = ',')]
+    pub drop_symbols: Vec<String>,
+    /// Largest step of the price walk, in cents (0: prices stand still).
+    #[arg(long, default_value_t = 10)]
+    pub price_step_cents: i64,
+    /// Quotes' distance from the price on each side, in cents.
+    #[arg(long, default_value_t = 1)]
+    pub spread_cents: i64,
 }
 
 impl Default for PaperOptions {
@@ -73,6 +85,9 @@ impl Default for PaperOptions {
             drop_rate: 0.0,
             partial_fills: false,
             reject_symbols: vec![],
+            drop_symbols: vec![],
+            price_step_cents: 10,
+            spread_cents: 1,
         }
     }
 }
@@ -129,7 +144,7 @@ impl PaperVenue {
     }
 
     pub fn router(&self) -> Router {
-        Router::new()
+        let trading = Router::new()
             .route("/v2/orders", get(list_orders).post(create_order))
             .route("/v2/orders:by_client_order_id", get(by_client_id))
             .route("/v2/orders/{id}", delete(cancel_order).get(get_order))
@@ -137,8 +152,20 @@ impl PaperVenue {
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 admission,
-            ))
-            .with_state(self.clone())
+            ));
+        // Market data is another host with its own limits at Alpaca: not counted
+        // against the trading budget here either.
+        let data = Router::new().route("/v2/stocks/{symbol}/quotes/latest", get(latest_quote));
+        trading.merge(data).with_state(self.clone())
+    }
+
+    /// Sets a symbol's price (tests move the market on cue).
+    pub fn set_price(&self, symbol: &str, price: Decimal) {
+        self.book
+            .lock()
+            .expect("book")
+            .prices
+            .insert(symbol.to_owned(), price);
     }
 
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
@@ -234,7 +261,7 @@ impl PaperVenue {
             .map(|i| book.orders[*i].symbol.clone())
             .collect();
         for s in &symbols {
-            Self::step(&mut book, &mut rng, s);
+            Self::step(&mut book, &mut rng, s, self.options.price_step_cents);
         }
         drop(rng);
         for i in open {
@@ -254,8 +281,9 @@ impl PaperVenue {
     }
 
     /// One step of a symbol's random walk (it starts at 100.00); its new price.
-    fn step(book: &mut Book, rng: &mut StdRng, symbol: &str) -> Decimal {
-        let step = Decimal::new(rng.random_range(-10..=10), 2);
+    fn step(book: &mut Book, rng: &mut StdRng, symbol: &str, cents: i64) -> Decimal {
+        let cents = cents.max(0);
+        let step = Decimal::new(rng.random_range(-cents..=cents), 2);
         let p = Self::price(book, symbol);
         let next = (p + step).max(Decimal::new(1, 2));
         book.prices.insert(symbol.to_owned(), next);
@@ -408,6 +436,7 @@ async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) 
             &mut book,
             &mut venue.rng.lock().expect("rng"),
             &request.symbol,
+            venue.options.price_step_cents,
         );
         match request.order_type {
             OrderType::Market => {
@@ -431,7 +460,8 @@ async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) 
         }
         book.orders[i].clone()
     };
-    if venue.chance(venue.options.drop_rate) {
+    if venue.options.drop_symbols.contains(&created.symbol) || venue.chance(venue.options.drop_rate)
+    {
         // The order exists; the answer is lost on the way back.
         return error(
             StatusCode::BAD_GATEWAY,
@@ -440,6 +470,40 @@ async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) 
         );
     }
     Json(order_json(&created)).into_response()
+}
+
+/// `GET /v2/stocks/{symbol}/quotes/latest`, in Alpaca's market-data dialect: the
+/// current price of the walk, the spread either side, as JSON numbers (as Alpaca sends).
+async fn latest_quote(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    Path(symbol): Path<String>,
+) -> Response {
+    let authorized = ["apca-api-key-id", "apca-api-secret-key"]
+        .iter()
+        .all(|h| headers.get(*h).is_some_and(|v| !v.is_empty()));
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "unauthorized."})),
+        )
+            .into_response();
+    }
+    let price = PaperVenue::price(&mut venue.book.lock().expect("book"), &symbol);
+    let spread = Decimal::new(venue.options.spread_cents.max(0), 2);
+    let cent = Decimal::new(1, 2);
+    let number = |d: Decimal| -> Value {
+        serde_json::from_str(&d.normalize().to_string()).unwrap_or(Value::Null)
+    };
+    Json(json!({
+        "symbol": symbol,
+        "quote": {
+            "ap": number(price + spread), "as": 3, "ax": "V",
+            "bp": number((price - spread).max(cent)), "bs": 2, "bx": "V",
+            "c": ["R"], "t": Utc::now(), "z": "C"
+        }
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]

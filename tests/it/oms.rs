@@ -16,18 +16,24 @@ use crate::helpers::*;
 const KEY: [u8; 32] = [42; 32];
 const API_SECRET: &str = "paper-api-secret-do-not-log";
 
-struct Desk {
-    db: TestDb,
-    venue: PaperVenue,
+pub(crate) struct Desk {
+    pub db: TestDb,
+    pub venue: PaperVenue,
     base: String,
-    tenant: Uuid,
-    account: Uuid,
-    worker: Option<WorkerHandle>,
+    pub tenant: Uuid,
+    pub account: Uuid,
+    pub worker: Option<WorkerHandle>,
 }
 
-async fn desk(options: PaperOptions, allocated: i64) -> Desk {
+pub(crate) async fn desk(options: PaperOptions, allocated: i64) -> Desk {
     let db = TestDb::new(&[]).await;
-    let venue = PaperVenue::new(options);
+    // Prices stand at 100.00 and quotes have no spread, so that reservations (at the
+    // venue's quote, with no collar here) come out round.
+    let venue = PaperVenue::new(PaperOptions {
+        price_step_cents: 0,
+        spread_cents: 0,
+        ..options
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(venue.clone().serve(listener));
@@ -56,14 +62,20 @@ async fn desk(options: PaperOptions, allocated: i64) -> Desk {
 }
 
 impl Desk {
-    fn services(&self) -> Services {
+    pub fn services(&self) -> Services {
         let mut services = Services::new(Duration::from_secs(5), None);
         services.venue_urls = HashMap::from([("paper".to_string(), self.base.clone())]);
         services.secrets_key = Some(KEY);
+        services.price_collar = rust_decimal::Decimal::ZERO;
         services
     }
 
     async fn start_worker(&mut self) {
+        let services = self.services();
+        self.start_worker_with(services).await;
+    }
+
+    pub async fn start_worker_with(&mut self, services: Services) {
         let s = self.db.settings();
         let pools = pulse_fleet::db::queue_pools(&s, 1).await.unwrap();
         let worker = pulse_fleet::worker::start(
@@ -74,23 +86,23 @@ impl Desk {
                 concurrency: 4,
             }],
             &test_worker_settings(),
-            self.services(),
+            services,
         )
         .await
         .unwrap();
         self.worker = Some(worker);
     }
 
-    fn leg(&self, symbol: &str, side: &str, qty: i64) -> Value {
+    pub fn leg(&self, symbol: &str, side: &str, qty: i64) -> Value {
         json!({"account_id": self.account, "symbol": symbol, "side": side, "quantity": qty,
                "type": "market", "reference_price": "100"})
     }
 
-    async fn intent(&self, key: &str, legs: Vec<Value>) -> Uuid {
+    pub async fn intent(&self, key: &str, legs: Vec<Value>) -> Uuid {
         self.intent_with_id(Uuid::new_v4(), key, legs).await
     }
 
-    async fn intent_with_id(&self, id: Uuid, key: &str, legs: Vec<Value>) -> Uuid {
+    pub async fn intent_with_id(&self, id: Uuid, key: &str, legs: Vec<Value>) -> Uuid {
         let mut tx = tenancy::begin(&self.db.pool, self.tenant).await.unwrap();
         let id = sqlx::query_scalar(
             "INSERT INTO multi_leg_intents (id, tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3, $4) RETURNING id",
@@ -106,7 +118,7 @@ impl Desk {
         id
     }
 
-    async fn intent_state(&self, id: Uuid) -> (String, Option<String>) {
+    pub async fn intent_state(&self, id: Uuid) -> (String, Option<String>) {
         sqlx::query_as("SELECT status::text, reason FROM multi_leg_intents WHERE id = $1")
             .bind(id)
             .fetch_one(&self.db.pool)
@@ -114,7 +126,7 @@ impl Desk {
             .unwrap()
     }
 
-    async fn wait_for(&self, id: Uuid, statuses: &[&str]) -> (String, Option<String>) {
+    pub async fn wait_for(&self, id: Uuid, statuses: &[&str]) -> (String, Option<String>) {
         wait_until("the intent settles", Duration::from_secs(20), || async {
             statuses.contains(&self.intent_state(id).await.0.as_str())
         })
@@ -122,7 +134,7 @@ impl Desk {
         self.intent_state(id).await
     }
 
-    async fn reserved(&self) -> String {
+    pub async fn reserved(&self) -> String {
         sqlx::query_scalar(
             "SELECT reserved_for_orders::text FROM capital_ledgers WHERE account_id = $1",
         )
@@ -132,7 +144,7 @@ impl Desk {
         .unwrap()
     }
 
-    async fn audit_events(&self) -> Vec<String> {
+    pub async fn audit_events(&self) -> Vec<String> {
         sqlx::query_scalar("SELECT event_type FROM audit_events WHERE tenant_id = $1 ORDER BY id")
             .bind(self.tenant)
             .fetch_all(&self.db.pool)
@@ -140,7 +152,7 @@ impl Desk {
             .unwrap()
     }
 
-    async fn stop(mut self) -> Self {
+    pub async fn stop(mut self) -> Self {
         self.worker.take().unwrap().shutdown().await.unwrap();
         self
     }

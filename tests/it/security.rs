@@ -869,3 +869,287 @@ async fn f14_operator_pages_need_the_operator_credential() {
     );
     worker.shutdown().await.unwrap();
 }
+
+mod oms {
+    use pulse_fleet::paper::PaperOptions;
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::oms::desk;
+
+    async fn job_of(desk: &crate::oms::Desk, intent: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT id FROM fleet.jobs WHERE idempotency_key = $1")
+            .bind(format!("intent:{intent}"))
+            .fetch_one(&desk.db.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The intent's job has run and snoozed (it waits, no attempt used).
+    async fn snoozed(desk: &crate::oms::Desk, intent: Uuid) {
+        let job = job_of(desk, intent).await;
+        wait_until(
+            "the intent's job snoozes",
+            Duration::from_secs(20),
+            || async {
+                let j = desk.db.job(job).await;
+                j.state == "available" && j.started_at.is_some() && j.run_at > chrono::Utc::now()
+            },
+        )
+        .await;
+    }
+
+    async fn order_rows(
+        desk: &crate::oms::Desk,
+        intent: Uuid,
+    ) -> Vec<(i32, String, Option<String>)> {
+        sqlx::query_as(
+            "SELECT leg_index, status, venue_order_id FROM orders WHERE intent_id = $1 ORDER BY leg_index",
+        )
+        .bind(intent)
+        .fetch_all(&desk.db.pool)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn f06_the_risk_price_is_the_venues_not_the_clients_and_no_quantity_panics_a_batch() {
+        let mut desk = desk(PaperOptions::default(), 10_000).await;
+        sqlx::query(
+            "INSERT INTO risk_limits (tenant_id, account_id, max_order_notional) VALUES ($1, $2, 1000)",
+        )
+        .bind(desk.tenant)
+        .bind(desk.account)
+        .execute(&desk.db.pool)
+        .await
+        .unwrap();
+        let mut services = desk.services();
+        services.price_collar = Decimal::new(5, 2);
+        desk.worker.take().unwrap().shutdown().await.unwrap();
+        desk.start_worker_with(services).await;
+        // "buy 1,000,000 AAPL at reference 0.0000000001": priced at the venue's quote.
+        let cheap = desk
+            .intent(
+                "cheap",
+                vec![
+                    json!({"account_id": desk.account, "symbol": "AAPL", "side": "buy",
+                            "quantity": 1000000, "reference_price": "0.0000000001"}),
+                ],
+            )
+            .await;
+        let (status, reason) = desk.wait_for(cheap, &["failed"]).await;
+        assert_eq!(status, "failed");
+        assert_eq!(
+            reason.as_deref(),
+            Some("leg 0: notional 105000000 exceeds the order limit 1000")
+        );
+        assert!(desk.venue.orders().is_empty(), "nothing reached the venue");
+        assert_eq!(desk.reserved().await, "0.0000000000");
+
+        // A quantity near Decimal's maximum, batched with a sound intent: refused with a
+        // reason, and its batch-mate planned as usual.
+        let huge = desk
+            .intent(
+                "huge",
+                vec![
+                    json!({"account_id": desk.account, "symbol": "MSFT", "side": "buy",
+                            "quantity": "79228162514264337593543950335"}),
+                ],
+            )
+            .await;
+        let fine = desk.intent("fine", vec![desk.leg("MSFT", "buy", 1)]).await;
+        desk.db.drain().await;
+        let (status, reason) = desk.intent_state(huge).await;
+        assert_eq!(status, "failed");
+        assert!(
+            reason
+                .unwrap()
+                .contains("quantity must be a positive number up to 1000000000")
+        );
+        assert_eq!(desk.wait_for(fine, &["filled"]).await.0, "filled");
+        let desk = desk.stop().await;
+        let (state, attempts): (String, i32) = sqlx::query_as(
+            "SELECT state::text, attempts FROM fleet.jobs WHERE idempotency_key = $1",
+        )
+        .bind(format!("intent:{huge}"))
+        .fetch_one(&desk.db.pool)
+        .await
+        .unwrap();
+        assert_eq!((state.as_str(), attempts), ("completed", 1));
+    }
+
+    #[tokio::test]
+    async fn f07_a_kill_switch_engaged_while_an_intent_waits_stops_its_orders() {
+        let mut desk = desk(PaperOptions::default(), 10_000).await;
+        // A venue budget of nothing: the intent is planned (its orders reserved), then
+        // snoozes before sending anything, as when the account's budget is spent.
+        let mut starved = desk.services();
+        starved.venue_requests_per_minute = 0;
+        desk.worker.take().unwrap().shutdown().await.unwrap();
+        desk.start_worker_with(starved).await;
+        let id = desk
+            .intent(
+                "waits",
+                vec![desk.leg("AAPL", "buy", 2), desk.leg("MSFT", "buy", 1)],
+            )
+            .await;
+        snoozed(&desk, id).await;
+        assert_eq!(desk.intent_state(id).await.0, "submitted");
+        assert_eq!(desk.reserved().await, "300.0000000000");
+        // The operator engages the tenant's kill switch; then the budget comes back.
+        sqlx::query("INSERT INTO kill_switches (tenant_id, reason) VALUES ($1, 'desk halted')")
+            .bind(desk.tenant)
+            .execute(&desk.db.pool)
+            .await
+            .unwrap();
+        desk.worker.take().unwrap().shutdown().await.unwrap();
+        let services = desk.services();
+        desk.start_worker_with(services).await;
+        sqlx::query("UPDATE fleet.jobs SET run_at = now() WHERE idempotency_key = $1")
+            .bind(format!("intent:{id}"))
+            .execute(&desk.db.pool)
+            .await
+            .unwrap();
+        let (status, reason) = desk.wait_for(id, &["failed", "filled"]).await;
+        assert_eq!(status, "failed");
+        assert!(
+            reason
+                .as_deref()
+                .unwrap()
+                .starts_with("kill switch engaged for the tenant: desk halted"),
+            "{reason:?}"
+        );
+        assert!(
+            desk.venue.orders().is_empty(),
+            "an order went out under the kill switch"
+        );
+        assert_eq!(desk.reserved().await, "0.0000000000");
+        assert!(
+            desk.audit_events()
+                .await
+                .contains(&"kill_switch_blocked".to_string())
+        );
+        assert_eq!(
+            desk.db.count("SELECT count(*) FROM entry_locks").await,
+            0,
+            "its entry locks were released"
+        );
+        desk.stop().await;
+    }
+
+    #[tokio::test]
+    async fn f07_an_intent_that_lost_its_entry_locks_does_not_trade() {
+        let mut desk = desk(PaperOptions::default(), 10_000).await;
+        let mut starved = desk.services();
+        starved.venue_requests_per_minute = 0;
+        desk.worker.take().unwrap().shutdown().await.unwrap();
+        desk.start_worker_with(starved).await;
+        let id = desk.intent("lock", vec![desk.leg("AAPL", "buy", 1)]).await;
+        snoozed(&desk, id).await;
+        desk.worker.take().unwrap().shutdown().await.unwrap();
+        // Its lock expired meanwhile and another intent took it.
+        sqlx::query(
+            "UPDATE entry_locks SET owner_token = gen_random_uuid() WHERE owner_token = $1",
+        )
+        .bind(id)
+        .execute(&desk.db.pool)
+        .await
+        .unwrap();
+        let services = desk.services();
+        desk.start_worker_with(services).await;
+        sqlx::query("UPDATE fleet.jobs SET run_at = now() WHERE idempotency_key = $1")
+            .bind(format!("intent:{id}"))
+            .execute(&desk.db.pool)
+            .await
+            .unwrap();
+        let (status, reason) = desk.wait_for(id, &["failed", "filled"]).await;
+        assert_eq!(status, "failed");
+        assert!(
+            reason
+                .unwrap()
+                .starts_with("the intent lost its entry locks")
+        );
+        assert!(desk.venue.orders().is_empty());
+        assert_eq!(desk.reserved().await, "0.0000000000");
+        desk.stop().await;
+    }
+
+    #[tokio::test]
+    async fn f08_an_order_is_marked_sent_before_its_request_and_answers_survive_a_429() {
+        // The venue answers two requests a minute: the third leg meets a 429.
+        let desk = desk(
+            PaperOptions {
+                rate_limit_per_minute: 2,
+                ..PaperOptions::default()
+            },
+            10_000,
+        )
+        .await;
+        let id = desk
+            .intent(
+                "three",
+                vec![
+                    desk.leg("AAPL", "buy", 1),
+                    desk.leg("MSFT", "buy", 1),
+                    desk.leg("IBM", "buy", 1),
+                ],
+            )
+            .await;
+        snoozed(&desk, id).await;
+        let job = desk.db.job(job_of(&desk, id).await).await;
+        assert_eq!(job.attempts, 0, "the snooze refunded its attempt");
+        // The two answers received before the 429 are kept; the third order is marked
+        // as possibly at the venue, so the next attempt, whatever its number, looks it
+        // up before sending anything.
+        let rows = order_rows(&desk, id).await;
+        assert_eq!(rows.len(), 3);
+        assert!(rows[0].2.is_some() && rows[1].2.is_some(), "{rows:?}");
+        assert_eq!(rows[2].1, "sent", "{rows:?}");
+        assert_eq!(desk.venue.orders().len(), 2);
+        desk.stop().await;
+    }
+
+    #[tokio::test]
+    async fn f09_unwinding_resolves_a_leg_whose_answer_was_lost_before_failing_the_intent() {
+        // LOST's order is created but its answer never arrives; HALTED is refused.
+        let desk = desk(
+            PaperOptions {
+                drop_symbols: vec!["LOST".into()],
+                reject_symbols: vec!["HALTED".into()],
+                ..PaperOptions::default()
+            },
+            10_000,
+        )
+        .await;
+        let id = desk
+            .intent(
+                "unwind",
+                vec![desk.leg("LOST", "buy", 2), desk.leg("HALTED", "buy", 1)],
+            )
+            .await;
+        let (status, reason) = desk.wait_for(id, &["failed"]).await;
+        assert_eq!(status, "failed");
+        assert!(reason.unwrap().starts_with("leg 1 was rejected"));
+        // The lost leg was found at the venue (filled) and closed by an opposite order;
+        // nothing is left unknown and no reservation leaked.
+        let rows = order_rows(&desk, id).await;
+        assert_eq!(rows[0].1, "canceled", "{rows:?}");
+        assert!(rows[0].2.is_some(), "the lost leg was resolved: {rows:?}");
+        assert_eq!(rows[1].1, "rejected");
+        assert_eq!(rows.iter().filter(|r| r.1 == "submit_unknown").count(), 0);
+        let closing = desk
+            .venue
+            .orders()
+            .into_iter()
+            .filter(|o| o.symbol == "LOST" && o.side == jobs::venue::Side::Sell)
+            .map(|o| o.qty)
+            .collect::<Vec<_>>();
+        assert_eq!(
+            closing,
+            vec![Decimal::from(2)],
+            "the filled leg was closed once"
+        );
+        assert_eq!(desk.reserved().await, "0.0000000000");
+        desk.stop().await;
+    }
+}

@@ -121,15 +121,20 @@ impl OrderRow {
         }
     }
 
-    /// Settled at submission: the venue has it (or refused it for good).
-    /// It may already exist at the venue (an earlier attempt may have sent it), so it
-    /// must be looked up by client order id before anything is sent.
-    fn may_exist_at_venue(&self, attempt: i32) -> bool {
-        attempt > 1 || self.status == "submit_unknown"
+    /// It may already exist at the venue: it was released for sending (`sent`) or its
+    /// answer was lost (`submit_unknown`). Whatever the attempt count (snoozes and
+    /// hand-backs refund attempts), it is looked up by client order id before anything
+    /// is sent again.
+    fn may_exist_at_venue(&self) -> bool {
+        self.status != "pending_submit"
     }
 
+    /// Settled at submission: the venue has it (or refused it for good).
     fn submitted(&self) -> bool {
-        !matches!(self.status.as_str(), "pending_submit" | "submit_unknown")
+        !matches!(
+            self.status.as_str(),
+            "pending_submit" | "sent" | "submit_unknown"
+        )
     }
 }
 
@@ -177,6 +182,7 @@ impl Job for ExecuteIntent {
             }
             Verdict::Refused { event, reason } => fail(&ctx, t, intent, event, &reason).await,
             Verdict::Locked => Err(JobError::Snooze(Duration::from_millis(100))),
+            Verdict::Retry(why) => Err(JobError::Retryable(why)),
         }
     }
 }
@@ -297,7 +303,9 @@ async fn orders(ctx: &JobContext, t: Uuid, intent: Uuid) -> Result<Vec<OrderRow>
 }
 
 type Credentials = Vec<(Uuid, Option<String>, String)>;
-type Clients = HashMap<Uuid, Result<AlpacaClient, String>>;
+/// The client the OMS speaks to a venue with.
+pub(super) type VenueClient = AlpacaClient;
+type Clients = HashMap<Uuid, Result<VenueClient, String>>;
 
 async fn load_credentials(
     tx: &mut Transaction<'_, Postgres>,
@@ -318,37 +326,58 @@ async fn load_credentials(
     .await
 }
 
+/// The venue client of one account, or why there is none.
+pub(super) fn venue_client(
+    services: &Services,
+    account: Uuid,
+    venue_id: &str,
+    key_id: Option<&str>,
+    secret_ref: &str,
+) -> Result<VenueClient, String> {
+    let base = services
+        .venue_urls
+        .get(venue_id)
+        .ok_or_else(|| format!("no URL configured for venue {venue_id}"))?;
+    let key = services.secrets_key;
+    let secret = secrets::resolve_with(
+        secret_ref,
+        |n| std::env::var(n).ok(),
+        || key.ok_or(secrets::SecretError::NoKey),
+    )
+    .map_err(|e| format!("credential of account {account}: {e}"))?;
+    let client = AlpacaClient::new(
+        services.http.clone(),
+        base,
+        key_id.unwrap_or_default(),
+        secret,
+    );
+    Ok(match services.venue_data_urls.get(venue_id) {
+        Some(data) => client.with_data_url(data),
+        None => client,
+    })
+}
+
 /// The venue clients of the legs' accounts; an account whose client cannot be built
 /// maps to the reason.
 fn build_clients(services: &Services, creds: &Credentials, legs: &[&OrderRow]) -> Clients {
-    let key = services.secrets_key;
     let mut out = HashMap::new();
     for leg in legs {
         if out.contains_key(&leg.account_id) {
             continue;
         }
-        let client = (|| {
-            let base = services
-                .venue_urls
-                .get(&leg.venue_id)
-                .ok_or_else(|| format!("no URL configured for venue {}", leg.venue_id))?;
-            let (_, key_id, secret_ref) = creds
-                .iter()
-                .find(|c| c.0 == leg.account_id)
-                .ok_or_else(|| format!("account {} has no api_key credential", leg.account_id))?;
-            let secret = secrets::resolve_with(
-                secret_ref,
-                |n| std::env::var(n).ok(),
-                || key.ok_or(secrets::SecretError::NoKey),
-            )
-            .map_err(|e| format!("credential of account {}: {e}", leg.account_id))?;
-            Ok(AlpacaClient::new(
-                services.http.clone(),
-                base,
-                key_id.as_deref().unwrap_or_default(),
-                secret,
-            ))
-        })();
+        let client = creds
+            .iter()
+            .find(|c| c.0 == leg.account_id)
+            .ok_or_else(|| format!("account {} has no api_key credential", leg.account_id))
+            .and_then(|(_, key_id, secret_ref)| {
+                venue_client(
+                    services,
+                    leg.account_id,
+                    &leg.venue_id,
+                    key_id.as_deref(),
+                    secret_ref,
+                )
+            });
         out.insert(leg.account_id, client);
     }
     out
@@ -418,14 +447,12 @@ async fn take_budgets(
     Ok(over_budget(ctx.services.venue_requests_per_minute, &used))
 }
 
-fn budget_wants(legs: &[&OrderRow], attempt: i32) -> Vec<(Uuid, i32)> {
+/// Requests each account's legs will cost: a leg that may exist at the venue is
+/// looked up first (two requests at worst).
+fn budget_wants(legs: &[&OrderRow]) -> Vec<(Uuid, i32)> {
     let mut wants: HashMap<Uuid, i32> = HashMap::new();
     for leg in legs {
-        let calls = if leg.may_exist_at_venue(attempt) {
-            2
-        } else {
-            1
-        };
+        let calls = if leg.may_exist_at_venue() { 2 } else { 1 };
         *wants.entry(leg.account_id).or_default() += calls;
     }
     wants.into_iter().collect()
@@ -442,12 +469,91 @@ enum Outcome {
     Accepted(VenueOrder),
     Rejected(String),
     Unknown(String),
+    /// Never reached the venue (not sent, or looked up and not there): nothing to
+    /// undo, its reservation goes back.
+    NotPlaced,
+}
+
+/// Whether a leg may go out now, decided in the transaction that releases it.
+enum Release {
+    /// Go: `look_up_first` when an earlier attempt may have sent it already.
+    Go { look_up_first: bool },
+    /// A kill switch of the tenant or the account is engaged.
+    Killed(String),
+    /// This intent no longer holds all its entry locks (they expired and may have
+    /// been taken): it must not trade on them.
+    LockLost,
+}
+
+/// Releases one entry leg for submission: in one transaction, checks that no kill
+/// switch of the tenant or the account is engaged and that the intent still holds
+/// every one of its entry locks (renewing them), and marks the order `sent` before
+/// its request goes out, so any later attempt looks it up before sending anything.
+async fn release_leg(
+    ctx: &JobContext,
+    t: Uuid,
+    intent: Uuid,
+    leg: &OrderRow,
+    locks: i64,
+) -> Result<Release, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let (killed, held, was_pending): (Option<String>, i64, bool) = sqlx::query_as(
+        "WITH ks AS (
+             SELECT coalesce(reason, 'no reason given') AS reason,
+                    CASE WHEN account_id IS NULL THEN 'the tenant' ELSE 'account ' || account_id END AS scope
+             FROM kill_switches WHERE engaged AND (account_id IS NULL OR account_id = $2)
+             ORDER BY account_id NULLS FIRST LIMIT 1),
+         locks AS (
+             UPDATE entry_locks SET expires_at = now() + make_interval(secs => $5)
+             WHERE owner_token = $1 RETURNING 1),
+         sent AS (
+             UPDATE orders SET status = 'sent', updated_at = now()
+             WHERE id = $3 AND status = 'pending_submit'
+               AND NOT EXISTS (SELECT 1 FROM ks) AND (SELECT count(*) FROM locks) = $4
+             RETURNING 1)
+         SELECT (SELECT 'kill switch engaged for ' || scope || ': ' || reason FROM ks),
+                (SELECT count(*) FROM locks), EXISTS (SELECT 1 FROM sent)",
+    )
+    .bind(intent)
+    .bind(leg.account_id)
+    .bind(leg.id)
+    .bind(locks)
+    .bind(LOCK_TTL_SECS)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(match killed {
+        Some(reason) => Release::Killed(reason),
+        None if held != locks => Release::LockLost,
+        None => Release::Go {
+            look_up_first: !was_pending,
+        },
+    })
+}
+
+/// How many entry locks an intent holds while it runs: one per (account, symbol).
+fn lock_count(legs: &[OrderRow]) -> i64 {
+    legs.iter()
+        .filter(|o| o.leg_index < UNWIND_BASE)
+        .map(|o| (o.account_id, o.symbol.as_str()))
+        .collect::<BTreeSet<_>>()
+        .len() as i64
+}
+
+fn snooze_or(
+    e: VenueError,
+    otherwise: impl FnOnce(VenueError) -> Outcome,
+) -> Result<Outcome, JobError> {
+    match e {
+        VenueError::RateLimited { retry_after } => Err(JobError::Snooze(retry_after)),
+        e => Ok(otherwise(e)),
+    }
 }
 
 /// Submits one order; when it may have been sent before (`look_up_first`), it is
 /// looked up by client order id first and never resent blindly.
 async fn submit_one(
-    venue: &AlpacaClient,
+    venue: &VenueClient,
     look_up_first: bool,
     order: &OrderRow,
 ) -> Result<Outcome, JobError> {
@@ -455,30 +561,36 @@ async fn submit_one(
         match venue.get_order_by_client_id(&order.client_order_id).await {
             Ok(found) => return Ok(Outcome::Accepted(found)),
             Err(VenueError::NotFound) => {}
-            Err(VenueError::RateLimited { retry_after }) => {
-                return Err(JobError::Snooze(retry_after));
-            }
-            Err(e) => return Ok(Outcome::Unknown(e.to_string())),
+            Err(e) => return snooze_or(e, |e| Outcome::Unknown(e.to_string())),
         }
     }
-    Ok(match venue.create_order(&order.request()).await {
-        Ok(accepted) => Outcome::Accepted(accepted),
+    match venue.create_order(&order.request()).await {
+        Ok(accepted) => Ok(Outcome::Accepted(accepted)),
         // Sent by an attempt this one cannot know about (its record was lost): adopt it.
         Err(e) if e.is_duplicate_client_order_id() => {
             match venue.get_order_by_client_id(&order.client_order_id).await {
-                Ok(found) => Outcome::Accepted(found),
-                Err(VenueError::RateLimited { retry_after }) => {
-                    return Err(JobError::Snooze(retry_after));
-                }
-                Err(e) => Outcome::Unknown(e.to_string()),
+                Ok(found) => Ok(Outcome::Accepted(found)),
+                Err(e) => snooze_or(e, |e| Outcome::Unknown(e.to_string())),
             }
         }
-        Err(VenueError::RateLimited { retry_after }) => return Err(JobError::Snooze(retry_after)),
-        Err(VenueError::Unknown(e)) => Outcome::Unknown(e),
         Err(
             e @ (VenueError::Rejected { .. } | VenueError::Unauthorized | VenueError::NotFound),
-        ) => Outcome::Rejected(e.to_string()),
-    })
+        ) => Ok(Outcome::Rejected(e.to_string())),
+        Err(e) => snooze_or(e, |e| Outcome::Unknown(e.to_string())),
+    }
+}
+
+/// Finds out what became of a leg without sending anything: for an intent that is
+/// being unwound, where no new order may go out.
+async fn resolve(venue: &VenueClient, order: &OrderRow) -> Result<Outcome, JobError> {
+    if !order.may_exist_at_venue() {
+        return Ok(Outcome::NotPlaced);
+    }
+    match venue.get_order_by_client_id(&order.client_order_id).await {
+        Ok(found) => Ok(Outcome::Accepted(found)),
+        Err(VenueError::NotFound) => Ok(Outcome::NotPlaced),
+        Err(e) => snooze_or(e, |e| Outcome::Unknown(e.to_string())),
+    }
 }
 
 async fn record(
@@ -505,6 +617,22 @@ async fn record(
             )
             .bind(order.id)
             .execute(&mut **tx)
+            .await?;
+        }
+        Outcome::NotPlaced => {
+            sqlx::query("UPDATE orders SET status = 'canceled', updated_at = now() WHERE id = $1")
+                .bind(order.id)
+                .execute(&mut **tx)
+                .await?;
+            release(tx, t, order).await?;
+            let details = json!({"intent": intent, "leg": order.leg_index});
+            tenancy::audit(
+                tx,
+                "leg_withdrawn",
+                "order",
+                &order.id.to_string(),
+                &details,
+            )
             .await?;
         }
     }
@@ -546,20 +674,30 @@ async fn release(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
-         VALUES ($1, $2, 'release_order', $3, 'order', $4)",
+        "WITH released AS (
+             UPDATE orders SET reserved_amount = 0 WHERE id = $4 AND reserved_amount > 0
+             RETURNING reserved_amount)
+         INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
+         SELECT $1, $2, 'release_order', -$3, 'order', $4 FROM orders
+         WHERE id = $4 AND EXISTS (SELECT 1 FROM released)",
     )
     .bind(t)
     .bind(order.account_id)
-    .bind(-order.reserved_amount)
+    .bind(order.reserved_amount)
     .bind(order.id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE orders SET reserved_amount = 0 WHERE id = $1")
-        .bind(order.id)
-        .execute(&mut **tx)
-        .await?;
     Ok(())
+}
+
+/// Why an attempt stopped going through the legs.
+enum Halt {
+    /// A leg was rejected for good: the intent unwinds.
+    Rejected(i32),
+    /// A kill switch, or a lost entry lock: the intent stops and unwinds.
+    Stopped { event: &'static str, reason: String },
+    /// The venue's rate limit: what was learnt is recorded, then the job snoozes.
+    Snooze(Duration),
 }
 
 async fn submit_all(
@@ -576,15 +714,20 @@ async fn submit_all(
         .iter()
         .filter(|o| !o.submitted() && o.leg_index < UNWIND_BASE)
         .collect();
+    // A leg rejected by an earlier attempt: nothing new goes out, what is pending is
+    // only looked up, and the intent unwinds.
+    let mut halt = legs
+        .iter()
+        .find(|o| o.status == "rejected" && o.leg_index < UNWIND_BASE)
+        .map(|o| Halt::Rejected(o.leg_index));
+    let locks = lock_count(&legs);
     let mut outcomes = Vec::with_capacity(pending.len());
     if !pending.is_empty() {
         let clients = match ready {
             Some(c) => c,
             None => {
                 let c = clients(ctx, t, intent, &pending).await?;
-                if let Some(wait) =
-                    take_budgets(ctx, t, &budget_wants(&pending, ctx.attempt)).await?
-                {
+                if let Some(wait) = take_budgets(ctx, t, &budget_wants(&pending)).await? {
                     return Err(JobError::Snooze(wait));
                 }
                 c
@@ -598,23 +741,55 @@ async fn submit_all(
                 tx.commit().await?;
                 renewed = std::time::Instant::now();
             }
-            let outcome = match &clients[&leg.account_id] {
-                Ok(venue) => submit_one(venue, leg.may_exist_at_venue(ctx.attempt), leg).await?,
-                Err(reason) => Outcome::Rejected(reason.clone()),
+            let venue = match &clients[&leg.account_id] {
+                Ok(venue) => venue,
+                Err(reason) if halt.is_none() => {
+                    outcomes.push((*leg, Outcome::Rejected(reason.clone())));
+                    halt = Some(Halt::Rejected(leg.leg_index));
+                    continue;
+                }
+                Err(reason) => return Err(JobError::Retryable(reason.clone())),
             };
-            outcomes.push((*leg, outcome));
+            let outcome = if halt.is_some() {
+                resolve(venue, leg).await
+            } else {
+                match release_leg(ctx, t, intent, leg, locks).await? {
+                    Release::Go { look_up_first } => submit_one(venue, look_up_first, leg).await,
+                    Release::Killed(reason) => {
+                        halt = Some(Halt::Stopped {
+                            event: "kill_switch_blocked",
+                            reason,
+                        });
+                        resolve(venue, leg).await
+                    }
+                    Release::LockLost => {
+                        halt = Some(Halt::Stopped {
+                            event: "entry_lock_lost",
+                            reason: "the intent lost its entry locks before all legs were sent"
+                                .into(),
+                        });
+                        resolve(venue, leg).await
+                    }
+                }
+            };
+            match outcome {
+                Ok(outcome) => {
+                    if halt.is_none()
+                        && let Outcome::Rejected(_) = outcome
+                    {
+                        halt = Some(Halt::Rejected(leg.leg_index));
+                    }
+                    outcomes.push((*leg, outcome));
+                }
+                Err(JobError::Snooze(wait)) => {
+                    // Keep what the venue already answered: record it, then wait.
+                    halt = Some(Halt::Snooze(wait));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
-    let rejected = legs
-        .iter()
-        .find(|o| o.status == "rejected" && o.leg_index < UNWIND_BASE)
-        .map(|o| o.leg_index)
-        .or_else(|| {
-            outcomes
-                .iter()
-                .find(|(_, o)| matches!(o, Outcome::Rejected(_)))
-                .map(|(l, _)| l.leg_index)
-        });
     let unknown = outcomes.iter().find_map(|(l, o)| match o {
         Outcome::Unknown(e) => Some(format!(
             "leg {}: outcome unknown ({e}); will look it up by client order id",
@@ -631,7 +806,7 @@ async fn submit_all(
             other => others.push((leg, other)),
         }
     }
-    if rejected.is_none() && unknown.is_none() {
+    if halt.is_none() && unknown.is_none() {
         // Every leg accepted: recorded in a batch with the tenant's other intents.
         let filled = legs.iter().all(|o| {
             accepted
@@ -672,31 +847,81 @@ async fn submit_all(
         record(&mut tx, t, intent, leg, outcome).await?;
     }
     tx.commit().await?;
-    if let Some(leg) = rejected {
-        let legs = orders(ctx, t, intent).await?;
-        return unwind(ctx, t, intent, &legs, leg).await;
+    match halt {
+        Some(Halt::Snooze(wait)) => Err(JobError::Snooze(wait)),
+        Some(Halt::Rejected(leg)) => {
+            let reason = format!(
+                "leg {leg} was rejected by the venue; the other legs were cancelled or closed"
+            );
+            unwind(ctx, t, intent, "intent_unwound", &reason).await
+        }
+        Some(Halt::Stopped { event, reason }) => {
+            let reason = format!("{reason}; the legs sent were cancelled or closed");
+            unwind(ctx, t, intent, event, &reason).await
+        }
+        None => Err(JobError::Retryable(unknown.unwrap_or_default())),
     }
-    if let Some(e) = unknown {
-        return Err(JobError::Retryable(e));
-    }
-    Ok(())
 }
 
-/// A leg was rejected for good: cancel the siblings still open, close the filled part
-/// of the others with opposite market orders (their own deterministic ids), release
-/// reservations, fail the intent.
+/// The intent fails (a leg was rejected, a kill switch was engaged, its locks were
+/// lost): every leg not rejected is first resolved at the venue by client order id
+/// (an attempt retries while any outcome is still unknown, so no leg is ever
+/// skipped); legs that never reached the venue give their reservation back; open ones
+/// are cancelled and the filled part of the others closed with opposite market
+/// orders (their own deterministic ids). Then the intent fails with `reason`.
 async fn unwind(
     ctx: &JobContext,
     t: Uuid,
     intent: Uuid,
-    legs: &[OrderRow],
-    rejected: i32,
+    event: &str,
+    reason: &str,
 ) -> Result<(), JobError> {
+    let legs = orders(ctx, t, intent).await?;
     let siblings: Vec<&OrderRow> = legs
         .iter()
         .filter(|o| o.leg_index < UNWIND_BASE && o.status != "rejected")
+        .filter(|o| !(o.status == "canceled" && o.venue_order_id.is_none()))
         .collect();
     let clients = clients(ctx, t, intent, &siblings).await?;
+    // 1. What became of every leg whose outcome this database does not know.
+    let unresolved: Vec<&OrderRow> = siblings
+        .iter()
+        .copied()
+        .filter(|o| o.venue_order_id.is_none())
+        .collect();
+    if !unresolved.is_empty() {
+        let mut resolved = vec![];
+        let mut still_unknown = None;
+        for leg in &unresolved {
+            if leg.may_exist_at_venue()
+                && let Some(wait) = take_budget(ctx, t, leg.account_id).await?
+            {
+                return Err(JobError::Snooze(wait));
+            }
+            let venue = clients[&leg.account_id]
+                .as_ref()
+                .map_err(|e| JobError::Retryable(e.clone()))?;
+            let outcome = resolve(venue, leg).await?;
+            if let Outcome::Unknown(e) = &outcome {
+                still_unknown = Some(format!(
+                    "unwinding: leg {} outcome still unknown ({e}); looking it up again",
+                    leg.leg_index
+                ));
+            }
+            resolved.push((*leg, outcome));
+        }
+        let mut tx = tenancy::begin(&ctx.pool, t).await?;
+        for (leg, outcome) in &resolved {
+            record(&mut tx, t, intent, leg, outcome).await?;
+        }
+        tx.commit().await?;
+        if let Some(e) = still_unknown {
+            return Err(JobError::Retryable(e));
+        }
+        // Start over with what is now known.
+        return Box::pin(unwind(ctx, t, intent, event, reason)).await;
+    }
+    // 2. Cancel or close what is at the venue.
     for leg in siblings {
         let venue = clients[&leg.account_id]
             .as_ref()
@@ -752,10 +977,7 @@ async fn unwind(
         release(&mut tx, t, leg).await?;
         tx.commit().await?;
     }
-    let reason = format!(
-        "leg {rejected} was rejected by the venue; the other legs were cancelled or closed"
-    );
-    fail(ctx, t, intent, "intent_unwound", &reason).await
+    fail(ctx, t, intent, event, reason).await
 }
 
 /// The opposite market order that closes a filled leg: an order row of its own (with
@@ -766,7 +988,7 @@ async fn close_filled(
     intent: Uuid,
     leg: &OrderRow,
     qty: Decimal,
-    venue: &AlpacaClient,
+    venue: &VenueClient,
 ) -> Result<(), JobError> {
     let index = UNWIND_BASE + leg.leg_index;
     let coid = client_order_id(t, intent, index);
@@ -774,8 +996,8 @@ async fn close_filled(
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
     sqlx::query(
         "INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
-                             order_type, time_in_force, client_order_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'market', 'day', $9)
+                             order_type, time_in_force, client_order_id, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'market', 'day', $9, 'sent')
          ON CONFLICT (tenant_id, intent_id, leg_index) DO NOTHING",
     )
     .bind(t)
@@ -793,13 +1015,21 @@ async fn close_filled(
         .await?
         .into_iter()
         .find(|o| o.leg_index == index)
-        .expect("inserted or already there");
+        .ok_or_else(|| {
+            JobError::Retryable(format!("closing order of leg {} vanished", leg.leg_index))
+        })?;
     tx.commit().await?;
     let placed = match submit_one(venue, true, &closing).await? {
         accepted @ Outcome::Accepted(_) => accepted,
         Outcome::Rejected(e) | Outcome::Unknown(e) => {
             return Err(JobError::Retryable(format!(
                 "closing leg {}: {e}",
+                leg.leg_index
+            )));
+        }
+        Outcome::NotPlaced => {
+            return Err(JobError::Retryable(format!(
+                "closing leg {}: not placed",
                 leg.leg_index
             )));
         }

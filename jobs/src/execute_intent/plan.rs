@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     Services, tenancy,
-    venue::{OrderType, Side},
+    venue::{MAX_TRUSTED_PRICE, OrderType, Side, Venue, VenueError},
 };
 
 #[derive(Debug, Clone)]
@@ -40,13 +40,33 @@ pub(super) struct Leg {
     pub order_type: OrderType,
     pub limit_price: Option<Decimal>,
     pub time_in_force: String,
-    /// The price risk checks and reservations use: the limit, else `reference_price`.
+    /// What the client says the price is: used only when it is higher than what the
+    /// fleet trusts (a client can make a leg look dearer, never cheaper).
+    pub reference_price: Option<Decimal>,
+    /// The price risk checks and reservations use (see [`price_legs`]); zero until
+    /// priced.
     pub price: Decimal,
 }
 
+/// The most legs an intent may have.
+pub(super) const MAX_LEGS: usize = 16;
+/// Bounds of what a client may ask for. With them, a leg's notional stays below
+/// 10^17 (orders.reserved_amount is numeric(28, 10)) and no product can overflow.
+pub(super) const MAX_QUANTITY: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+pub(super) const MAX_DECIMALS: u32 = 10;
+
 impl Leg {
-    fn notional(&self) -> Decimal {
-        (self.quantity * self.price).round_dp(10)
+    /// quantity x price, rounded to the database's scale; `None` if it overflows
+    /// (it cannot within the bounds, but nothing here may panic).
+    fn notional(&self) -> Option<Decimal> {
+        self.quantity
+            .checked_mul(self.price)
+            .map(|n| n.round_dp(MAX_DECIMALS))
+    }
+
+    /// The notional of a priced leg ([`price_legs`] refused any that overflows).
+    fn value(&self) -> Decimal {
+        self.notional().unwrap_or(Decimal::MAX)
     }
 }
 
@@ -58,12 +78,30 @@ fn decimal(v: Option<&Value>) -> Option<Decimal> {
     }
 }
 
+/// A positive amount within `max` with at most [`MAX_DECIMALS`] places.
+fn bounded(v: Option<&Value>, max: Decimal) -> Option<Decimal> {
+    decimal(v).filter(|d| *d > Decimal::ZERO && *d <= max && d.normalize().scale() <= MAX_DECIMALS)
+}
+
+/// A symbol as venues spell them: letters and digits, then also `.`, `-`, `/`
+/// (classes, crypto pairs), never two dots (it becomes a URL path segment).
+fn symbol_ok(s: &str) -> bool {
+    s.len() <= 32
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && !s.contains("..")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'/'))
+}
+
 /// Reads and checks the legs; the error is the reason given to the user.
 pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
     let items = legs
         .as_array()
         .filter(|a| !a.is_empty())
         .ok_or("legs must be a non-empty array")?;
+    if items.len() > MAX_LEGS {
+        return Err(format!("an intent has at most {MAX_LEGS} legs"));
+    }
     items
         .iter()
         .enumerate()
@@ -77,17 +115,22 @@ pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
             let symbol = l
                 .get("symbol")
                 .and_then(Value::as_str)
-                .filter(|s| !s.is_empty() && s.len() <= 32)
-                .ok_or_else(|| bad("symbol is required"))?
-                .to_owned();
+                .ok_or_else(|| bad("symbol is required"))?;
+            if !symbol_ok(symbol) {
+                return Err(bad(
+                    "symbol must be 1 to 32 letters, digits, '.', '-' or '/', starting with a letter or digit",
+                ));
+            }
             let side = match l.get("side").and_then(Value::as_str) {
                 Some("buy") => Side::Buy,
                 Some("sell") => Side::Sell,
                 _ => return Err(bad("side must be buy or sell")),
             };
-            let quantity = decimal(l.get("quantity"))
-                .filter(|q| *q > Decimal::ZERO)
-                .ok_or_else(|| bad("quantity must be a positive number"))?;
+            let quantity = bounded(l.get("quantity"), MAX_QUANTITY).ok_or_else(|| {
+                bad(&format!(
+                    "quantity must be a positive number up to {MAX_QUANTITY} with at most {MAX_DECIMALS} decimal places"
+                ))
+            })?;
             let order_type = match l.get("type").and_then(Value::as_str).unwrap_or("market") {
                 "market" => OrderType::Market,
                 "limit" => OrderType::Limit,
@@ -97,14 +140,29 @@ pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
                     )));
                 }
             };
-            let limit_price = decimal(l.get("limit_price"));
-            if order_type == OrderType::Limit && limit_price.is_none_or(|p| p <= Decimal::ZERO) {
+            let price_error = || {
+                format!(
+                    "a positive number up to {MAX_TRUSTED_PRICE} with at most {MAX_DECIMALS} decimal places"
+                )
+            };
+            let limit_price = match l.get("limit_price") {
+                None | Some(Value::Null) => None,
+                v => Some(
+                    bounded(v, MAX_TRUSTED_PRICE)
+                        .ok_or_else(|| bad(&format!("limit_price must be {}", price_error())))?,
+                ),
+            };
+            if order_type == OrderType::Limit && limit_price.is_none() {
                 return Err(bad("a limit leg needs a positive limit_price"));
             }
-            let price = limit_price
-                .or_else(|| decimal(l.get("reference_price")))
-                .filter(|p| *p > Decimal::ZERO)
-                .ok_or_else(|| bad("a market leg needs a reference_price for risk checks"))?;
+            let reference_price = match l.get("reference_price") {
+                None | Some(Value::Null) => None,
+                v => Some(
+                    bounded(v, MAX_TRUSTED_PRICE).ok_or_else(|| {
+                        bad(&format!("reference_price must be {}", price_error()))
+                    })?,
+                ),
+            };
             let time_in_force = l
                 .get("time_in_force")
                 .and_then(Value::as_str)
@@ -115,16 +173,69 @@ pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
             }
             Ok(Leg {
                 account_id,
-                symbol,
+                symbol: symbol.to_owned(),
                 side,
                 quantity,
                 order_type,
                 limit_price,
                 time_in_force,
-                price,
+                reference_price,
+                price: Decimal::ZERO,
             })
         })
         .collect()
+}
+
+/// What the venue's quote says a leg is worth, per (account, symbol).
+#[derive(Debug, Clone)]
+pub(super) enum Trusted {
+    /// The higher side of the latest quote.
+    Price(Decimal),
+    /// The venue has no (believable) quote for it.
+    None,
+    /// The venue could not be asked just now: try again.
+    Unavailable(String),
+}
+
+pub(super) type Quotes = HashMap<(Uuid, String), Trusted>;
+
+/// Prices every leg for risk: the trusted quote raised by the collar, never lower than
+/// the client's limit or reference price. No trusted price, no market order. The error
+/// is the reason given to the user, or (`Err(Err(..))`) a venue outage to retry.
+pub(super) fn price_legs(
+    legs: &mut [Leg],
+    quotes: &Quotes,
+    collar: Decimal,
+) -> Result<(), Result<String, String>> {
+    for (i, leg) in legs.iter_mut().enumerate() {
+        let trusted = match quotes.get(&(leg.account_id, leg.symbol.clone())) {
+            Some(Trusted::Price(p)) => Some(*p),
+            Some(Trusted::Unavailable(e)) => return Err(Err(e.clone())),
+            Some(Trusted::None) | None => None,
+        };
+        let collared = trusted
+            .and_then(|p| p.checked_mul(Decimal::ONE + collar))
+            .map(|p| p.round_dp(MAX_DECIMALS));
+        let floor = match (leg.order_type, collared) {
+            (OrderType::Market, None) => {
+                return Err(Ok(format!(
+                    "leg {i}: no trusted price for {} at the venue: a market order needs one",
+                    leg.symbol
+                )));
+            }
+            (OrderType::Market, Some(c)) => c,
+            // A limit bounds what a buy can cost; a quote, when there is one, still
+            // keeps a far-off limit from making the leg look cheap.
+            (OrderType::Limit, c) => c
+                .unwrap_or(Decimal::ZERO)
+                .max(leg.limit_price.unwrap_or_default()),
+        };
+        leg.price = floor.max(leg.reference_price.unwrap_or_default());
+        if leg.notional().is_none() {
+            return Err(Ok(format!("leg {i}: notional out of range")));
+        }
+    }
+    Ok(())
 }
 
 /// What planning produced: the order rows, their venue clients, and how long to wait
@@ -148,6 +259,8 @@ pub(super) enum Verdict {
     },
     /// Another intent holds one of its entry locks: try again shortly.
     Locked,
+    /// A venue could not be asked (for a quote) just now: retry with backoff.
+    Retry(String),
 }
 
 fn refused(event: &'static str, reason: impl Into<String>) -> Verdict {
@@ -200,6 +313,7 @@ pub async fn plan_together(
             Verdict::Refused { event, reason } => format!("refused {event}: {reason}"),
             Verdict::NotPending(status) => format!("not pending: {status}"),
             Verdict::Missing => "missing".to_string(),
+            Verdict::Retry(why) => format!("retry: {why}"),
         })
         .collect())
 }
@@ -212,15 +326,24 @@ async fn plan_asks(
     tenant: Uuid,
     asks: &[(Uuid, i32)],
 ) -> Vec<Result<Verdict, String>> {
-    match plan_batch(pool, services, tenant, asks).await {
+    let quotes = match fetch_quotes(pool, services, tenant, asks).await {
+        Ok(q) => q,
+        Err(e) => {
+            let e = e.to_string();
+            return asks.iter().map(|_| Err(e.clone())).collect();
+        }
+    };
+    match plan_batch(pool, services, tenant, asks, &quotes).await {
         Ok(verdicts) => verdicts.into_iter().map(Ok).collect(),
         Err(BatchError::Capital) => {
             let mut one_by_one = Vec::with_capacity(asks.len());
             for ask in asks {
-                one_by_one.push(match plan_batch(pool, services, tenant, &[*ask]).await {
-                    Ok(mut v) => Ok(v.remove(0)),
-                    Err(e) => Err(e.to_string()),
-                });
+                one_by_one.push(
+                    match plan_batch(pool, services, tenant, &[*ask], &quotes).await {
+                        Ok(mut v) => Ok(v.remove(0)),
+                        Err(e) => Err(e.to_string()),
+                    },
+                );
             }
             one_by_one
         }
@@ -229,6 +352,97 @@ async fn plan_asks(
             asks.iter().map(|_| Err(e.clone())).collect()
         }
     }
+}
+
+/// The trusted price of every (account, symbol) that the asks' pending intents trade,
+/// asked of the venues before the planning transaction, so no row stays locked while
+/// a venue answers.
+async fn fetch_quotes(
+    pool: &PgPool,
+    services: &Services,
+    tenant: Uuid,
+    asks: &[(Uuid, i32)],
+) -> sqlx::Result<Quotes> {
+    let ids: Vec<Uuid> = asks.iter().map(|a| a.0).collect();
+    let mut tx = tenancy::begin(pool, tenant).await?;
+    let intents: Vec<Value> = sqlx::query_scalar(
+        "SELECT legs_json FROM multi_leg_intents WHERE id = ANY($1) AND status = 'pending'",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let wanted: BTreeSet<(Uuid, String)> = intents
+        .iter()
+        .filter_map(|legs| parse_legs(legs).ok())
+        .flatten()
+        .map(|l| (l.account_id, l.symbol))
+        .collect();
+    if wanted.is_empty() {
+        tx.commit().await?;
+        return Ok(Quotes::new());
+    }
+    let accounts: Vec<Uuid> = wanted
+        .iter()
+        .map(|w| w.0)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let known = known_accounts(&mut tx, &accounts).await?;
+    tx.commit().await?;
+    let clients: HashMap<Uuid, super::VenueClient> = known
+        .iter()
+        .filter_map(|(a, venue, key_id, secret_ref)| {
+            let secret_ref = secret_ref.as_deref()?;
+            super::venue_client(services, *a, venue, key_id.as_deref(), secret_ref)
+                .ok()
+                .map(|c| (*a, c))
+        })
+        .collect();
+    let asked = wanted.into_iter().map(|(account, symbol)| {
+        let client = clients.get(&account);
+        async move {
+            let trusted = match client {
+                // No usable account or credential: planning refuses the intent for that.
+                None => Trusted::None,
+                Some(client) => match services.quotes.get(client.data_url(), &symbol) {
+                    Some(q) => q.high().map_or(Trusted::None, Trusted::Price),
+                    None => match client.latest_quote(&symbol).await {
+                        Ok(q) => {
+                            services.quotes.put(client.data_url(), &symbol, q);
+                            q.high().map_or(Trusted::None, Trusted::Price)
+                        }
+                        Err(VenueError::RateLimited { .. } | VenueError::Unknown(_)) => {
+                            Trusted::Unavailable(format!("no quote for {symbol} just now"))
+                        }
+                        Err(_) => Trusted::None,
+                    },
+                },
+            };
+            ((account, symbol), trusted)
+        }
+    });
+    Ok(futures_util::future::join_all(asked)
+        .await
+        .into_iter()
+        .collect())
+}
+
+type Known = Vec<(Uuid, String, Option<String>, Option<String>)>;
+
+/// The accounts among `accounts` that the tenant has, with their venue and API key.
+async fn known_accounts(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    accounts: &[Uuid],
+) -> sqlx::Result<Known> {
+    sqlx::query_as(
+        "SELECT a.id, a.venue_id, c.identifier, c.secret_ref
+         FROM trading_accounts a
+         LEFT JOIN account_credentials c ON c.account_id = a.id AND c.credential_type = 'api_key'
+         WHERE a.id = ANY($1)",
+    )
+    .bind(accounts)
+    .fetch_all(&mut **tx)
+    .await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,20 +457,21 @@ type Limits = (Option<Uuid>, Option<Decimal>, Option<Decimal>, Option<i32>);
 
 /// The risk limits an intent must fit; `open` is the tenant's open intents so far.
 fn check_limits(legs: &[Leg], limits: &[Limits], open: i64) -> Option<Verdict> {
-    let total: Decimal = legs.iter().map(|l| l.quantity * l.price).sum();
+    let total: Decimal = legs.iter().map(Leg::value).sum();
     for (account, max_order, max_intent, max_open) in limits {
         let applies = |leg: &Leg| account.is_none_or(|a| a == leg.account_id);
         if let Some(max) = max_order
             && let Some((i, leg)) = legs
                 .iter()
                 .enumerate()
-                .find(|(_, l)| applies(l) && l.quantity * l.price > *max)
+                .find(|(_, l)| applies(l) && l.value() > *max)
         {
             return Some(refused(
                 "risk_limit_exceeded",
                 format!(
-                    "leg {i}: notional {} exceeds the order limit {max}",
-                    (leg.quantity * leg.price).normalize()
+                    "leg {i}: notional {} exceeds the order limit {}",
+                    leg.value().normalize(),
+                    max.normalize()
                 ),
             ));
         }
@@ -267,8 +482,9 @@ fn check_limits(legs: &[Leg], limits: &[Limits], open: i64) -> Option<Verdict> {
             return Some(refused(
                 "risk_limit_exceeded",
                 format!(
-                    "intent notional {} exceeds the limit {max}",
-                    total.normalize()
+                    "intent notional {} exceeds the limit {}",
+                    total.normalize(),
+                    max.normalize()
                 ),
             ));
         }
@@ -291,6 +507,7 @@ async fn plan_batch(
     services: &Services,
     t: Uuid,
     asks: &[(Uuid, i32)],
+    quotes: &Quotes,
 ) -> Result<Vec<Verdict>, BatchError> {
     let mut tx = tenancy::begin(pool, t).await?;
     let ids: Vec<Uuid> = asks.iter().map(|a| a.0).collect();
@@ -332,15 +549,7 @@ async fn plan_batch(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let known: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT a.id, a.venue_id, c.identifier, c.secret_ref
-         FROM trading_accounts a
-         LEFT JOIN account_credentials c ON c.account_id = a.id AND c.credential_type = 'api_key'
-         WHERE a.id = ANY($1)",
-    )
-    .bind(&accounts)
-    .fetch_all(&mut *tx)
-    .await?;
+    let known = known_accounts(&mut tx, &accounts).await?;
     let engaged: Vec<(Option<Uuid>, Option<String>)> = sqlx::query_as(
         "SELECT account_id, reason FROM kill_switches
          WHERE engaged AND (account_id IS NULL OR account_id = ANY($1))",
@@ -363,7 +572,7 @@ async fn plan_batch(
         0
     };
     let mut passed: Vec<(usize, Vec<Leg>)> = vec![];
-    for (i, legs) in candidates {
+    for (i, mut legs) in candidates {
         let verdict = if legs
             .iter()
             .any(|l| !known.iter().any(|k| k.0 == l.account_id))
@@ -385,7 +594,11 @@ async fn plan_batch(
                 ),
             ))
         } else {
-            check_limits(&legs, &limits, open)
+            match price_legs(&mut legs, quotes, services.price_collar) {
+                Err(Ok(reason)) => Some(refused("intent_rejected", reason)),
+                Err(Err(outage)) => Some(Verdict::Retry(outage)),
+                Ok(()) => check_limits(&legs, &limits, open),
+            }
         };
         match verdict {
             Some(v) => verdicts[i] = Some(v),
@@ -496,7 +709,7 @@ async fn plan_batch(
             .map(|l| client_order_id(t, l.0, l.1))
             .collect::<Vec<_>>(),
     )
-    .bind(legs.iter().map(|l| l.2.notional()).collect::<Vec<_>>())
+    .bind(legs.iter().map(|l| l.2.value()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     orders.sort_by_key(|o| (o.intent_id, o.leg_index));
@@ -505,7 +718,7 @@ async fn plan_batch(
     let reserved_details: Vec<Value> = planned
         .iter()
         .map(|(_, legs)| {
-            let total: Decimal = legs.iter().map(Leg::notional).sum();
+            let total: Decimal = legs.iter().map(Leg::value).sum();
             json!({"legs": legs.len(), "notional": total.to_string()})
         })
         .collect();
@@ -522,12 +735,11 @@ async fn plan_batch(
     // journal, which the database refuses beyond the ledger invariant) and the venue
     // request budget. Both are rows per account that every intent of the account
     // locks, so they are held only from here to the commit, once per batch.
-    let attempt_of: HashMap<Uuid, i32> = asks.iter().copied().collect();
     let mut wants: HashMap<Uuid, i32> = HashMap::new();
     for (intent, _) in &planned {
         let intent = asks[*intent].0;
         let refs: Vec<&OrderRow> = orders.iter().filter(|o| o.intent_id == intent).collect();
-        for (account, n) in budget_wants(&refs, attempt_of[&intent]) {
+        for (account, n) in budget_wants(&refs) {
             *wants.entry(account).or_default() += n;
         }
     }
@@ -557,7 +769,7 @@ async fn plan_batch(
             if asks.len() > 1 {
                 return Err(BatchError::Capital);
             }
-            let total: Decimal = planned[0].1.iter().map(Leg::notional).sum();
+            let total: Decimal = planned[0].1.iter().map(Leg::value).sum();
             return Ok(vec![refused(
                 "insufficient_capital",
                 format!(
@@ -600,45 +812,129 @@ async fn plan_batch(
 mod tests {
     use super::*;
 
+    const Q: &str =
+        "quantity must be a positive number up to 1000000000 with at most 10 decimal places";
+
     #[test]
     fn bad_legs_get_readable_reasons() {
         let account = Uuid::from_u128(9).to_string();
+        let leg = |extra: Value| {
+            let mut l =
+                json!({"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": 1});
+            l.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            json!([l])
+        };
         let cases = [
-            (json!([]), "legs must be a non-empty array"),
+            (json!([]), "legs must be a non-empty array".to_string()),
+            (json!([{"account_id": "x"}]), "leg 0: account_id must be a uuid".into()),
+            (leg(json!({"side": "hold"})), "leg 0: side must be buy or sell".into()),
+            (leg(json!({"quantity": -1})), format!("leg 0: {Q}")),
+            // Near Decimal's maximum: it panicked the tenant's batch planner.
+            (leg(json!({"quantity": "79228162514264337593543950335"})), format!("leg 0: {Q}")),
+            (leg(json!({"quantity": "0.00000000001"})), format!("leg 0: {Q}")),
+            (leg(json!({"type": "limit"})), "leg 0: a limit leg needs a positive limit_price".into()),
             (
-                json!([{"account_id": "x"}]),
-                "leg 0: account_id must be a uuid",
+                leg(json!({"reference_price": "1e30"})),
+                "leg 0: reference_price must be a positive number up to 100000000 with at most 10 decimal places".into(),
             ),
             (
-                json!([{"account_id": account, "symbol": "AAPL", "side": "hold"}]),
-                "leg 0: side must be buy or sell",
+                leg(json!({"symbol": "../v2/orders"})),
+                "leg 0: symbol must be 1 to 32 letters, digits, '.', '-' or '/', starting with a letter or digit".into(),
             ),
             (
-                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": -1}]),
-                "leg 0: quantity must be a positive number",
-            ),
-            (
-                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": 1, "type": "limit"}]),
-                "leg 0: a limit leg needs a positive limit_price",
-            ),
-            (
-                json!([{"account_id": account, "symbol": "AAPL", "side": "buy", "quantity": "1"}]),
-                "leg 0: a market leg needs a reference_price for risk checks",
+                json!((0..17).map(|_| leg(json!({}))[0].clone()).collect::<Vec<_>>()),
+                "an intent has at most 16 legs".into(),
             ),
         ];
         for (legs, reason) in cases {
             assert_eq!(parse_legs(&legs).unwrap_err(), reason);
         }
         let ok = parse_legs(&json!([{"account_id": account, "symbol": "AAPL", "side": "sell", "quantity": "2.5", "type": "limit", "limit_price": 10}])).unwrap();
-        assert_eq!(ok[0].price, Decimal::from(10));
+        assert_eq!(ok[0].limit_price, Some(Decimal::from(10)));
+    }
+
+    fn quotes(account: Uuid, trusted: Trusted) -> Quotes {
+        HashMap::from([((account, "AAPL".to_string()), trusted)])
+    }
+
+    #[test]
+    fn risk_prices_come_from_the_venues_quote_never_lower_and_never_from_the_client_alone() {
+        let account = Uuid::from_u128(9);
+        let collar = Decimal::new(5, 2);
+        // "buy 1,000,000 AAPL at reference 0.0000000001": priced at the quote + 5 %.
+        let mut legs = parse_legs(
+            &json!([{"account_id": account.to_string(), "symbol": "AAPL",
+            "side": "buy", "quantity": 1000000, "reference_price": "0.0000000001"}]),
+        )
+        .unwrap();
+        price_legs(
+            &mut legs,
+            &quotes(account, Trusted::Price(Decimal::from(100))),
+            collar,
+        )
+        .unwrap();
+        assert_eq!(legs[0].price, Decimal::from(105));
+        assert_eq!(legs[0].value(), Decimal::from(105_000_000));
+        // A client may make a leg dearer, never cheaper.
+        let mut dear = parse_legs(
+            &json!([{"account_id": account.to_string(), "symbol": "AAPL",
+            "side": "buy", "quantity": 1, "reference_price": 200}]),
+        )
+        .unwrap();
+        price_legs(
+            &mut dear,
+            &quotes(account, Trusted::Price(Decimal::from(100))),
+            collar,
+        )
+        .unwrap();
+        assert_eq!(dear[0].price, Decimal::from(200));
+        // No trusted price: no market order; a venue outage is retried, not refused.
+        let mut blind = legs.clone();
+        assert_eq!(
+            price_legs(&mut blind, &quotes(account, Trusted::None), collar),
+            Err(Ok(
+                "leg 0: no trusted price for AAPL at the venue: a market order needs one".into()
+            ))
+        );
+        assert!(matches!(
+            price_legs(
+                &mut blind,
+                &quotes(account, Trusted::Unavailable("down".into())),
+                collar
+            ),
+            Err(Err(_))
+        ));
+        // A limit leg without a quote is priced at its limit; with one, at the higher.
+        let mut limit = parse_legs(
+            &json!([{"account_id": account.to_string(), "symbol": "AAPL",
+            "side": "sell", "quantity": 1, "type": "limit", "limit_price": "0.01"}]),
+        )
+        .unwrap();
+        price_legs(&mut limit, &quotes(account, Trusted::None), collar).unwrap();
+        assert_eq!(limit[0].price, Decimal::new(1, 2));
+        price_legs(
+            &mut limit,
+            &quotes(account, Trusted::Price(Decimal::from(100))),
+            collar,
+        )
+        .unwrap();
+        assert_eq!(limit[0].price, Decimal::from(105));
     }
 
     #[test]
     fn limits_count_the_intents_planned_before_in_the_batch() {
         let account = Uuid::from_u128(9);
-        let legs = parse_legs(
+        let mut legs = parse_legs(
             &json!([{"account_id": account.to_string(), "symbol": "AAPL",
-            "side": "buy", "quantity": 2, "reference_price": 50}]),
+            "side": "buy", "quantity": 2}]),
+        )
+        .unwrap();
+        price_legs(
+            &mut legs,
+            &quotes(account, Trusted::Price(Decimal::from(50))),
+            Decimal::ZERO,
         )
         .unwrap();
         let limits: Vec<Limits> = vec![(None, None, Some(Decimal::from(150)), Some(3))];

@@ -7,13 +7,16 @@ use std::time::Duration;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, de::DeserializeOwned};
 
-use super::{FillActivity, OrderRequest, Venue, VenueError, VenueFuture, VenueOrder};
+use super::{FillActivity, OrderRequest, Quote, Venue, VenueError, VenueFuture, VenueOrder};
 use crate::secrets::Secret;
 
 #[derive(Clone)]
 pub struct AlpacaClient {
     http: reqwest::Client,
     base_url: String,
+    /// Market data is another host at Alpaca (`https://data.alpaca.markets`); the
+    /// paper venue serves both.
+    data_url: String,
     key_id: String,
     secret: Secret,
 }
@@ -42,9 +45,21 @@ impl AlpacaClient {
         Self {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            data_url: base_url.trim_end_matches('/').to_owned(),
             key_id: key_id.to_owned(),
             secret,
         }
+    }
+
+    /// The market data host (what a quote is cached under).
+    pub fn data_url(&self) -> &str {
+        &self.data_url
+    }
+
+    /// Where market data (quotes) comes from, when not the trading host.
+    pub fn with_data_url(mut self, data_url: &str) -> Self {
+        self.data_url = data_url.trim_end_matches('/').to_owned();
+        self
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -136,6 +151,33 @@ impl Venue for AlpacaClient {
                     .query(&[("status", "open"), ("limit", "500")]),
             ),
         )
+    }
+
+    fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote> {
+        Box::pin(async move {
+            // The symbol is one path segment, encoded: a client's symbol never
+            // reaches another path of the API.
+            let mut url = reqwest::Url::parse(&self.data_url)
+                .map_err(|e| VenueError::Unknown(format!("bad market data URL: {e}")))?;
+            url.path_segments_mut()
+                .map_err(|_| VenueError::Unknown("bad market data URL".into()))?
+                .extend(["v2", "stocks", symbol, "quotes", "latest"]);
+            let request = self
+                .http
+                .get(url)
+                .header("APCA-API-KEY-ID", &self.key_id)
+                .header("APCA-API-SECRET-KEY", self.secret.expose());
+            let body: serde_json::Value = self.json(request).await?;
+            let quote = body.get("quote").ok_or(VenueError::NotFound)?;
+            let quote = Quote {
+                ask: Quote::side(quote.get("ap")),
+                bid: Quote::side(quote.get("bp")),
+            };
+            if quote.high().is_none() {
+                return Err(VenueError::NotFound);
+            }
+            Ok(quote)
+        })
     }
 
     fn fill_activities<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<FillActivity>> {

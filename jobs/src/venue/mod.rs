@@ -8,6 +8,9 @@
 //! not exist, and the OMS must look it up by client order id, never resend blindly.
 
 pub mod alpaca;
+mod quotes;
+
+pub use quotes::QuoteCache;
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -133,6 +136,36 @@ pub struct FillActivity {
     pub order_status: String,
 }
 
+/// The venue's latest quote of a symbol, as far as it can be trusted: both sides
+/// positive and within [`MAX_TRUSTED_PRICE`] (a side the venue leaves empty, as
+/// outside market hours, is `None`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quote {
+    pub ask: Option<Decimal>,
+    pub bid: Option<Decimal>,
+}
+
+/// Prices above this are not believed, whoever says them.
+pub const MAX_TRUSTED_PRICE: Decimal = Decimal::from_parts(100_000_000, 0, 0, false, 0);
+
+impl Quote {
+    /// A side of a quote as sent (Alpaca sends JSON numbers): usable only when
+    /// positive and believable.
+    pub fn side(raw: Option<&serde_json::Value>) -> Option<Decimal> {
+        let number = raw?.as_number()?;
+        let price: Decimal = number.to_string().parse().ok()?;
+        (price > Decimal::ZERO && price <= MAX_TRUSTED_PRICE).then_some(price)
+    }
+
+    /// The higher side: what risk checks price a leg at, before the collar.
+    pub fn high(&self) -> Option<Decimal> {
+        match (self.ask, self.bid) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum VenueError {
     /// The venue refused: nothing exists there (4xx other than 404/429).
@@ -176,5 +209,7 @@ pub trait Venue: Send + Sync {
     fn get_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, VenueOrder>;
     fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()>;
     fn list_open_orders(&self) -> VenueFuture<'_, Vec<VenueOrder>>;
+    /// The latest quote (market data); [`VenueError::NotFound`] when it has none.
+    fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote>;
     fn fill_activities<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<FillActivity>>;
 }
