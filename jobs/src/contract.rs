@@ -87,7 +87,8 @@ impl Backoff {
         let raw = self.base.as_secs_f64() * 2f64.powi(exponent as i32);
         let capped = raw.min(self.max.as_secs_f64());
         let factor = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-        Duration::from_secs_f64((capped * factor).max(0.0))
+        // Never a panic, whatever the configuration says (NaN, negative, huge).
+        Duration::try_from_secs_f64((capped * factor).max(0.0)).unwrap_or(self.max)
     }
 }
 
