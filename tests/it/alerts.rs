@@ -19,7 +19,7 @@ fn alert_jobs() -> Vec<jobs::JobSpec> {
     vec![jobs::JobSpec::of::<jobs::send_alert::SendAlert>()]
 }
 
-async fn user_with_webhook(db: &TestDb, user: &str, url: &str) {
+pub(crate) async fn user_with_webhook(db: &TestDb, user: &str, url: &str) {
     sqlx::query("INSERT INTO notification_settings (tenant_id, user_id, discord_webhook_url) VALUES ($1, $2, $3)")
         .bind(TENANT)
         .bind(user)

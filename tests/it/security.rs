@@ -355,18 +355,6 @@ async fn endpoint(
     (format!("http://{addr}"), hits)
 }
 
-async fn webhook_of(db: &TestDb, user: &str, url: &str) {
-    sqlx::query(
-        "INSERT INTO notification_settings (tenant_id, user_id, discord_webhook_url) VALUES ($1, $2, $3)",
-    )
-    .bind(TENANT)
-    .bind(user)
-    .bind(url)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-}
-
 async fn alert_for(db: &TestDb, user: &str) -> (i64, i64) {
     let alert: i64 = sqlx::query_scalar(
         "INSERT INTO alerts (tenant_id, user_id, kind, payload) VALUES ($1, $2, 'system', '{\"message\": \"hi\"}') RETURNING id",
@@ -408,7 +396,7 @@ async fn f04_an_absurd_retry_after_is_bounded_and_no_worker_dies_of_it() {
         ],
     )
     .await;
-    webhook_of(&db, "u1", &format!("{base}/api/webhooks/1/token")).await;
+    crate::alerts::user_with_webhook(&db, "u1", &format!("{base}/api/webhooks/1/token")).await;
     let worker = db.start_worker(alert_jobs(), 4).await;
     let (_, first) = alert_for(&db, "u1").await;
     // The 429 snoozes the job (no attempt used) for at most an hour.
@@ -502,7 +490,7 @@ async fn f05_alert_webhooks_reach_only_discord_and_never_echo_a_foreign_body() {
     )
     .await
     .unwrap();
-    webhook_of(&db, "u1", &format!("{internal}/api/webhooks/1/token")).await;
+    crate::alerts::user_with_webhook(&db, "u1", &format!("{internal}/api/webhooks/1/token")).await;
     let (alert, job) = alert_for(&db, "u1").await;
     db.wait_for_state(job, "dead", Duration::from_secs(20))
         .await;
@@ -521,7 +509,7 @@ async fn f05_alert_webhooks_reach_only_discord_and_never_echo_a_foreign_body() {
     // With the origin allowed (as for the local sink), a refusal is stored as status
     // and Discord's error code, never the body; and redirects are not followed.
     let worker = db.start_worker(alert_jobs(), 2).await;
-    webhook_of(&db, "u2", &format!("{internal}/api/webhooks/1/token")).await;
+    crate::alerts::user_with_webhook(&db, "u2", &format!("{internal}/api/webhooks/1/token")).await;
     let (alert, job) = alert_for(&db, "u2").await;
     db.wait_for_state(job, "dead", Duration::from_secs(20))
         .await;
@@ -533,7 +521,8 @@ async fn f05_alert_webhooks_reach_only_discord_and_never_echo_a_foreign_body() {
     );
     let errors = db.job(job).await.errors.to_string();
     assert!(!errors.contains("INTERNAL-SECRET"), "{errors}");
-    webhook_of(&db, "u3", &format!("{redirector}/api/webhooks/1/token")).await;
+    crate::alerts::user_with_webhook(&db, "u3", &format!("{redirector}/api/webhooks/1/token"))
+        .await;
     let before = internal_hits.load(Ordering::SeqCst);
     let (alert, job) = alert_for(&db, "u3").await;
     db.wait_for_state(job, "dead", Duration::from_secs(20))
@@ -978,31 +967,28 @@ mod oms {
         assert_eq!((state.as_str(), attempts), ("completed", 1));
     }
 
-    #[tokio::test]
-    async fn f07_a_kill_switch_engaged_while_an_intent_waits_stops_its_orders() {
-        let mut desk = desk(PaperOptions::default(), 10_000).await;
-        // A venue budget of nothing: the intent is planned (its orders reserved), then
-        // snoozes before sending anything, as when the account's budget is spent.
+    /// Plans `legs` on a desk whose venue budget is spent, so the intent is planned
+    /// (orders reserved) and then waits before sending anything; runs `meanwhile`
+    /// with no worker up; then lets the intent go on with its budget back. Returns
+    /// how it ended.
+    async fn wait_then_resume<F, Fut>(
+        desk: &mut crate::oms::Desk,
+        legs: Vec<Value>,
+        meanwhile: F,
+    ) -> (Uuid, (String, Option<String>))
+    where
+        F: FnOnce(Uuid) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let mut starved = desk.services();
         starved.venue_requests_per_minute = 0;
         desk.worker.take().unwrap().shutdown().await.unwrap();
         desk.start_worker_with(starved).await;
-        let id = desk
-            .intent(
-                "waits",
-                vec![desk.leg("AAPL", "buy", 2), desk.leg("MSFT", "buy", 1)],
-            )
-            .await;
-        snoozed(&desk, id).await;
+        let id = desk.intent("waits", legs).await;
+        snoozed(desk, id).await;
         assert_eq!(desk.intent_state(id).await.0, "submitted");
-        assert_eq!(desk.reserved().await, "300.0000000000");
-        // The operator engages the tenant's kill switch; then the budget comes back.
-        sqlx::query("INSERT INTO kill_switches (tenant_id, reason) VALUES ($1, 'desk halted')")
-            .bind(desk.tenant)
-            .execute(&desk.db.pool)
-            .await
-            .unwrap();
         desk.worker.take().unwrap().shutdown().await.unwrap();
+        meanwhile(id).await;
         let services = desk.services();
         desk.start_worker_with(services).await;
         sqlx::query("UPDATE fleet.jobs SET run_at = now() WHERE idempotency_key = $1")
@@ -1010,14 +996,28 @@ mod oms {
             .execute(&desk.db.pool)
             .await
             .unwrap();
-        let (status, reason) = desk.wait_for(id, &["failed", "filled"]).await;
+        (id, desk.wait_for(id, &["failed", "filled"]).await)
+    }
+
+    #[tokio::test]
+    async fn f07_a_kill_switch_engaged_while_an_intent_waits_stops_its_orders() {
+        let mut desk = desk(PaperOptions::default(), 10_000).await;
+        let (tenant, pool) = (desk.tenant, desk.db.pool.clone());
+        let legs = vec![desk.leg("AAPL", "buy", 2), desk.leg("MSFT", "buy", 1)];
+        let (_, (status, reason)) = wait_then_resume(&mut desk, legs, |_| async move {
+            // The operator engages the tenant's kill switch while the intent waits.
+            sqlx::query("INSERT INTO kill_switches (tenant_id, reason) VALUES ($1, 'desk halted')")
+                .bind(tenant)
+                .execute(&pool)
+                .await
+                .unwrap();
+        })
+        .await;
         assert_eq!(status, "failed");
+        let reason = reason.unwrap();
         assert!(
-            reason
-                .as_deref()
-                .unwrap()
-                .starts_with("kill switch engaged for the tenant: desk halted"),
-            "{reason:?}"
+            reason.starts_with("kill switch engaged for the tenant: desk halted"),
+            "{reason}"
         );
         assert!(
             desk.venue.orders().is_empty(),
@@ -1040,29 +1040,19 @@ mod oms {
     #[tokio::test]
     async fn f07_an_intent_that_lost_its_entry_locks_does_not_trade() {
         let mut desk = desk(PaperOptions::default(), 10_000).await;
-        let mut starved = desk.services();
-        starved.venue_requests_per_minute = 0;
-        desk.worker.take().unwrap().shutdown().await.unwrap();
-        desk.start_worker_with(starved).await;
-        let id = desk.intent("lock", vec![desk.leg("AAPL", "buy", 1)]).await;
-        snoozed(&desk, id).await;
-        desk.worker.take().unwrap().shutdown().await.unwrap();
-        // Its lock expired meanwhile and another intent took it.
-        sqlx::query(
-            "UPDATE entry_locks SET owner_token = gen_random_uuid() WHERE owner_token = $1",
-        )
-        .bind(id)
-        .execute(&desk.db.pool)
-        .await
-        .unwrap();
-        let services = desk.services();
-        desk.start_worker_with(services).await;
-        sqlx::query("UPDATE fleet.jobs SET run_at = now() WHERE idempotency_key = $1")
-            .bind(format!("intent:{id}"))
-            .execute(&desk.db.pool)
+        let pool = desk.db.pool.clone();
+        let legs = vec![desk.leg("AAPL", "buy", 1)];
+        let (_, (status, reason)) = wait_then_resume(&mut desk, legs, |id| async move {
+            // Its lock expired meanwhile and another intent took it.
+            sqlx::query(
+                "UPDATE entry_locks SET owner_token = gen_random_uuid() WHERE owner_token = $1",
+            )
+            .bind(id)
+            .execute(&pool)
             .await
             .unwrap();
-        let (status, reason) = desk.wait_for(id, &["failed", "filled"]).await;
+        })
+        .await;
         assert_eq!(status, "failed");
         assert!(
             reason
