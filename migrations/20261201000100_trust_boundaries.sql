@@ -231,16 +231,17 @@ GRANT EXECUTE ON FUNCTION public.client_tenant(uuid) TO PUBLIC;
 -- The tenant of the current transaction. Workers (and the definer roles working for
 -- them) set it per transaction and are trusted; a client session (any role that holds
 -- pulse_client's privileges, superusers aside) gets it only through client_tenant.
--- The first branch is the workers' hot path: one comparison.
+-- One expression with no sub-select, so that PostgreSQL inlines it into every policy
+-- (an index condition then evaluates it once per scan): the workers' path is one
+-- comparison.
 CREATE OR REPLACE FUNCTION public.current_tenant_id() RETURNS uuid LANGUAGE sql STABLE AS $$
     SELECT CASE
-        WHEN current_user = 'pulse_worker' THEN t
-        WHEN pg_catalog.pg_has_role(current_user, 'pulse_client', 'USAGE')
-             AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-            THEN public.client_tenant(t)
-        ELSE t
+        WHEN current_user = 'pulse_worker'
+             OR NOT pg_catalog.pg_has_role(current_user, 'pulse_client', 'USAGE')
+             OR pg_catalog.current_setting('is_superuser') = 'on'
+            THEN nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid
+        ELSE public.client_tenant(nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid)
     END
-    FROM (SELECT nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid AS t) s
 $$;
 
 -- ---------------------------------------------------------------------------------

@@ -474,49 +474,55 @@ enum Outcome {
     NotPlaced,
 }
 
-/// Whether a leg may go out now, decided in the transaction that releases it.
+/// Whether an intent's legs may go out now, decided in the transaction that releases
+/// them.
 enum Release {
-    /// Go: `look_up_first` when an earlier attempt may have sent it already.
-    Go { look_up_first: bool },
-    /// A kill switch of the tenant or the account is engaged.
+    /// Go. `fresh` are the legs sent for the first time; any other may exist at the
+    /// venue already and is looked up before anything is sent.
+    Go { fresh: BTreeSet<Uuid> },
+    /// A kill switch of the tenant or of a leg's account is engaged.
     Killed(String),
     /// This intent no longer holds all its entry locks (they expired and may have
     /// been taken): it must not trade on them.
     LockLost,
 }
 
-/// Releases one entry leg for submission: in one transaction, checks that no kill
-/// switch of the tenant or the account is engaged and that the intent still holds
-/// every one of its entry locks (renewing them), and marks the order `sent` before
-/// its request goes out, so any later attempt looks it up before sending anything.
-async fn release_leg(
+/// Releases an intent's unsent legs for submission, in one transaction that checks
+/// that no kill switch of the tenant or of the legs' accounts is engaged and that the
+/// intent still holds every one of its entry locks (renewing them), and marks the
+/// orders `sent` before any request goes out, so any later attempt looks them up
+/// before sending anything. (The first attempt is released by planning itself, in the
+/// transaction that checked the switches and took the locks.)
+async fn release_legs(
     ctx: &JobContext,
     t: Uuid,
     intent: Uuid,
-    leg: &OrderRow,
+    legs: &[&OrderRow],
     locks: i64,
 ) -> Result<Release, JobError> {
+    let ids: Vec<Uuid> = legs.iter().map(|o| o.id).collect();
+    let accounts: Vec<Uuid> = legs.iter().map(|o| o.account_id).collect();
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    let (killed, held, was_pending): (Option<String>, i64, bool) = sqlx::query_as(
+    let (killed, held, fresh): (Option<String>, i64, Vec<Uuid>) = sqlx::query_as(
         "WITH ks AS (
              SELECT coalesce(reason, 'no reason given') AS reason,
                     CASE WHEN account_id IS NULL THEN 'the tenant' ELSE 'account ' || account_id END AS scope
-             FROM kill_switches WHERE engaged AND (account_id IS NULL OR account_id = $2)
+             FROM kill_switches WHERE engaged AND (account_id IS NULL OR account_id = ANY($2))
              ORDER BY account_id NULLS FIRST LIMIT 1),
          locks AS (
              UPDATE entry_locks SET expires_at = now() + make_interval(secs => $5)
              WHERE owner_token = $1 RETURNING 1),
          sent AS (
              UPDATE orders SET status = 'sent', updated_at = now()
-             WHERE id = $3 AND status = 'pending_submit'
+             WHERE id = ANY($3) AND status = 'pending_submit'
                AND NOT EXISTS (SELECT 1 FROM ks) AND (SELECT count(*) FROM locks) = $4
-             RETURNING 1)
+             RETURNING id)
          SELECT (SELECT 'kill switch engaged for ' || scope || ': ' || reason FROM ks),
-                (SELECT count(*) FROM locks), EXISTS (SELECT 1 FROM sent)",
+                (SELECT count(*) FROM locks), ARRAY(SELECT id FROM sent)",
     )
     .bind(intent)
-    .bind(leg.account_id)
-    .bind(leg.id)
+    .bind(&accounts)
+    .bind(&ids)
     .bind(locks)
     .bind(LOCK_TTL_SECS)
     .fetch_one(&mut *tx)
@@ -526,7 +532,7 @@ async fn release_leg(
         Some(reason) => Release::Killed(reason),
         None if held != locks => Release::LockLost,
         None => Release::Go {
-            look_up_first: !was_pending,
+            fresh: fresh.into_iter().collect(),
         },
     })
 }
@@ -723,14 +729,37 @@ async fn submit_all(
     let locks = lock_count(&legs);
     let mut outcomes = Vec::with_capacity(pending.len());
     if !pending.is_empty() {
-        let clients = match ready {
-            Some(c) => c,
+        let (clients, fresh) = match ready {
+            // Released by planning a moment ago: every leg goes out for the first time.
+            Some(c) => (c, pending.iter().map(|o| o.id).collect()),
             None => {
                 let c = clients(ctx, t, intent, &pending).await?;
                 if let Some(wait) = take_budgets(ctx, t, &budget_wants(&pending)).await? {
                     return Err(JobError::Snooze(wait));
                 }
-                c
+                let fresh = if halt.is_some() {
+                    BTreeSet::new()
+                } else {
+                    match release_legs(ctx, t, intent, &pending, locks).await? {
+                        Release::Go { fresh } => fresh,
+                        Release::Killed(reason) => {
+                            halt = Some(Halt::Stopped {
+                                event: "kill_switch_blocked",
+                                reason,
+                            });
+                            BTreeSet::new()
+                        }
+                        Release::LockLost => {
+                            halt = Some(Halt::Stopped {
+                                event: "entry_lock_lost",
+                                reason: "the intent lost its entry locks before all legs were sent"
+                                    .into(),
+                            });
+                            BTreeSet::new()
+                        }
+                    }
+                };
+                (c, fresh)
             }
         };
         let mut renewed = std::time::Instant::now();
@@ -750,27 +779,11 @@ async fn submit_all(
                 }
                 Err(reason) => return Err(JobError::Retryable(reason.clone())),
             };
+            // Once the intent is stopping, nothing new goes out: legs are only looked up.
             let outcome = if halt.is_some() {
                 resolve(venue, leg).await
             } else {
-                match release_leg(ctx, t, intent, leg, locks).await? {
-                    Release::Go { look_up_first } => submit_one(venue, look_up_first, leg).await,
-                    Release::Killed(reason) => {
-                        halt = Some(Halt::Stopped {
-                            event: "kill_switch_blocked",
-                            reason,
-                        });
-                        resolve(venue, leg).await
-                    }
-                    Release::LockLost => {
-                        halt = Some(Halt::Stopped {
-                            event: "entry_lock_lost",
-                            reason: "the intent lost its entry locks before all legs were sent"
-                                .into(),
-                        });
-                        resolve(venue, leg).await
-                    }
-                }
+                submit_one(venue, !fresh.contains(&leg.id), leg).await
             };
             match outcome {
                 Ok(outcome) => {

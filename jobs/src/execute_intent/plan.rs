@@ -23,8 +23,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    Clients, Credentials, LOCK_TTL_SECS, OrderRow, budget_wants, build_clients, client_order_id,
-    over_budget,
+    Clients, Credentials, LOCK_TTL_SECS, OrderRow, build_clients, client_order_id, over_budget,
 };
 use crate::{
     Services, tenancy,
@@ -187,7 +186,7 @@ pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
 }
 
 /// What the venue's quote says a leg is worth, per (account, symbol).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Trusted {
     /// The higher side of the latest quote.
     Price(Decimal),
@@ -210,8 +209,11 @@ pub(super) fn price_legs(
     for (i, leg) in legs.iter_mut().enumerate() {
         let trusted = match quotes.get(&(leg.account_id, leg.symbol.clone())) {
             Some(Trusted::Price(p)) => Some(*p),
-            Some(Trusted::Unavailable(e)) => return Err(Err(e.clone())),
-            Some(Trusted::None) | None => None,
+            // A market leg waits for the venue's quote; a limit leg can go at its limit.
+            Some(Trusted::Unavailable(e)) if leg.order_type == OrderType::Market => {
+                return Err(Err(e.clone()));
+            }
+            Some(Trusted::Unavailable(_) | Trusted::None) | None => None,
         };
         let collared = trusted
             .and_then(|p| p.checked_mul(Decimal::ONE + collar))
@@ -319,27 +321,31 @@ pub async fn plan_together(
 }
 
 /// Plans `asks` as one batch; when the batch does not fit an account's capital, one
-/// by one, so that only the intents that do not fit are refused.
+/// by one, so that only the intents that do not fit are refused. Quotes the batch
+/// needs and this process has not seen within a second are asked of the venues
+/// between two tries, with no row locked while a venue answers.
 async fn plan_asks(
     pool: &PgPool,
     services: &Services,
     tenant: Uuid,
     asks: &[(Uuid, i32)],
 ) -> Vec<Result<Verdict, String>> {
-    let quotes = match fetch_quotes(pool, services, tenant, asks).await {
-        Ok(q) => q,
-        Err(e) => {
-            let e = e.to_string();
-            return asks.iter().map(|_| Err(e.clone())).collect();
+    let mut fetched = Quotes::new();
+    let first = loop {
+        match plan_batch(pool, services, tenant, asks, &fetched).await {
+            Err(BatchError::NeedQuotes(wants)) => {
+                fetched.extend(fetch_quotes(services, wants).await)
+            }
+            other => break other,
         }
     };
-    match plan_batch(pool, services, tenant, asks, &quotes).await {
+    match first {
         Ok(verdicts) => verdicts.into_iter().map(Ok).collect(),
         Err(BatchError::Capital) => {
             let mut one_by_one = Vec::with_capacity(asks.len());
             for ask in asks {
                 one_by_one.push(
-                    match plan_batch(pool, services, tenant, &[*ask], &quotes).await {
+                    match plan_batch(pool, services, tenant, &[*ask], &fetched).await {
                         Ok(mut v) => Ok(v.remove(0)),
                         Err(e) => Err(e.to_string()),
                     },
@@ -354,77 +360,69 @@ async fn plan_asks(
     }
 }
 
-/// The trusted price of every (account, symbol) that the asks' pending intents trade,
-/// asked of the venues before the planning transaction, so no row stays locked while
-/// a venue answers.
-async fn fetch_quotes(
-    pool: &PgPool,
-    services: &Services,
-    tenant: Uuid,
-    asks: &[(Uuid, i32)],
-) -> sqlx::Result<Quotes> {
-    let ids: Vec<Uuid> = asks.iter().map(|a| a.0).collect();
-    let mut tx = tenancy::begin(pool, tenant).await?;
-    let intents: Vec<Value> = sqlx::query_scalar(
-        "SELECT legs_json FROM multi_leg_intents WHERE id = ANY($1) AND status = 'pending'",
+/// A quote planning needs: the account's venue and API key, and the symbol.
+#[derive(Debug)]
+pub(super) struct QuoteWant {
+    account: Uuid,
+    venue: String,
+    key_id: Option<String>,
+    secret_ref: String,
+    symbol: String,
+}
+
+/// The market data host of a venue, as its client would use it (the cache's key).
+fn data_host(services: &Services, venue: &str) -> Option<String> {
+    services
+        .venue_data_urls
+        .get(venue)
+        .or_else(|| services.venue_urls.get(venue))
+        .map(|u| u.trim_end_matches('/').to_owned())
+}
+
+/// What this process learnt of `(account, symbol)` in the last second, if anything.
+fn cached(services: &Services, venue: &str, symbol: &str) -> Option<Trusted> {
+    let host = data_host(services, venue)?;
+    let quote = services.quotes.get(&host, symbol)?;
+    Some(
+        quote
+            .and_then(|q| q.high())
+            .map_or(Trusted::None, Trusted::Price),
     )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    let wanted: BTreeSet<(Uuid, String)> = intents
-        .iter()
-        .filter_map(|legs| parse_legs(legs).ok())
-        .flatten()
-        .map(|l| (l.account_id, l.symbol))
-        .collect();
-    if wanted.is_empty() {
-        tx.commit().await?;
-        return Ok(Quotes::new());
-    }
-    let accounts: Vec<Uuid> = wanted
-        .iter()
-        .map(|w| w.0)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let known = known_accounts(&mut tx, &accounts).await?;
-    tx.commit().await?;
-    let clients: HashMap<Uuid, super::VenueClient> = known
-        .iter()
-        .filter_map(|(a, venue, key_id, secret_ref)| {
-            let secret_ref = secret_ref.as_deref()?;
-            super::venue_client(services, *a, venue, key_id.as_deref(), secret_ref)
-                .ok()
-                .map(|c| (*a, c))
-        })
-        .collect();
-    let asked = wanted.into_iter().map(|(account, symbol)| {
-        let client = clients.get(&account);
-        async move {
-            let trusted = match client {
-                // No usable account or credential: planning refuses the intent for that.
-                None => Trusted::None,
-                Some(client) => match services.quotes.get(client.data_url(), &symbol) {
-                    Some(q) => q.high().map_or(Trusted::None, Trusted::Price),
-                    None => match client.latest_quote(&symbol).await {
-                        Ok(q) => {
-                            services.quotes.put(client.data_url(), &symbol, q);
-                            q.high().map_or(Trusted::None, Trusted::Price)
-                        }
-                        Err(VenueError::RateLimited { .. } | VenueError::Unknown(_)) => {
-                            Trusted::Unavailable(format!("no quote for {symbol} just now"))
-                        }
-                        Err(_) => Trusted::None,
-                    },
-                },
-            };
-            ((account, symbol), trusted)
-        }
+}
+
+/// Asks the venues for the quotes `wants`, all at once; every answer is cached.
+async fn fetch_quotes(services: &Services, wants: Vec<QuoteWant>) -> Quotes {
+    let asked = wants.into_iter().map(|w| async move {
+        let client = super::venue_client(
+            services,
+            w.account,
+            &w.venue,
+            w.key_id.as_deref(),
+            &w.secret_ref,
+        );
+        let trusted = match client {
+            // No usable client: submission will refuse the intent for that reason.
+            Err(_) => Trusted::None,
+            Ok(client) => match client.latest_quote(&w.symbol).await {
+                Ok(q) => {
+                    services.quotes.put(client.data_url(), &w.symbol, Some(q));
+                    q.high().map_or(Trusted::None, Trusted::Price)
+                }
+                Err(VenueError::RateLimited { .. } | VenueError::Unknown(_)) => {
+                    Trusted::Unavailable(format!("no quote for {} just now", w.symbol))
+                }
+                Err(_) => {
+                    services.quotes.put(client.data_url(), &w.symbol, None);
+                    Trusted::None
+                }
+            },
+        };
+        ((w.account, w.symbol), trusted)
     });
-    Ok(futures_util::future::join_all(asked)
+    futures_util::future::join_all(asked)
         .await
         .into_iter()
-        .collect())
+        .collect()
 }
 
 type Known = Vec<(Uuid, String, Option<String>, Option<String>)>;
@@ -447,6 +445,8 @@ async fn known_accounts(
 
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
+    #[error("quotes needed")]
+    NeedQuotes(Vec<QuoteWant>),
     #[error("the batch does not fit the capital of an account")]
     Capital,
     #[error(transparent)]
@@ -507,7 +507,7 @@ async fn plan_batch(
     services: &Services,
     t: Uuid,
     asks: &[(Uuid, i32)],
-    quotes: &Quotes,
+    fetched: &Quotes,
 ) -> Result<Vec<Verdict>, BatchError> {
     let mut tx = tenancy::begin(pool, t).await?;
     let ids: Vec<Uuid> = asks.iter().map(|a| a.0).collect();
@@ -571,6 +571,44 @@ async fn plan_batch(
     } else {
         0
     };
+    // The trusted price of every (account, symbol): fetched this round, or seen by
+    // this process within a second. Any other must be asked of its venue, which is
+    // done with no row locked: this transaction ends and the batch is planned again.
+    let mut quotes = fetched.clone();
+    let mut wants: Vec<QuoteWant> = vec![];
+    for leg in candidates.iter().flat_map(|(_, legs)| legs) {
+        let key = (leg.account_id, leg.symbol.clone());
+        if quotes.contains_key(&key) {
+            continue;
+        }
+        let Some((_, venue, key_id, Some(secret_ref))) =
+            known.iter().find(|k| k.0 == leg.account_id)
+        else {
+            continue;
+        };
+        match cached(services, venue, &leg.symbol) {
+            Some(trusted) => {
+                quotes.insert(key, trusted);
+            }
+            None if !wants
+                .iter()
+                .any(|w| w.account == leg.account_id && w.symbol == leg.symbol) =>
+            {
+                wants.push(QuoteWant {
+                    account: leg.account_id,
+                    venue: venue.clone(),
+                    key_id: key_id.clone(),
+                    secret_ref: secret_ref.clone(),
+                    symbol: leg.symbol.clone(),
+                });
+            }
+            None => {}
+        }
+    }
+    if !wants.is_empty() {
+        tx.rollback().await?;
+        return Err(BatchError::NeedQuotes(wants));
+    }
     let mut passed: Vec<(usize, Vec<Leg>)> = vec![];
     for (i, mut legs) in candidates {
         let verdict = if legs
@@ -594,7 +632,7 @@ async fn plan_batch(
                 ),
             ))
         } else {
-            match price_legs(&mut legs, quotes, services.price_collar) {
+            match price_legs(&mut legs, &quotes, services.price_collar) {
                 Err(Ok(reason)) => Some(refused("intent_rejected", reason)),
                 Err(Err(outage)) => Some(Verdict::Retry(outage)),
                 Ok(()) => check_limits(&legs, &limits, open),
@@ -684,8 +722,8 @@ async fn plan_batch(
              UPDATE multi_leg_intents SET status = 'submitted', updated_at = now()
              WHERE id = ANY($2))
          INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
-                             order_type, limit_price, time_in_force, client_order_id, reserved_amount)
-         SELECT $1, i, n, a, v, s, sd, q, ot, lp, tif, coid, r
+                             order_type, limit_price, time_in_force, client_order_id, reserved_amount, status)
+         SELECT $1, i, n, a, v, s, sd, q, ot, lp, tif, coid, r, 'sent'
          FROM unnest($3::uuid[], $4::int[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::numeric[],
                      $10::text[], $11::numeric[], $12::text[], $13::text[], $14::numeric[])
               AS l(i, n, a, v, s, sd, q, ot, lp, tif, coid, r)
@@ -739,8 +777,9 @@ async fn plan_batch(
     for (intent, _) in &planned {
         let intent = asks[*intent].0;
         let refs: Vec<&OrderRow> = orders.iter().filter(|o| o.intent_id == intent).collect();
-        for (account, n) in budget_wants(&refs) {
-            *wants.entry(account).or_default() += n;
+        // One request per leg: none of them has been sent yet.
+        for order in refs {
+            *wants.entry(order.account_id).or_default() += 1;
         }
     }
     let (budget_accounts, budget_counts): (Vec<Uuid>, Vec<i32>) = wants.into_iter().unzip();
@@ -780,9 +819,23 @@ async fn plan_batch(
         }
         Err(e) => return Err(e.into()),
     };
+    let wait = over_budget(services.venue_requests_per_minute, &used);
+    // The orders were written `sent`: their legs go out right after this commit,
+    // released in the transaction that checked the kill switches and took the entry
+    // locks. When the budget is spent they wait instead, unreleased, and the attempt
+    // that sends them releases them (checking the switches and locks again).
+    if wait.is_some() {
+        let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+        sqlx::query("UPDATE orders SET status = 'pending_submit' WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        for order in &mut orders {
+            order.status = "pending_submit".into();
+        }
+    }
     tx.commit().await?;
 
-    let wait = over_budget(services.venue_requests_per_minute, &used);
     let creds: Credentials = known
         .iter()
         .filter_map(|(a, _, key_id, secret_ref)| Some((*a, key_id.clone(), secret_ref.clone()?)))

@@ -13,16 +13,21 @@ use super::Quote;
 /// Entries at most; past it the cache starts over (symbols come from clients).
 const MAX_ENTRIES: usize = 10_000;
 
+/// (market data host, symbol) -> when asked, and the answer (`None`: the venue has
+/// no believable quote for the symbol).
+type Entries = HashMap<(String, String), (Instant, Option<Quote>)>;
+
 #[derive(Default)]
 pub struct QuoteCache {
-    entries: Mutex<HashMap<(String, String), (Instant, Quote)>>,
+    entries: Mutex<Entries>,
 }
 
 impl QuoteCache {
     /// How long a quote is reused.
     pub const TTL: Duration = Duration::from_secs(1);
 
-    pub fn get(&self, host: &str, symbol: &str) -> Option<Quote> {
+    /// `Some(None)`: the venue said it has no quote, a moment ago.
+    pub fn get(&self, host: &str, symbol: &str) -> Option<Option<Quote>> {
         let entries = self.entries.lock().expect("quote cache");
         entries
             .get(&(host.to_owned(), symbol.to_owned()))
@@ -30,7 +35,7 @@ impl QuoteCache {
             .map(|(_, q)| *q)
     }
 
-    pub fn put(&self, host: &str, symbol: &str, quote: Quote) {
+    pub fn put(&self, host: &str, symbol: &str, quote: Option<Quote>) {
         let mut entries = self.entries.lock().expect("quote cache");
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
