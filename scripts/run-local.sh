@@ -19,4 +19,4 @@ echo "dashboard: http://127.0.0.1:8080/ (any user name, password: $PULSE__WEB__O
 cargo build --release --quiet
 # The demo desk's paper-venue credential (the paper venue accepts any key).
 export PULSE_DEMO_PAPER_SECRET="${PULSE_DEMO_PAPER_SECRET:-local-paper-secret}"
-exec target/release/pulse-fleet all --demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/pulse-fleet" all --demo "$@"
