@@ -407,20 +407,6 @@ mod tests {
     }
 
     #[test]
-    fn with_port_set_the_web_process_binds_every_interface_unless_a_host_is_named() {
-        // The default bind is loopback; a platform's router could not reach it.
-        let mut s = web("127.0.0.1:8080", None);
-        s.apply_port(Some("5000"));
-        assert_eq!(s.bind, "0.0.0.0:5000");
-        let mut s = web("127.0.0.1:8080", Some("10.1.2.3"));
-        s.apply_port(Some("5000"));
-        assert_eq!(s.bind, "10.1.2.3:5000");
-        let mut s = web("127.0.0.1:8080", None);
-        s.apply_port(None);
-        assert_eq!(s.bind, "127.0.0.1:8080");
-    }
-
-    #[test]
     fn the_operator_token_never_shows_in_debug_output() {
         let mut s = web("127.0.0.1:8080", None);
         s.operator_token = "op-secret".into();

@@ -787,6 +787,26 @@ async fn f13_a_replayed_watcher_body_never_overrides_a_newer_state() {
     assert_eq!(timeframe, "4h");
 }
 
+#[test]
+fn f15_with_port_set_the_web_process_binds_every_interface_unless_a_host_is_named() {
+    // The default bind is loopback: a Procfile platform's router could not reach it.
+    let web = |host: Option<&str>| {
+        let mut w = load_test_settings().web;
+        w.bind = "127.0.0.1:8080".into();
+        w.host = host.map(Into::into);
+        w
+    };
+    let mut public = web(None);
+    public.apply_port(Some("5000"));
+    assert_eq!(public.bind, "0.0.0.0:5000");
+    let mut named = web(Some("10.1.2.3"));
+    named.apply_port(Some("5000"));
+    assert_eq!(named.bind, "10.1.2.3:5000");
+    let mut local = web(None);
+    local.apply_port(None);
+    assert_eq!(local.bind, "127.0.0.1:8080");
+}
+
 #[tokio::test]
 async fn f14_operator_pages_need_the_operator_credential() {
     let db = TestDb::new(&[]).await;
