@@ -293,7 +293,8 @@ pub struct WebSettings {
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     /// The operator credential (`PULSE__WEB__OPERATOR_TOKEN`, from the environment
-    /// only): the dashboard, `/metrics` and health's details need it.
+    /// only): the dashboard, `/metrics` and health's details need it. Comma-separated
+    /// during a rotation (`new,old`): any of them is accepted.
     #[serde(default)]
     pub operator_token: String,
 }
@@ -308,8 +309,13 @@ impl WebSettings {
         }
     }
 
-    pub fn operator_token(&self) -> Option<&str> {
-        Some(self.operator_token.trim()).filter(|t| !t.is_empty())
+    /// The accepted operator tokens (none: the operator pages are closed).
+    pub fn operator_tokens(&self) -> Vec<&str> {
+        self.operator_token
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect()
     }
 }
 

@@ -2,7 +2,8 @@
 //! watcher source post to it), so everything that names tenants or internals (the
 //! dashboard, `/metrics`, health's details) asks for the operator credential:
 //! `PULSE__WEB__OPERATOR_TOKEN`, as `Authorization: Bearer <token>` (monitoring) or as
-//! the password of HTTP Basic (a browser; any user name). Compared in constant time.
+//! the password of HTTP Basic (a browser; any user name). Compared in constant time;
+//! several tokens, comma-separated, during a rotation.
 //! Without a configured token the operator pages are closed.
 
 use axum::{
@@ -17,20 +18,23 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 
-/// Whether the request carries the operator credential.
+/// Whether the request carries an operator credential.
 pub fn is_operator(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(expected) = state.settings.web.operator_token() else {
-        return false;
-    };
     let Some(presented) = presented(headers) else {
         return false;
     };
-    // Digests first, so the comparison takes the same time whatever the lengths.
-    let (a, b) = (
-        Sha256::digest(presented),
-        Sha256::digest(expected.as_bytes()),
-    );
-    a.ct_eq(&b).into()
+    // Digests first, so the comparison takes the same time whatever the lengths; and
+    // every accepted token is compared (no early exit), during a rotation too.
+    let presented = Sha256::digest(presented);
+    state
+        .settings
+        .web
+        .operator_tokens()
+        .iter()
+        .fold(subtle::Choice::from(0), |any, expected| {
+            any | presented.ct_eq(&Sha256::digest(expected.as_bytes()))
+        })
+        .into()
 }
 
 /// The token of a Bearer header, or the password of a Basic one.
@@ -55,7 +59,7 @@ pub async fn require(State(state): State<AppState>, request: Request, next: Next
     if is_operator(&state, request.headers()) {
         return next.run(request).await;
     }
-    if state.settings.web.operator_token().is_none() {
+    if state.settings.web.operator_tokens().is_empty() {
         return (
             StatusCode::NOT_FOUND,
             "operator pages are closed: set PULSE__WEB__OPERATOR_TOKEN\n",

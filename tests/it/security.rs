@@ -818,7 +818,7 @@ async fn f14_operator_pages_need_the_operator_credential() {
         .unwrap();
     let worker = db.start_worker(vec![canary()], 1).await;
     let base = db
-        .serve_web(|s| s.web.operator_token = "op-token-123".into())
+        .serve_web(|s| s.web.operator_token = "op-token-123, op-token-old".into())
         .await;
     let http = reqwest::Client::new();
     let get = |path: &str, auth: Option<&str>| {
@@ -857,7 +857,8 @@ async fn f14_operator_pages_need_the_operator_credential() {
             "ops:op-token-123"
         )
     );
-    for auth in ["Bearer op-token-123", basic.as_str()] {
+    // The previous token still works during a rotation.
+    for auth in ["Bearer op-token-123", basic.as_str(), "Bearer op-token-old"] {
         let page = get("/", Some(auth)).await.unwrap();
         assert_eq!(page.status(), 200);
         let detail: Value = get("/internal/health", Some(auth))
