@@ -474,7 +474,8 @@ fn settle_after_panic(lease: &LeaseInfo, panic: &str) -> Ack {
     }
 }
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+/// What a panic said, when it said it as text.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

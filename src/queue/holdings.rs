@@ -101,10 +101,6 @@ impl Holdings {
         running.len()
     }
 
-    pub fn running(&self) -> usize {
-        self.running.lock().expect("holdings lock").len()
-    }
-
     /// The lease generation jobs are claimed under.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)

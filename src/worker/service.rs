@@ -111,10 +111,5 @@ fn panic_message(error: tokio::task::JoinError) -> String {
     if !error.is_panic() {
         return "the attempt was cancelled".into();
     }
-    let payload = error.into_panic();
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a non-string payload".into())
+    crate::queue::ack::panic_text(&*error.into_panic())
 }

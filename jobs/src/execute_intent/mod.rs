@@ -69,7 +69,7 @@ use plan::{Planned, Verdict};
 /// recording the venue's answers when every leg was accepted.
 #[derive(Default)]
 pub struct IntentBatches {
-    plan: Arc<group::GroupCommit<(Uuid, i32), Verdict>>,
+    plan: Arc<group::GroupCommit<Uuid, Verdict>>,
     settle: Arc<group::GroupCommit<Settlement, ()>>,
 }
 
@@ -150,7 +150,7 @@ impl Job for ExecuteIntent {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let (t, intent) = (self.tenant_id, self.intent_id);
-        let verdict = plan::plan(&ctx.pool, &ctx.services, t, intent, ctx.attempt)
+        let verdict = plan::plan(&ctx.pool, &ctx.services, t, intent)
             .await
             .map_err(JobError::Retryable)?;
         match verdict {

@@ -279,13 +279,12 @@ pub(super) async fn plan(
     services: &Arc<Services>,
     tenant: Uuid,
     intent: Uuid,
-    attempt: i32,
 ) -> Result<Verdict, String> {
     let (pool, shared) = (pool.clone(), services.clone());
     services
         .intent_batches
         .plan
-        .submit(tenant, (intent, attempt), move |asks: Vec<(Uuid, i32)>| {
+        .submit(tenant, intent, move |asks: Vec<Uuid>| {
             let (pool, services) = (pool.clone(), shared.clone());
             async move { plan_asks(&pool, &services, tenant, &asks).await }
         })
@@ -302,8 +301,7 @@ pub async fn plan_together(
     tenant: Uuid,
     intents: &[Uuid],
 ) -> Result<Vec<String>, String> {
-    let asks: Vec<(Uuid, i32)> = intents.iter().map(|i| (*i, 1)).collect();
-    let verdicts: Vec<Verdict> = plan_asks(pool, services, tenant, &asks)
+    let verdicts: Vec<Verdict> = plan_asks(pool, services, tenant, intents)
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
@@ -328,7 +326,7 @@ async fn plan_asks(
     pool: &PgPool,
     services: &Services,
     tenant: Uuid,
-    asks: &[(Uuid, i32)],
+    asks: &[Uuid],
 ) -> Vec<Result<Verdict, String>> {
     let mut fetched = Quotes::new();
     let first = loop {
@@ -501,27 +499,26 @@ fn check_limits(legs: &[Leg], limits: &[Limits], open: i64) -> Option<Verdict> {
     None
 }
 
-/// Plans `asks` (intent, attempt) of `tenant` in one transaction; one verdict per ask.
+/// Plans `asks` (intents) of `tenant` in one transaction; one verdict per ask.
 async fn plan_batch(
     pool: &PgPool,
     services: &Services,
     t: Uuid,
-    asks: &[(Uuid, i32)],
+    asks: &[Uuid],
     fetched: &Quotes,
 ) -> Result<Vec<Verdict>, BatchError> {
     let mut tx = tenancy::begin(pool, t).await?;
-    let ids: Vec<Uuid> = asks.iter().map(|a| a.0).collect();
     // In id order, so two batches that share intents cannot deadlock.
     let rows: Vec<(Uuid, String, Value)> = sqlx::query_as(
         "SELECT id, status::text, legs_json FROM multi_leg_intents WHERE id = ANY($1)
          ORDER BY id FOR UPDATE",
     )
-    .bind(&ids)
+    .bind(asks)
     .fetch_all(&mut *tx)
     .await?;
     let mut verdicts: Vec<Option<Verdict>> = asks.iter().map(|_| None).collect();
     let mut candidates: Vec<(usize, Vec<Leg>)> = vec![];
-    for (i, (intent, _)) in asks.iter().enumerate() {
+    for (i, intent) in asks.iter().enumerate() {
         verdicts[i] = match rows.iter().find(|r| r.0 == *intent) {
             None => Some(Verdict::Missing),
             Some((_, status, _)) if status != "pending" => {
@@ -663,7 +660,7 @@ async fn plan_batch(
             continue;
         }
         claimed.extend(keys.iter().copied());
-        wanted.extend(keys.iter().map(|(a, s)| (*a, *s, asks[*i].0)));
+        wanted.extend(keys.iter().map(|(a, s)| (*a, *s, asks[*i])));
         lockable.push((*i, legs, keys.len()));
     }
     wanted.sort();
@@ -686,7 +683,7 @@ async fn plan_batch(
     let mut planned: Vec<(usize, &Vec<Leg>)> = vec![];
     let mut blocked: Vec<Uuid> = vec![];
     for (i, legs, keys) in lockable {
-        let intent = asks[i].0;
+        let intent = asks[i];
         if taken.iter().filter(|o| **o == intent).count() == keys {
             planned.push((i, legs));
         } else {
@@ -714,7 +711,7 @@ async fn plan_batch(
         .flat_map(|(i, legs)| {
             legs.iter()
                 .enumerate()
-                .map(move |(n, l)| (asks[*i].0, n as i32, l))
+                .map(move |(n, l)| (asks[*i], n as i32, l))
         })
         .collect();
     let mut orders: Vec<OrderRow> = sqlx::query_as(
@@ -731,7 +728,7 @@ async fn plan_batch(
                    limit_price, time_in_force, client_order_id, venue_order_id, status, reserved_amount",
     )
     .bind(t)
-    .bind(planned.iter().map(|(i, _)| asks[*i].0).collect::<Vec<_>>())
+    .bind(planned.iter().map(|(i, _)| asks[*i]).collect::<Vec<_>>())
     .bind(legs.iter().map(|l| l.0).collect::<Vec<_>>())
     .bind(legs.iter().map(|l| l.1).collect::<Vec<_>>())
     .bind(legs.iter().map(|l| l.2.account_id).collect::<Vec<_>>())
@@ -764,7 +761,7 @@ async fn plan_batch(
         "SELECT audit_append('capital_reserved', 'intent', i::text, d)
          FROM unnest($1::uuid[], $2::jsonb[]) AS x(i, d)",
     )
-    .bind(planned.iter().map(|(i, _)| asks[*i].0).collect::<Vec<_>>())
+    .bind(planned.iter().map(|(i, _)| asks[*i]).collect::<Vec<_>>())
     .bind(&reserved_details)
     .execute(&mut *tx)
     .await?;
@@ -775,7 +772,7 @@ async fn plan_batch(
     // locks, so they are held only from here to the commit, once per batch.
     let mut wants: HashMap<Uuid, i32> = HashMap::new();
     for (intent, _) in &planned {
-        let intent = asks[*intent].0;
+        let intent = asks[*intent];
         let refs: Vec<&OrderRow> = orders.iter().filter(|o| o.intent_id == intent).collect();
         // One request per leg: none of them has been sent yet.
         for order in refs {
@@ -847,7 +844,7 @@ async fn plan_batch(
         by_intent.entry(order.intent_id).or_default().push(order);
     }
     for (i, _) in &planned {
-        let orders = by_intent.remove(&asks[*i].0).unwrap_or_default();
+        let orders = by_intent.remove(&asks[*i]).unwrap_or_default();
         let clients: Clients = orders
             .iter()
             .map(|o| (o.account_id, all_clients[&o.account_id].clone()))
