@@ -207,7 +207,7 @@ struct ErrorBody {
 /// with anything, of any length).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-pub(crate) async fn small_body(mut response: reqwest::Response) -> Vec<u8> {
+async fn small_body(mut response: reqwest::Response) -> Vec<u8> {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         let room = MAX_ANSWER_BYTES - body.len();

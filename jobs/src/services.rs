@@ -42,6 +42,15 @@ impl std::fmt::Debug for Services {
 }
 
 impl Services {
+    /// Where a venue's market data is: its own host if configured, else the trading
+    /// URL. Clients and the quote cache both ask here, so they agree on the host.
+    pub fn market_data_url(&self, venue: &str) -> Option<&str> {
+        self.venue_data_urls
+            .get(venue)
+            .or_else(|| self.venue_urls.get(venue))
+            .map(String::as_str)
+    }
+
     pub fn new(request_timeout: Duration, discord_fallback_url: Option<String>) -> Self {
         // No redirects: a vendor never needs one, and a tenant's URL could redirect
         // the request anywhere.

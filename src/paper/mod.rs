@@ -186,15 +186,7 @@ impl PaperVenue {
         if self.options.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.options.latency_ms)).await;
         }
-        let key = headers
-            .get("apca-api-key-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|k| !k.is_empty())
-            .map(str::to_owned);
-        let has_secret = headers
-            .get("apca-api-secret-key")
-            .is_some_and(|v| !v.is_empty());
-        let Some(key) = key.filter(|_| has_secret) else {
+        let Some(key) = api_key(headers) else {
             return Err(error(
                 StatusCode::UNAUTHORIZED,
                 40110000,
@@ -329,6 +321,18 @@ impl PaperVenue {
         };
         book.fills.push(fill);
     }
+}
+
+/// The API key of a request that carries a key pair (the paper venue accepts any).
+fn api_key(headers: &HeaderMap) -> Option<String> {
+    let key = headers
+        .get("apca-api-key-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())?;
+    headers
+        .get("apca-api-secret-key")
+        .is_some_and(|v| !v.is_empty())
+        .then(|| key.to_owned())
 }
 
 /// A limit order fills once the price reaches its limit: at or below it for a buy,
@@ -479,10 +483,7 @@ async fn latest_quote(
     headers: HeaderMap,
     Path(symbol): Path<String>,
 ) -> Response {
-    let authorized = ["apca-api-key-id", "apca-api-secret-key"]
-        .iter()
-        .all(|h| headers.get(*h).is_some_and(|v| !v.is_empty()));
-    if !authorized {
+    if api_key(&headers).is_none() {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"message": "unauthorized."})),

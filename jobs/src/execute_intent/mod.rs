@@ -351,10 +351,7 @@ pub(super) fn venue_client(
         key_id.unwrap_or_default(),
         secret,
     );
-    Ok(match services.venue_data_urls.get(venue_id) {
-        Some(data) => client.with_data_url(data),
-        None => client,
-    })
+    Ok(client.with_data_url(services.market_data_url(venue_id).unwrap_or(base)))
 }
 
 /// The venue clients of the legs' accounts; an account whose client cannot be built
@@ -684,8 +681,7 @@ async fn release(
              UPDATE orders SET reserved_amount = 0 WHERE id = $4 AND reserved_amount > 0
              RETURNING reserved_amount)
          INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
-         SELECT $1, $2, 'release_order', -$3, 'order', $4 FROM orders
-         WHERE id = $4 AND EXISTS (SELECT 1 FROM released)",
+         SELECT $1, $2, 'release_order', -$3, 'order', $4 WHERE EXISTS (SELECT 1 FROM released)",
     )
     .bind(t)
     .bind(order.account_id)

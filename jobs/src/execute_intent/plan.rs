@@ -139,29 +139,20 @@ pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
                     )));
                 }
             };
-            let price_error = || {
-                format!(
-                    "a positive number up to {MAX_TRUSTED_PRICE} with at most {MAX_DECIMALS} decimal places"
-                )
+            // An optional price: absent, or within the bounds.
+            let price = |field: &str| match l.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                v => bounded(v, MAX_TRUSTED_PRICE).map(Some).ok_or_else(|| {
+                    bad(&format!(
+                        "{field} must be a positive number up to {MAX_TRUSTED_PRICE} with at most {MAX_DECIMALS} decimal places"
+                    ))
+                }),
             };
-            let limit_price = match l.get("limit_price") {
-                None | Some(Value::Null) => None,
-                v => Some(
-                    bounded(v, MAX_TRUSTED_PRICE)
-                        .ok_or_else(|| bad(&format!("limit_price must be {}", price_error())))?,
-                ),
-            };
+            let limit_price = price("limit_price")?;
             if order_type == OrderType::Limit && limit_price.is_none() {
                 return Err(bad("a limit leg needs a positive limit_price"));
             }
-            let reference_price = match l.get("reference_price") {
-                None | Some(Value::Null) => None,
-                v => Some(
-                    bounded(v, MAX_TRUSTED_PRICE).ok_or_else(|| {
-                        bad(&format!("reference_price must be {}", price_error()))
-                    })?,
-                ),
-            };
+            let reference_price = price("reference_price")?;
             let time_in_force = l
                 .get("time_in_force")
                 .and_then(Value::as_str)
@@ -368,19 +359,11 @@ pub(super) struct QuoteWant {
     symbol: String,
 }
 
-/// The market data host of a venue, as its client would use it (the cache's key).
-fn data_host(services: &Services, venue: &str) -> Option<String> {
-    services
-        .venue_data_urls
-        .get(venue)
-        .or_else(|| services.venue_urls.get(venue))
-        .map(|u| u.trim_end_matches('/').to_owned())
-}
-
 /// What this process learnt of `(account, symbol)` in the last second, if anything.
 fn cached(services: &Services, venue: &str, symbol: &str) -> Option<Trusted> {
-    let host = data_host(services, venue)?;
-    let quote = services.quotes.get(&host, symbol)?;
+    let quote = services
+        .quotes
+        .get(services.market_data_url(venue)?, symbol)?;
     Some(
         quote
             .and_then(|q| q.high())

@@ -63,8 +63,15 @@ impl AlpacaClient {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base_url))
+        self.authorized(
+            self.http
+                .request(method, format!("{}{path}", self.base_url)),
+        )
+    }
+
+    /// Any request to Alpaca (trading or market data) carries the key pair.
+    fn authorized(&self, request: RequestBuilder) -> RequestBuilder {
+        request
             .header("APCA-API-KEY-ID", &self.key_id)
             .header("APCA-API-SECRET-KEY", self.secret.expose())
     }
@@ -162,12 +169,7 @@ impl Venue for AlpacaClient {
             url.path_segments_mut()
                 .map_err(|_| VenueError::Unknown("bad market data URL".into()))?
                 .extend(["v2", "stocks", symbol, "quotes", "latest"]);
-            let request = self
-                .http
-                .get(url)
-                .header("APCA-API-KEY-ID", &self.key_id)
-                .header("APCA-API-SECRET-KEY", self.secret.expose());
-            let body: serde_json::Value = self.json(request).await?;
+            let body: serde_json::Value = self.json(self.authorized(self.http.get(url))).await?;
             let quote = body.get("quote").ok_or(VenueError::NotFound)?;
             let quote = Quote {
                 ask: Quote::side(quote.get("ap")),

@@ -22,6 +22,11 @@ pub struct QuoteCache {
     entries: Mutex<Entries>,
 }
 
+/// The key of a quote: the host as clients spell it (no trailing slash), the symbol.
+fn key(host: &str, symbol: &str) -> (String, String) {
+    (host.trim_end_matches('/').to_owned(), symbol.to_owned())
+}
+
 impl QuoteCache {
     /// How long a quote is reused.
     pub const TTL: Duration = Duration::from_secs(1);
@@ -30,7 +35,7 @@ impl QuoteCache {
     pub fn get(&self, host: &str, symbol: &str) -> Option<Option<Quote>> {
         let entries = self.entries.lock().expect("quote cache");
         entries
-            .get(&(host.to_owned(), symbol.to_owned()))
+            .get(&key(host, symbol))
             .filter(|(at, _)| at.elapsed() < Self::TTL)
             .map(|(_, q)| *q)
     }
@@ -40,9 +45,6 @@ impl QuoteCache {
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(
-            (host.to_owned(), symbol.to_owned()),
-            (Instant::now(), quote),
-        );
+        entries.insert(key(host, symbol), (Instant::now(), quote));
     }
 }
