@@ -93,7 +93,8 @@ impl Cluster {
         self.dir.to_str().unwrap()
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A server tool, run as `postgres` when we are root (PostgreSQL refuses root).
+    fn command(&self, tool: &str, args: &[&str]) -> Command {
         let program = self.bin.join(tool);
         let mut command = if running_as_root() {
             let mut c = Command::new("runuser");
@@ -102,8 +103,13 @@ impl Cluster {
         } else {
             Command::new(program)
         };
-        let status = command
-            .args(args)
+        command.args(args);
+        command
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let status = self
+            .command(tool, args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .status()
@@ -151,20 +157,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new(if running_as_root() { "runuser" } else { "true" })
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .args(["-D", self.data(), "-m", "immediate", "stop"])
+        let _ = self
+            .command("pg_ctl", &["-D", self.data(), "-m", "immediate", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        if !running_as_root() {
-            let _ = Command::new(self.bin.join("pg_ctl"))
-                .args(["-D", self.data(), "-m", "immediate", "stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

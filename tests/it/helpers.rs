@@ -158,6 +158,21 @@ impl TestDb {
         .await;
     }
 
+    /// Waits until job `id` has run and now waits to run again later (a snooze or a
+    /// retry) and returns it.
+    pub async fn wait_until_deferred(&self, id: i64) -> JobRow {
+        wait_until(
+            &format!("job {id} ran and waits"),
+            Duration::from_secs(20),
+            || async {
+                let j = self.job(id).await;
+                j.state == "available" && j.started_at.is_some() && j.run_at > chrono::Utc::now()
+            },
+        )
+        .await;
+        self.job(id).await
+    }
+
     /// Waits until job `id` is in `state`.
     pub async fn wait_for_state(&self, id: i64, state: &str, within: Duration) -> JobRow {
         wait_until(&format!("job {id} is {state}"), within, || async {

@@ -400,16 +400,7 @@ async fn f04_an_absurd_retry_after_is_bounded_and_no_worker_dies_of_it() {
     let worker = db.start_worker(alert_jobs(), 4).await;
     let (_, first) = alert_for(&db, "u1").await;
     // The 429 snoozes the job (no attempt used) for at most an hour.
-    wait_until(
-        "the first alert snoozes",
-        Duration::from_secs(20),
-        || async {
-            let job = db.job(first).await;
-            job.state == "available" && job.started_at.is_some()
-        },
-    )
-    .await;
-    let job = db.job(first).await;
+    let job = db.wait_until_deferred(first).await;
     assert_eq!(job.attempts, 0, "{}", job.errors);
     let hour = chrono::Duration::hours(1) + chrono::Duration::seconds(5);
     assert!(job.run_at <= chrono::Utc::now() + hour, "{}", job.run_at);
@@ -425,15 +416,7 @@ async fn f04_an_absurd_retry_after_is_bounded_and_no_worker_dies_of_it() {
         1
     );
     let (_, second) = alert_for(&db, "u1").await;
-    wait_until(
-        "the second alert snoozes",
-        Duration::from_secs(20),
-        || async {
-            let job = db.job(second).await;
-            job.state == "available" && job.started_at.is_some()
-        },
-    )
-    .await;
+    db.wait_until_deferred(second).await;
     assert_eq!(
         hits.load(Ordering::SeqCst),
         1,
@@ -897,16 +880,9 @@ mod oms {
 
     /// The intent's job has run and snoozed (it waits, no attempt used).
     async fn snoozed(desk: &crate::oms::Desk, intent: Uuid) {
-        let job = job_of(desk, intent).await;
-        wait_until(
-            "the intent's job snoozes",
-            Duration::from_secs(20),
-            || async {
-                let j = desk.db.job(job).await;
-                j.state == "available" && j.started_at.is_some() && j.run_at > chrono::Utc::now()
-            },
-        )
-        .await;
+        desk.db
+            .wait_until_deferred(job_of(desk, intent).await)
+            .await;
     }
 
     async fn order_rows(
