@@ -471,32 +471,23 @@ enum Outcome {
     NotPlaced,
 }
 
-/// Whether an intent's legs may go out now, decided in the transaction that releases
-/// them.
-enum Release {
-    /// Go. `fresh` are the legs sent for the first time; any other may exist at the
-    /// venue already and is looked up before anything is sent.
-    Go { fresh: BTreeSet<Uuid> },
-    /// A kill switch of the tenant or of a leg's account is engaged.
-    Killed(String),
-    /// This intent no longer holds all its entry locks (they expired and may have
-    /// been taken): it must not trade on them.
-    LockLost,
-}
-
 /// Releases an intent's unsent legs for submission, in one transaction that checks
 /// that no kill switch of the tenant or of the legs' accounts is engaged and that the
 /// intent still holds every one of its entry locks (renewing them), and marks the
 /// orders `sent` before any request goes out, so any later attempt looks them up
 /// before sending anything. (The first attempt is released by planning itself, in the
-/// transaction that checked the switches and took the locks.)
+/// transaction that checked the switches and took the locks.) Returns the legs sent for
+/// the first time (any other may exist at the venue already and is looked up before
+/// anything is sent), or why the intent must stop: a kill switch of the tenant or of
+/// a leg's account is engaged, or the intent no longer holds all its entry locks (they
+/// expired and may have been taken), so it must not trade on them.
 async fn release_legs(
     ctx: &JobContext,
     t: Uuid,
     intent: Uuid,
     legs: &[&OrderRow],
     locks: i64,
-) -> Result<Release, JobError> {
+) -> Result<Result<BTreeSet<Uuid>, Halt>, JobError> {
     let ids: Vec<Uuid> = legs.iter().map(|o| o.id).collect();
     let accounts: Vec<Uuid> = legs.iter().map(|o| o.account_id).collect();
     let mut tx = tenancy::begin(&ctx.pool, t).await?;
@@ -526,11 +517,15 @@ async fn release_legs(
     .await?;
     tx.commit().await?;
     Ok(match killed {
-        Some(reason) => Release::Killed(reason),
-        None if held != locks => Release::LockLost,
-        None => Release::Go {
-            fresh: fresh.into_iter().collect(),
-        },
+        Some(reason) => Err(Halt::Stopped {
+            event: "kill_switch_blocked",
+            reason,
+        }),
+        None if held != locks => Err(Halt::Stopped {
+            event: "entry_lock_lost",
+            reason: "the intent lost its entry locks before all legs were sent".into(),
+        }),
+        None => Ok(fresh.into_iter().collect()),
     })
 }
 
@@ -736,24 +731,12 @@ async fn submit_all(
                 let fresh = if halt.is_some() {
                     BTreeSet::new()
                 } else {
-                    match release_legs(ctx, t, intent, &pending, locks).await? {
-                        Release::Go { fresh } => fresh,
-                        Release::Killed(reason) => {
-                            halt = Some(Halt::Stopped {
-                                event: "kill_switch_blocked",
-                                reason,
-                            });
+                    release_legs(ctx, t, intent, &pending, locks)
+                        .await?
+                        .unwrap_or_else(|stop| {
+                            halt = Some(stop);
                             BTreeSet::new()
-                        }
-                        Release::LockLost => {
-                            halt = Some(Halt::Stopped {
-                                event: "entry_lock_lost",
-                                reason: "the intent lost its entry locks before all legs were sent"
-                                    .into(),
-                            });
-                            BTreeSet::new()
-                        }
-                    }
+                        })
                 };
                 (c, fresh)
             }
