@@ -3,11 +3,19 @@
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use tokio::sync::watch;
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use pulse_queue::{
+    JobState, admin,
+    enqueue::{self, EnqueueOptions},
+};
 
 use crate::{
-    bench, config::Settings, db, queue, queue::enqueue::EnqueueOptions, scheduler, telemetry, web,
-    worker,
+    bench,
+    config::Settings,
+    db, registry,
+    roles::{self, Roles},
+    telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -41,8 +49,8 @@ pub enum Command {
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// A local venue speaking Alpaca's trading API (see src/paper).
-    Paper(crate::paper::PaperOptions),
+    /// A local venue speaking Alpaca's trading API (see crates/sims/src/paper).
+    Paper(pulse_sims::paper::PaperOptions),
     /// Credentials' secret references.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -74,19 +82,53 @@ pub struct WorkerArgs {
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Jobs, newest first.
-    List(queue::admin::Filter),
+    List(ListArgs),
     /// One job with its payload and every attempt's error.
     Show { id: i64 },
     /// Make dead or cancelled jobs runnable again, with a fresh set of attempts.
-    Retry(queue::admin::Selection),
+    Retry(SelectionArgs),
     /// Cancel jobs that have not finished (a running attempt's result is then refused).
-    Cancel(queue::admin::Selection),
+    Cancel(SelectionArgs),
     /// Jobs by name and state, from the stats tables (no scan of the job table).
     Stats,
     /// Stop claiming from a queue (a job name); running jobs finish.
     Pause { queue: String },
     /// Claim from a paused queue again.
     Resume { queue: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Only this job name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this state (available, running, completed, dead, cancelled).
+    #[arg(long)]
+    pub state: Option<JobState>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SelectionArgs {
+    /// Job ids.
+    pub ids: Vec<i64>,
+    /// Instead of ids: every job of this name (with --state).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Instead of ids: every job in this state (default: dead for retry, available for cancel).
+    #[arg(long)]
+    pub state: Option<JobState>,
+}
+
+impl From<SelectionArgs> for admin::Selection {
+    fn from(a: SelectionArgs) -> Self {
+        Self {
+            ids: a.ids,
+            name: a.name,
+            state: a.state,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -148,41 +190,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return secrets(command);
     }
     let settings = Settings::load()?;
-    let specs = worker::all_specs(&settings);
+    let specs = registry::registered(&settings);
     match cli.command {
         Command::Migrate => {
             let pool = db::app_pool(&settings).await?;
             db::migrate(&pool, &specs).await?;
             println!("migrations applied; {} job types recorded", specs.len());
         }
-        Command::Worker(args) => {
-            run_roles(&settings, &specs, Some(args), false, false, false).await?
-        }
-        Command::Scheduler => run_roles(&settings, &specs, None, true, false, false).await?,
-        Command::Web => run_roles(&settings, &specs, None, false, true, false).await?,
+        Command::Worker(args) => roles::run(&settings, Roles::worker(args)).await?,
+        Command::Scheduler => roles::run(&settings, Roles::scheduler()).await?,
+        Command::Web => roles::run(&settings, Roles::web()).await?,
         Command::All(args) => {
             let pool = db::app_pool(&settings).await?;
             db::migrate(&pool, &specs).await?;
-            run_roles(&settings, &specs, Some(args), true, true, true).await?
+            roles::run(&settings, Roles::all_local(args)).await?
         }
         Command::Jobs(command) => {
             let pool = db::app_pool(&settings).await?;
-            let out = match command {
-                JobsCommand::List(filter) => queue::admin::list(&pool, &filter).await?,
-                JobsCommand::Show { id } => queue::admin::show(&pool, id).await?,
-                JobsCommand::Retry(selection) => queue::admin::retry(&pool, &selection).await?,
-                JobsCommand::Cancel(selection) => queue::admin::cancel(&pool, &selection).await?,
-                JobsCommand::Stats => queue::admin::stats(&pool).await?,
-                JobsCommand::Pause { queue } => {
-                    known_queue(&specs, &queue)?;
-                    queue::admin::pause(&pool, &queue).await?
-                }
-                JobsCommand::Resume { queue } => {
-                    known_queue(&specs, &queue)?;
-                    queue::admin::resume(&pool, &queue).await?
-                }
-            };
-            println!("{out}");
+            println!("{}", jobs(&pool, &specs, command).await?);
         }
         Command::Enqueue(args) => {
             let payload: serde_json::Value = serde_json::from_str(&args.payload)
@@ -195,7 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_attempts: args.max_attempts,
                 concurrency_key: args.concurrency_key,
             };
-            let id = queue::enqueue::enqueue(&pool, &args.job, &payload, &options).await?;
+            let id = enqueue::enqueue(&pool, &args.job, &payload, &options).await?;
             println!("{id}");
         }
         Command::Paper(options) => {
@@ -204,17 +229,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "paper venue (Alpaca dialect) on http://{}",
                 listener.local_addr()?
             );
-            let venue = crate::paper::PaperVenue::new(options);
+            let venue = pulse_sims::paper::PaperVenue::new(options);
             tokio::select! {
                 result = venue.serve(listener) => result?,
-                _ = shutdown_signal() => {}
+                _ = roles::shutdown_signal() => {}
             }
         }
         // Needs no settings; handled before they load.
         Command::Secrets(command) => secrets(&command)?,
         Command::Audit(AuditCommand::Verify) => {
             let pool = db::app_pool(&settings).await?;
-            let report = crate::audit::verify(&pool).await?;
+            let report = pulse_domain::audit::verify(&pool).await?;
             for problem in &report.problems {
                 println!("BROKEN {problem}");
             }
@@ -240,7 +265,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(AuditCommand::Seal) => {
             let pool = db::app_pool(&settings).await?;
-            println!("{} event(s) sealed", crate::audit::seal_all(&pool).await?);
+            println!(
+                "{} event(s) sealed",
+                pulse_domain::audit::seal_all(&pool).await?
+            );
         }
         Command::Sign { kind, body } => {
             use crate::web::signature;
@@ -264,6 +292,102 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An operator's `jobs` command, rendered for the terminal.
+async fn jobs(
+    pool: &sqlx::PgPool,
+    specs: &[pulse_contract::JobSpec],
+    command: JobsCommand,
+) -> anyhow::Result<String> {
+    Ok(match command {
+        JobsCommand::List(args) => {
+            let filter = admin::Filter {
+                name: args.name,
+                state: args.state,
+                limit: args.limit,
+            };
+            jobs_table(&admin::list(pool, &filter).await?)
+        }
+        JobsCommand::Show { id } => {
+            let row = admin::show(pool, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
+            serde_json::to_string_pretty(&row)?
+        }
+        JobsCommand::Retry(selection) => {
+            let n = admin::retry(pool, &selection.into()).await?;
+            format!("{n} job(s) queued again")
+        }
+        JobsCommand::Cancel(selection) => {
+            let n = admin::cancel(pool, &selection.into()).await?;
+            format!("{n} job(s) cancelled")
+        }
+        JobsCommand::Stats => stats_table(&admin::state_counts(pool).await?),
+        JobsCommand::Pause { queue } => {
+            registry::check_known(specs, [queue.as_str()])?;
+            admin::pause(pool, &queue).await?;
+            format!("queue {queue} paused")
+        }
+        JobsCommand::Resume { queue } => {
+            registry::check_known(specs, [queue.as_str()])?;
+            if admin::resume(pool, &queue).await? {
+                format!("queue {queue} resumed")
+            } else {
+                format!("queue {queue} was not paused")
+            }
+        }
+    })
+}
+
+fn jobs_table(rows: &[admin::JobSummary]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "id",
+        "job",
+        "state",
+        "attempts",
+        "run at",
+        "created",
+        "last error",
+    ]);
+    for job in rows {
+        let mut error = job.last_error.clone().unwrap_or_default();
+        if error.chars().count() > 60 {
+            error = error.chars().take(57).collect::<String>() + "...";
+        }
+        table.add_row([
+            job.id.to_string(),
+            job.job_name.clone(),
+            job.state.to_string(),
+            format!("{}/{}", job.attempts, job.max_attempts),
+            job.run_at.format("%F %T").to_string(),
+            job.created_at.format("%F %T").to_string(),
+            error,
+        ]);
+    }
+    table.to_string()
+}
+
+fn stats_table(counts: &[admin::StateCount]) -> String {
+    let mut names: Vec<&str> = counts.iter().map(|c| c.job_name.as_str()).collect();
+    names.dedup();
+    let mut table = Table::new();
+    let mut header = vec!["job".to_string()];
+    header.extend(JobState::ALL.iter().map(|s| s.to_string()));
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    for name in names {
+        let mut row = vec![name.to_string()];
+        for state in JobState::ALL {
+            let n = counts
+                .iter()
+                .find(|c| c.job_name == name && c.state == state)
+                .map_or(0, |c| c.count);
+            row.push(n.to_string());
+        }
+        table.add_row(row);
+    }
+    table.to_string()
+}
+
 fn secrets(command: &SecretsCommand) -> anyhow::Result<()> {
     use base64::Engine;
     match command {
@@ -273,171 +397,16 @@ fn secrets(command: &SecretsCommand) -> anyhow::Result<()> {
             println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
         }
         SecretsCommand::Seal => {
-            let key = jobs::secrets::key_from_env()?;
+            let key = pulse_domain::secrets::key_from_env()?;
             let mut plaintext = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut plaintext)?;
             println!(
                 "{}",
-                jobs::secrets::seal(plaintext.trim_end_matches(['\n', '\r']), &key)
+                pulse_domain::secrets::seal(plaintext.trim_end_matches(['\n', '\r']), &key)
             );
         }
     }
     Ok(())
-}
-
-fn known_queue(specs: &[jobs::JobSpec], queue: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        specs.iter().any(|s| s.name == queue),
-        "unknown queue `{queue}`; known: {}",
-        specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
-    );
-    Ok(())
-}
-
-/// Runs the chosen roles in this process until SIGTERM or Ctrl-C.
-async fn run_roles(
-    settings: &Settings,
-    specs: &[jobs::JobSpec],
-    worker_args: Option<WorkerArgs>,
-    with_scheduler: bool,
-    with_web: bool,
-    local: bool,
-) -> anyhow::Result<()> {
-    let app_pool = db::app_pool(settings).await?;
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-
-    let mut worker = match &worker_args {
-        Some(args) => {
-            let queues =
-                worker::select_queues(specs, args.queues.as_deref(), args.concurrency, settings)?;
-            let pools = db::queue_pools(settings, queues.len()).await?;
-            let mut fallback = settings.discord.fallback();
-            if fallback.is_none() && local {
-                fallback = Some(start_discord_sink(settings, &mut tasks, stop_rx.clone()).await?);
-            }
-            if local {
-                start_paper_venue(settings, &mut tasks, stop_rx.clone()).await?;
-            }
-            let mut services = jobs::Services::new(
-                std::time::Duration::from_millis(settings.discord.request_timeout_ms),
-                fallback,
-            );
-            services.venue_urls = settings.venues.clone().into_iter().collect();
-            services.venue_requests_per_minute = settings.oms.requests_per_minute_per_account;
-            services.max_external_wait = settings.worker.max_snooze();
-            services.venue_data_urls = settings.market_data.clone().into_iter().collect();
-            services.price_collar = settings.oms.price_collar;
-            services.discord_webhooks = jobs::bounds::WebhookPolicy {
-                extra_origins: settings.discord.allowed_webhook_origins.clone(),
-            };
-            if local && args.demo {
-                crate::demo::seed(&app_pool).await?;
-                tasks.spawn(crate::demo::run(
-                    app_pool.clone(),
-                    std::time::Duration::from_secs(5),
-                    stop_rx.clone(),
-                ));
-                tracing::info!("demo desk: a two-leg intent every 5 s on the paper venue");
-            }
-            tasks.spawn(crate::audit::run_sealer(app_pool.clone(), stop_rx.clone()));
-            Some(worker::start(app_pool.clone(), pools, queues, &settings.worker, services).await?)
-        }
-        None => None,
-    };
-    if with_scheduler {
-        let schedules = scheduler::parse_all(&settings.schedules)?;
-        tasks.spawn(scheduler::run(app_pool.clone(), schedules, stop_rx.clone()));
-    }
-    if with_web {
-        let listener = tokio::net::TcpListener::bind(&settings.web.bind).await?;
-        tracing::info!("web listening on http://{}", listener.local_addr()?);
-        let state = web::AppState::new(app_pool.clone(), settings.clone(), specs);
-        let mut stop_web = stop_rx.clone();
-        tasks.spawn(async move {
-            let shutdown = async move {
-                let _ = stop_web.wait_for(|s| *s).await;
-            };
-            if let Err(error) = web::serve(listener, state, shutdown).await {
-                tracing::error!(%error, "web server failed");
-            }
-        });
-    }
-
-    match worker.as_mut() {
-        Some(w) => tokio::select! {
-            _ = shutdown_signal() => {}
-            _ = w.wait_for_failure() => anyhow::bail!("a queue worker died; exiting so the supervisor restarts us"),
-        },
-        None => shutdown_signal().await,
-    }
-    let _ = stop.send(true);
-    if let Some(w) = worker {
-        w.shutdown().await?;
-    }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
-}
-
-/// Local runs: the paper venue (Alpaca dialect) in this process.
-async fn start_paper_venue(
-    settings: &Settings,
-    tasks: &mut tokio::task::JoinSet<()>,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&settings.paper.bind).await?;
-    tracing::info!(
-        "paper venue (Alpaca dialect) on http://{}",
-        listener.local_addr()?
-    );
-    let venue = crate::paper::PaperVenue::new(crate::paper::PaperOptions {
-        rate_limit_per_minute: u32::try_from(settings.paper.requests_per_minute).unwrap_or(200),
-        ..Default::default()
-    });
-    spawn_until_stopped(tasks, "paper venue", venue.serve(listener), stop);
-    Ok(())
-}
-
-/// Runs a local helper server until `stop` (or until it fails, which is logged).
-fn spawn_until_stopped(
-    tasks: &mut tokio::task::JoinSet<()>,
-    what: &'static str,
-    server: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
-    mut stop: watch::Receiver<bool>,
-) {
-    tasks.spawn(async move {
-        tokio::select! {
-            result = server => if let Err(error) = result {
-                tracing::error!(%error, "{what} failed");
-            },
-            _ = stop.wait_for(|s| *s) => {}
-        }
-    });
-}
-
-/// Local runs without a real Discord webhook: alerts go to the Discord-dialect sink.
-async fn start_discord_sink(
-    settings: &Settings,
-    tasks: &mut tokio::task::JoinSet<()>,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind(&settings.discord.sink_bind).await?;
-    let addr = listener.local_addr()?;
-    tracing::info!(
-        "no Discord webhook configured: alerts go to the local sink, http://{addr}/messages"
-    );
-    let sink = crate::discord_sink::Sink::new(Default::default());
-    spawn_until_stopped(tasks, "Discord sink", sink.serve(listener), stop);
-    Ok(format!("http://{addr}/api/webhooks/0/local-sink"))
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-    }
 }
 
 #[cfg(test)]

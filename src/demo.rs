@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use jobs::tenancy;
+use pulse_domain::tenancy;
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::PgPool;

@@ -1,17 +1,13 @@
-//! Pulse Fleet: the runtime that runs the `jobs` crate's job types on PostgreSQL.
+//! Pulse Fleet's binary: the CLI, configuration, the web process, the wiring that
+//! runs the `pulse-jobs` job types on the `pulse-queue` runtime, the benchmarks and
+//! the demo.
 
-pub mod audit;
 pub mod bench;
-pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
-pub mod discord_sink;
-pub mod paper;
-pub mod queue;
-pub mod scheduler;
-pub mod stats;
+pub mod registry;
+pub mod roles;
 pub mod telemetry;
 pub mod web;
-pub mod worker;

@@ -16,18 +16,17 @@ use std::{
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use jobs::{JobSpec, Services, execute_intent::ExecuteIntent, tenancy};
+use pulse_domain::{Services, tenancy};
+use pulse_jobs::{Env, execute_intent::ExecuteIntent};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::queue::{percentile, recreate_database};
-use crate::{
-    config::Settings,
-    db,
-    paper::{PaperOptions, PaperVenue},
-    worker::{self, QueueSpec},
-};
+use pulse_queue::worker::{self, QueueSpec};
+use pulse_sims::paper::{PaperOptions, PaperVenue};
+
+use crate::{config::Settings, db};
 
 #[derive(Debug, Clone, Args)]
 pub struct IntentBenchArgs {
@@ -64,7 +63,7 @@ pub struct IntentBenchResult {
 const KEY: [u8; 32] = [11; 32];
 
 async fn seed(pool: &PgPool, tenants: usize) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
-    let secret_ref = jobs::secrets::seal("bench-secret", &KEY);
+    let secret_ref = pulse_domain::secrets::seal("bench-secret", &KEY);
     let mut desks = vec![];
     for n in 0..tenants {
         let (tenant, account) = (Uuid::new_v4(), Uuid::new_v4());
@@ -122,7 +121,7 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     settings.database.url = url;
     settings.database.max_connections = (args.concurrency as u32 + 8).min(90);
     let pool = db::app_pool(&settings).await?;
-    db::migrate(&pool, &worker::all_specs(&settings)).await?;
+    db::migrate(&pool, &crate::registry::registered(&settings)).await?;
     let desks = seed(&pool, args.tenants.max(1)).await?;
 
     let venue = PaperVenue::new(PaperOptions {
@@ -143,17 +142,16 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
         pool.clone(),
         pools,
         vec![QueueSpec {
-            job: JobSpec::of::<ExecuteIntent>(),
+            job: pulse_jobs::spec::<ExecuteIntent>(&Env::new(services)),
             concurrency: args.concurrency,
         }],
         &worker_settings,
-        services,
     )
     .await?;
 
     // As in every worker process, audit events are sealed while the OMS runs.
     let (stop_sealer, sealer_stop) = tokio::sync::watch::channel(false);
-    let sealer = tokio::spawn(crate::audit::run_sealer(pool.clone(), sealer_stop));
+    let sealer = tokio::spawn(pulse_domain::audit::run_sealer(pool.clone(), sealer_stop));
 
     // Throughput.
     eprintln!(
@@ -200,7 +198,7 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     handle.shutdown().await?;
     let _ = stop_sealer.send(true);
     sealer.await?;
-    let report = crate::audit::verify(&pool).await?;
+    let report = pulse_domain::audit::verify(&pool).await?;
     anyhow::ensure!(report.is_ok(), "audit chains broken: {:?}", report.problems);
     let mut ms: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM (SELECT max(o.updated_at) FROM orders o WHERE o.intent_id = i.id) - i.created_at)::float8 * 1000

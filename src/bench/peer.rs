@@ -16,11 +16,9 @@ use clap::{Args, ValueEnum};
 use tokio::sync::Notify;
 
 use super::queue::{counting_spec, percentile};
-use crate::{
-    config::Settings,
-    db,
-    worker::{self, QueueSpec},
-};
+use pulse_queue::worker::{self, QueueSpec};
+
+use crate::{config::Settings, db};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Mode {
@@ -62,7 +60,6 @@ pub async fn run(settings: &Settings, args: PeerArgs) -> anyhow::Result<()> {
             concurrency: args.concurrency,
         }],
         &worker_settings,
-        jobs::Services::default(),
     )
     .await?;
     println!(

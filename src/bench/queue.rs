@@ -22,7 +22,7 @@ use std::{
 use anyhow::Context;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use jobs::{Backoff, JobSpec};
+use pulse_contract::{Attempt, JobSpec};
 use serde::Serialize;
 use sqlx::{
     AssertSqlSafe, ConnectOptions, Connection, Executor, PgConnection, PgPool,
@@ -30,10 +30,11 @@ use sqlx::{
 };
 use tokio::sync::Notify;
 
+use pulse_queue::worker::{self, QueueSpec};
+
 use crate::{
     config::{Settings, WorkerSettings},
     db,
-    worker::{self, QueueSpec},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -92,7 +93,7 @@ pub async fn run(settings: &Settings, args: QueueBenchArgs) -> anyhow::Result<()
         .max_connections(8)
         .connect(&url)
         .await?;
-    db::migrate(&pool, &worker::all_specs(&settings)).await?;
+    db::migrate(&pool, &crate::registry::registered(&settings)).await?;
 
     let mut result = QueueBenchResult {
         drain_jobs: args.jobs,
@@ -164,28 +165,25 @@ pub(crate) fn counting_spec(
     all_done: Arc<Notify>,
     latencies: Arc<Mutex<Vec<f64>>>,
 ) -> JobSpec {
-    JobSpec {
-        name: "canary",
-        max_attempts: 5,
-        timeout: Duration::from_secs(60),
-        backoff: Backoff::DEFAULT,
-        handler: Arc::new(move |payload, _ctx| {
-            if let Some(ts) = payload.get("ts").and_then(|v| v.as_f64()) {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64();
-                latencies
-                    .lock()
-                    .expect("latencies")
-                    .push((now - ts) * 1000.0);
-            }
-            if done.fetch_add(1, Ordering::AcqRel) + 1 == target {
-                all_done.notify_one();
-            }
-            Box::pin(async { Ok(()) })
-        }),
-    }
+    let mut spec = JobSpec::typed("canary", move |payload: serde_json::Value, _: Attempt| {
+        if let Some(ts) = payload.get("ts").and_then(|v| v.as_f64()) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            latencies
+                .lock()
+                .expect("latencies")
+                .push((now - ts) * 1000.0);
+        }
+        if done.fetch_add(1, Ordering::AcqRel) + 1 == target {
+            all_done.notify_one();
+        }
+        std::future::ready(Ok(()))
+    });
+    spec.max_attempts = 5;
+    spec.timeout = Duration::from_secs(60);
+    spec
 }
 
 async fn drain(
@@ -218,7 +216,6 @@ async fn drain(
             concurrency: args.concurrency,
         }],
         &bench_settings(settings, args),
-        jobs::Services::default(),
     )
     .await?;
     tokio::time::timeout(Duration::from_secs(600), all_done.notified())
@@ -260,7 +257,6 @@ async fn latency(
             concurrency: 16,
         }],
         &bench_settings(settings, args),
-        jobs::Services::default(),
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -56,7 +56,7 @@ pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Byt
         return error(StatusCode::BAD_REQUEST, "malformed_json");
     };
     // Verified above on the raw bytes; stored without NULs, which jsonb refuses.
-    jobs::bounds::strip_nul(&mut event);
+    pulse_domain::bounds::strip_nul(&mut event);
     let (Some(id), Some(kind), Some(created)) = (
         event.get("id").and_then(Value::as_str),
         event.get("type").and_then(Value::as_str),
@@ -133,7 +133,7 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     let Ok(mut payload) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "malformed_json");
     };
-    jobs::bounds::strip_nul(&mut payload);
+    pulse_domain::bounds::strip_nul(&mut payload);
     let kind = payload
         .get("type")
         .and_then(Value::as_str)

@@ -1,10 +1,11 @@
-//! `/metrics`, Prometheus text format, encoded by prometheus-client from a snapshot
-//! of `fleet.stats` (after folding pending deltas), the queues' head-of-line lag and
-//! the live worker count. Fleet-wide: every worker process reports through the
+//! `/metrics`, Prometheus text format, encoded by prometheus-client from a
+//! [`Snapshot`] the read model takes: `fleet.stats` (after folding pending deltas), the
+//! queues' head-of-line lag and the live worker count. Fleet-wide: every worker process reports through the
 //! database, so one scrape of the web process sees them all.
 
 use std::collections::BTreeMap;
 
+use super::{AppState, read_model};
 use axum::{
     extract::State,
     http::{StatusCode, header},
@@ -16,10 +17,7 @@ use prometheus_client::{
     metrics::MetricType,
     registry::Registry,
 };
-use sqlx::PgPool;
-
-use super::{AppState, queue_lags};
-use crate::stats::BUCKETS;
+use pulse_queue::stats::BUCKETS;
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -27,32 +25,6 @@ pub struct Snapshot {
     pub stats: BTreeMap<(String, String, String), f64>,
     pub lags: Vec<(String, f64)>,
     pub live_workers: i64,
-}
-
-pub async fn snapshot(pool: &PgPool, names: &[String], lease_secs: f64) -> sqlx::Result<Snapshot> {
-    sqlx::query("SELECT fleet.roll_up_stats()")
-        .execute(pool)
-        .await?;
-    let rows: Vec<(String, String, String, f64)> =
-        sqlx::query_as("SELECT metric, job_name, label, value FROM fleet.stats")
-            .fetch_all(pool)
-            .await?;
-    let lags = queue_lags(pool, names).await?;
-    let live_workers: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM fleet.workers
-         WHERE stopped_at IS NULL AND last_heartbeat_at > now() - make_interval(secs => $1)",
-    )
-    .bind(lease_secs)
-    .fetch_one(pool)
-    .await?;
-    Ok(Snapshot {
-        stats: rows
-            .into_iter()
-            .map(|(m, j, l, v)| ((m, j, l), v))
-            .collect(),
-        lags,
-        live_workers,
-    })
 }
 
 impl Snapshot {
@@ -199,7 +171,7 @@ pub fn render(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let lease = state.settings.worker.lease_timeout().as_secs_f64();
-    let snap = match snapshot(&state.pool, &state.job_names, lease).await {
+    let snap = match read_model::metrics(&state.pool, &state.job_names, lease).await {
         Ok(s) => s,
         Err(error) => {
             return (

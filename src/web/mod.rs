@@ -3,10 +3,12 @@
 //! None of them scans the job table: counts come from `fleet.stats`, lag from one
 //! index probe per queue.
 
+mod dashboard;
 mod health;
 mod ingress;
 mod metrics;
 pub mod operator;
+pub mod read_model;
 pub mod signature;
 
 use std::{future::Future, sync::Arc};
@@ -28,7 +30,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, settings: Settings, specs: &[jobs::JobSpec]) -> Self {
+    pub fn new(pool: PgPool, settings: Settings, specs: &[pulse_contract::JobSpec]) -> Self {
         Self {
             pool,
             settings: Arc::new(settings),
@@ -43,7 +45,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.web.max_body_bytes;
     let operators = Router::new()
-        .route("/", get(health::dashboard))
+        .route("/", get(dashboard::dashboard))
         .route("/metrics", get(metrics::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -66,22 +68,4 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// Seconds the job at the head of each queue has been due (0 when none is due): one
-/// probe of the claim index per queue.
-pub async fn queue_lags(pool: &PgPool, names: &[String]) -> sqlx::Result<Vec<(String, f64)>> {
-    sqlx::query_as(
-        "SELECT q.name, coalesce(extract(epoch FROM now() - head.run_at)::float8, 0)
-         FROM unnest($1::text[]) AS q(name)
-         LEFT JOIN LATERAL (
-             SELECT j.run_at FROM fleet.jobs j
-             WHERE j.job_name = q.name AND j.state = 'available' AND j.run_at <= now()
-             ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1
-         ) head ON true
-         ORDER BY q.name",
-    )
-    .bind(names)
-    .fetch_all(pool)
-    .await
 }

@@ -15,16 +15,15 @@ use std::{
     path::PathBuf,
     process::{Command, Stdio},
     str::FromStr,
-    sync::Arc,
     time::Duration,
 };
 
-use jobs::{Backoff, JobSpec};
+use pulse_contract::{Attempt, Backoff, JobSpec};
 use pulse_fleet::{
     config::{Settings, WorkerSettings},
     db,
-    worker::{self, QueueSpec},
 };
+use pulse_queue::worker::{self, QueueSpec};
 use sqlx::{
     ConnectOptions, Executor, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -169,29 +168,28 @@ impl Drop for Cluster {
 /// The probe job: waits a moment (so crashes land mid-attempt, with its claim not
 /// yet flushed), then records its attempt durably.
 fn probe() -> JobSpec {
-    JobSpec {
-        name: "crash_probe",
-        max_attempts: 100,
-        timeout: Duration::from_secs(30),
-        backoff: Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            jitter: 0.0,
+    let mut spec = JobSpec::typed(
+        "crash_probe",
+        |payload: serde_json::Value, ctx: Attempt| async move {
+            let sleep = payload["sleep_ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(sleep)).await;
+            sqlx::query("INSERT INTO runs (job_id, attempt_id, attempt) VALUES ($1, $2, $3)")
+                .bind(ctx.job_id)
+                .bind(ctx.attempt_id)
+                .bind(ctx.attempt)
+                .execute(&ctx.pool)
+                .await?;
+            Ok(())
         },
-        handler: Arc::new(|payload, ctx| {
-            Box::pin(async move {
-                let sleep = payload["sleep_ms"].as_u64().unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(sleep)).await;
-                sqlx::query("INSERT INTO runs (job_id, attempt_id, attempt) VALUES ($1, $2, $3)")
-                    .bind(ctx.job_id)
-                    .bind(ctx.attempt_id)
-                    .bind(ctx.attempt)
-                    .execute(&ctx.pool)
-                    .await?;
-                Ok(())
-            })
-        }),
-    }
+    );
+    spec.max_attempts = 100;
+    spec.timeout = Duration::from_secs(30);
+    spec.backoff = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        jitter: 0.0,
+    };
+    spec
 }
 
 fn worker_settings() -> WorkerSettings {
@@ -255,7 +253,7 @@ async fn crashes_of_the_database_lose_no_job_strand_none_and_never_reuse_a_fenci
         .unwrap();
     let url = cluster.url("crash");
     let app = pool(&url).await;
-    let mut specs = jobs::registry();
+    let mut specs = pulse_jobs::registry(&pulse_jobs::Env::default());
     specs.push(probe());
     db::migrate(&app, &specs).await.unwrap();
     app.execute("CREATE TABLE runs (job_id bigint NOT NULL, attempt_id uuid NOT NULL, attempt int NOT NULL)")
@@ -273,7 +271,6 @@ async fn crashes_of_the_database_lose_no_job_strand_none_and_never_reuse_a_fenci
             concurrency: 16,
         }],
         &worker_settings(),
-        jobs::Services::default(),
     )
     .await
     .unwrap();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pulse_fleet::discord_sink::{Sink, SinkOptions};
+use pulse_sims::discord_sink::{Sink, SinkOptions};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -15,8 +15,8 @@ async fn sink(options: SinkOptions) -> (Sink, String) {
     (sink, format!("http://{addr}"))
 }
 
-fn alert_jobs() -> Vec<jobs::JobSpec> {
-    vec![jobs::JobSpec::of::<jobs::send_alert::SendAlert>()]
+fn alert_jobs() -> Vec<pulse_jobs::JobSpec> {
+    vec![job::<pulse_jobs::send_alert::SendAlert>()]
 }
 
 pub(crate) async fn user_with_webhook(db: &TestDb, user: &str, url: &str) {
@@ -83,7 +83,7 @@ async fn an_alert_becomes_one_colour_coded_embed_within_discords_limits() {
     let embed = &received[0].message.embeds[0];
     assert_eq!(embed.color, Some(0x2ECC71));
     assert_eq!(embed.title.as_deref(), Some("Filled"));
-    assert!(received[0].message.text_len() <= jobs::discord::limits::TOTAL);
+    assert!(received[0].message.text_len() <= pulse_domain::discord::limits::TOTAL);
     assert!(embed.fields.len() <= 25);
     assert!(
         embed.fields.iter().any(|f| f.value.ends_with('…')),

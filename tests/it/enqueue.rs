@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pulse_fleet::queue::enqueue::{EnqueueOptions, enqueue};
+use pulse_queue::enqueue::{EnqueueOptions, enqueue};
 
 use crate::helpers::*;
 
@@ -32,8 +32,11 @@ async fn a_row_trigger_enqueues_exactly_one_job_whose_payload_parses_as_the_job_
             .await
             .unwrap();
     assert_eq!(rows.len(), 1, "exactly one job per inserted row");
-    assert_eq!(rows[0].0, <jobs::canary::Canary as jobs::Job>::NAME);
-    let job: jobs::canary::Canary = serde_json::from_value(rows[0].1.clone())
+    assert_eq!(
+        rows[0].0,
+        <pulse_jobs::canary::Canary as pulse_jobs::Job>::NAME
+    );
+    let job: pulse_jobs::canary::Canary = serde_json::from_value(rows[0].1.clone())
         .expect("the trigger's payload deserializes into the job type");
     assert_eq!(job.sleep_ms, 7);
     assert_eq!(rows[0].2.as_deref(), Some("probe:1"));

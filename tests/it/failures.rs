@@ -8,8 +8,9 @@ use std::{
     time::Duration,
 };
 
-use jobs::JobError;
-use pulse_fleet::queue::{
+use pulse_jobs::JobError;
+use pulse_queue::{
+    JobState,
     ack::{self, Ack, Settle},
     admin::{self, Selection},
     enqueue::EnqueueOptions,
@@ -22,7 +23,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn retryable_failures_back_off_exponentially_then_the_job_is_dead_with_every_error() {
     let always_fails = spec("always_fails", 3, NO_JITTER, |_, ctx| async move {
-        Err(JobError::Retryable(format!(
+        Err(JobError::retryable(format!(
             "upstream 503 on attempt {}",
             ctx.attempt
         )))
@@ -91,8 +92,8 @@ async fn a_snooze_reschedules_without_using_an_attempt_or_recording_an_error() {
 #[tokio::test]
 async fn a_permanent_failure_is_dead_at_once() {
     let rejects = spec("rejects", 25, NO_JITTER, |_, _| async {
-        Err(JobError::Permanent(
-            "venue said 422: client_order_id reused".into(),
+        Err(JobError::permanent(
+            "venue said 422: client_order_id reused",
         ))
     });
     let db = TestDb::new(std::slice::from_ref(&rejects)).await;
@@ -311,20 +312,20 @@ async fn operators_retry_dead_jobs_and_cancel_waiting_ones() {
     let out = admin::retry(&db.pool, &Selection::ids(vec![dead]))
         .await
         .unwrap();
-    assert_eq!(out, "1 job(s) queued again");
+    assert_eq!(out, 1, "one job queued again");
     let j = db.job(dead).await;
     assert_eq!((j.state.as_str(), j.attempts), ("available", 0));
 
     let out = admin::cancel(&db.pool, &Selection::ids(vec![waiting]))
         .await
         .unwrap();
-    assert_eq!(out, "1 job(s) cancelled");
+    assert_eq!(out, 1, "one job cancelled");
     assert_eq!(db.job(waiting).await.state, "cancelled");
     // Retrying what is not dead or cancelled changes nothing.
     let out = admin::retry(&db.pool, &Selection::ids(vec![dead]))
         .await
         .unwrap();
-    assert_eq!(out, "0 job(s) queued again");
+    assert_eq!(out, 0, "nothing queued again");
     let listed = admin::list(
         &db.pool,
         &admin::Filter {
@@ -334,9 +335,10 @@ async fn operators_retry_dead_jobs_and_cancel_waiting_ones() {
     )
     .await
     .unwrap();
+    let states: Vec<JobState> = listed.iter().map(|j| j.state).collect();
     assert!(
-        listed.contains("cancelled") && listed.contains("available"),
-        "{listed}"
+        states.contains(&JobState::Cancelled) && states.contains(&JobState::Available),
+        "{listed:?}"
     );
 }
 
@@ -384,8 +386,9 @@ async fn prune_deletes_expired_jobs_and_workers_and_recounts_states() {
     .unwrap();
     // Those hand edits bypassed the counters; prune's recount must heal them.
     let settings = db.settings();
-    let prune = pulse_fleet::builtin::prune::spec(settings.retention.clone());
-    let ctx = jobs::JobContext {
+    let specs = pulse_jobs::registry(&pulse_jobs::Env::default());
+    let prune = pulse_queue::prune::spec(settings.retention.clone(), &specs);
+    let attempt = pulse_contract::Attempt {
         pool: db.pool.clone(),
         job_id: 0,
         job_name: "prune",
@@ -393,9 +396,10 @@ async fn prune_deletes_expired_jobs_and_workers_and_recounts_states() {
         attempt_id: uuid::Uuid::new_v4(),
         max_attempts: 3,
         enqueued_at: chrono::Utc::now(),
-        services: std::sync::Arc::new(jobs::Services::default()),
     };
-    (prune.handler)(serde_json::json!({}), ctx).await.unwrap();
+    (prune.handler)(serde_json::json!({}), attempt)
+        .await
+        .unwrap();
 
     let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM fleet.jobs ORDER BY id")
         .fetch_all(&db.pool)
@@ -413,12 +417,18 @@ async fn prune_deletes_expired_jobs_and_workers_and_recounts_states() {
         "processed events older than 30 days are pruned"
     );
     let counts = admin::state_counts(&db.pool).await.unwrap();
-    let n = |state: &str| {
+    let n = |state: JobState| {
         counts
             .iter()
-            .find(|c| c.1 == state)
-            .map(|c| c.2)
-            .unwrap_or(0)
+            .find(|c| c.state == state)
+            .map_or(0, |c| c.count)
     };
-    assert_eq!((n("completed"), n("available"), n("dead")), (1, 1, 0));
+    assert_eq!(
+        (
+            n(JobState::Completed),
+            n(JobState::Available),
+            n(JobState::Dead)
+        ),
+        (1, 1, 0)
+    );
 }

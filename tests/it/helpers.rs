@@ -1,13 +1,13 @@
 //! Test support: a fresh database per test, in-process workers, real worker
 //! processes, and waiting on conditions (never on time alone).
 
-use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
+use std::{future::Future, str::FromStr, time::Duration};
 
-use jobs::{Backoff, JobContext, JobError, JobSpec};
-use pulse_fleet::{
-    config::WorkerSettings,
-    db,
-    queue::enqueue::{EnqueueOptions, enqueue},
+use pulse_contract::{Attempt, Backoff, JobError, JobSpec};
+use pulse_fleet::{config::WorkerSettings, db};
+use pulse_jobs::{Env, Job};
+use pulse_queue::{
+    enqueue::{EnqueueOptions, enqueue},
     worker::{self, QueueSpec, WorkerHandle},
 };
 use sqlx::{
@@ -51,7 +51,7 @@ impl TestDb {
             .connect(&url)
             .await
             .expect("connect to test database");
-        let mut specs = jobs::registry();
+        let mut specs = pulse_jobs::registry(&Env::default());
         specs.extend(extra.iter().cloned());
         db::migrate(&pool, &specs).await.expect("migrate");
         sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'test tenant')")
@@ -120,7 +120,7 @@ impl TestDb {
             .into_iter()
             .map(|job| QueueSpec { job, concurrency })
             .collect();
-        worker::start(self.pool.clone(), pools, queues, &settings, test_services())
+        worker::start(self.pool.clone(), pools, queues, &settings)
             .await
             .expect("start worker")
     }
@@ -133,7 +133,7 @@ impl TestDb {
     ) -> String {
         let mut settings = self.settings();
         adjust(&mut settings);
-        let specs = pulse_fleet::worker::all_specs(&settings);
+        let specs = pulse_fleet::registry::registered(&settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = pulse_fleet::web::AppState::new(self.pool.clone(), settings, &specs);
@@ -230,10 +230,15 @@ pub fn load_test_settings() -> pulse_fleet::config::Settings {
 
 /// What in-process test workers use: default services, with alert webhooks allowed on
 /// this machine's loopback (where the tests' Discord-dialect servers listen).
-pub fn test_services() -> jobs::Services {
-    let mut services = jobs::Services::default();
+pub fn test_services() -> pulse_domain::Services {
+    let mut services = pulse_domain::Services::default();
     services.discord_webhooks.extra_origins = vec!["http://127.0.0.1".into()];
     services
+}
+
+/// The specs of job `J` as in-process test workers run it (with [`test_services`]).
+pub fn job<J: Job>() -> JobSpec {
+    pulse_jobs::spec::<J>(&Env::new(test_services()))
 }
 
 /// Fast polls and short leases, so failure paths finish in seconds.
@@ -262,20 +267,14 @@ where
 /// A job spec whose handler is a closure (tests' own job types).
 pub fn spec<F, Fut>(name: &'static str, max_attempts: i32, backoff: Backoff, run: F) -> JobSpec
 where
-    F: Fn(serde_json::Value, JobContext) -> Fut + Send + Sync + 'static,
+    F: Fn(serde_json::Value, Attempt) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
-    let run = Arc::new(run);
-    JobSpec {
-        name,
-        max_attempts,
-        timeout: Duration::from_secs(30),
-        backoff,
-        handler: Arc::new(move |payload, ctx| {
-            let run = run.clone();
-            Box::pin(async move { run(payload, ctx).await })
-        }),
-    }
+    let mut spec = JobSpec::typed(name, run);
+    spec.max_attempts = max_attempts;
+    spec.timeout = Duration::from_secs(30);
+    spec.backoff = backoff;
+    spec
 }
 
 pub const NO_JITTER: Backoff = Backoff {
@@ -286,7 +285,7 @@ pub const NO_JITTER: Backoff = Backoff {
 
 /// The canary spec of the registry (what worker processes run).
 pub fn canary() -> JobSpec {
-    JobSpec::of::<jobs::canary::Canary>()
+    job::<pulse_jobs::canary::Canary>()
 }
 
 /// A real `pulse-fleet` process against the test database.

@@ -3,11 +3,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use jobs::{JobSpec, Services, execute_intent::ExecuteIntent, tenancy};
-use pulse_fleet::{
-    paper::{PaperOptions, PaperVenue},
-    worker::WorkerHandle,
-};
+use pulse_domain::{Services, tenancy};
+use pulse_jobs::{Env, execute_intent::ExecuteIntent};
+use pulse_queue::worker::WorkerHandle;
+use pulse_sims::paper::{PaperOptions, PaperVenue};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -38,7 +37,7 @@ pub(crate) async fn desk(options: PaperOptions, allocated: i64) -> Desk {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(venue.clone().serve(listener));
     let (tenant, account) = (Uuid::new_v4(), Uuid::new_v4());
-    let secret_ref = jobs::secrets::seal(API_SECRET, &KEY);
+    let secret_ref = pulse_domain::secrets::seal(API_SECRET, &KEY);
     pulse_fleet::demo::open_desk(
         &db.pool,
         tenant,
@@ -78,15 +77,14 @@ impl Desk {
     pub async fn start_worker_with(&mut self, services: Services) {
         let s = self.db.settings();
         let pools = pulse_fleet::db::queue_pools(&s, 1).await.unwrap();
-        let worker = pulse_fleet::worker::start(
+        let worker = pulse_queue::worker::start(
             self.db.pool.clone(),
             pools,
-            vec![pulse_fleet::worker::QueueSpec {
-                job: JobSpec::of::<ExecuteIntent>(),
+            vec![pulse_queue::worker::QueueSpec {
+                job: pulse_jobs::spec::<ExecuteIntent>(&Env::new(services)),
                 concurrency: 4,
             }],
             &test_worker_settings(),
-            services,
         )
         .await
         .unwrap();
@@ -166,23 +164,27 @@ async fn an_order_the_venue_already_has_is_adopted_not_sent_again() {
     // it look the order up and adopt it.
     let desk = desk(PaperOptions::default(), 10_000).await;
     let id = Uuid::new_v4();
-    let venue = jobs::venue::alpaca::AlpacaClient::new(
+    let venue = pulse_domain::venue::alpaca::AlpacaClient::new(
         reqwest::Client::new(),
         &desk.base,
         "PKTEST",
-        jobs::secrets::resolve_with("env:S", |_| Some(API_SECRET.into()), || unreachable!())
-            .unwrap(),
+        pulse_domain::secrets::resolve_with(
+            "env:S",
+            |_| Some(API_SECRET.into()),
+            || unreachable!(),
+        )
+        .unwrap(),
     );
-    use jobs::venue::Venue;
+    use pulse_domain::venue::Venue;
     let earlier = venue
-        .create_order(&jobs::venue::OrderRequest {
+        .create_order(&pulse_domain::venue::OrderRequest {
             symbol: "AAPL".into(),
             qty: 2.into(),
-            side: jobs::venue::Side::Buy,
-            order_type: jobs::venue::OrderType::Market,
+            side: pulse_domain::venue::Side::Buy,
+            order_type: pulse_domain::venue::OrderType::Market,
             time_in_force: "day".into(),
             limit_price: None,
-            client_order_id: jobs::execute_intent::client_order_id(desk.tenant, id, 0),
+            client_order_id: pulse_jobs::execute_intent::client_order_id(desk.tenant, id, 0),
         })
         .await
         .unwrap();
@@ -219,7 +221,7 @@ async fn intents_planned_in_one_batch_are_judged_one_by_one() {
     let e = desk
         .intent("e", vec![json!({"account_id": desk.account})])
         .await;
-    let verdicts = jobs::execute_intent::plan_together(
+    let verdicts = pulse_jobs::execute_intent::plan_together(
         &desk.db.pool,
         &services,
         desk.tenant,
@@ -256,9 +258,10 @@ async fn intents_planned_in_one_batch_are_judged_one_by_one() {
             .unwrap();
     assert_eq!(locks, [("AAPL".to_string(), a), ("MSFT".to_string(), c)]);
     // Planned twice is planned once.
-    let again = jobs::execute_intent::plan_together(&desk.db.pool, &services, desk.tenant, &[a, c])
-        .await
-        .unwrap();
+    let again =
+        pulse_jobs::execute_intent::plan_together(&desk.db.pool, &services, desk.tenant, &[a, c])
+            .await
+            .unwrap();
     assert_eq!(again, ["not pending: submitted", "not pending: submitted"]);
 }
 
@@ -339,10 +342,14 @@ async fn an_intent_carried_over_attempts_renews_its_entry_locks() {
     .await;
     let mut desk = desk.stop().await;
     let id = desk.intent("renew", vec![desk.leg("AAPL", "buy", 1)]).await;
-    let planned =
-        jobs::execute_intent::plan_together(&desk.db.pool, &desk.services(), desk.tenant, &[id])
-            .await
-            .unwrap();
+    let planned = pulse_jobs::execute_intent::plan_together(
+        &desk.db.pool,
+        &desk.services(),
+        desk.tenant,
+        &[id],
+    )
+    .await
+    .unwrap();
     assert_eq!(planned, ["planned"]);
     // As if the planning attempt died long ago: its lock is about to expire.
     sqlx::query("UPDATE entry_locks SET expires_at = now() + interval '1 second'")
@@ -446,7 +453,7 @@ async fn a_two_leg_intent_trades_through_the_paper_venue() {
     );
     assert_eq!(
         orders[0].0,
-        jobs::execute_intent::client_order_id(desk.tenant, id, 0)
+        pulse_jobs::execute_intent::client_order_id(desk.tenant, id, 0)
     );
     assert_eq!(desk.venue.orders().len(), 2);
     assert_eq!(
@@ -557,7 +564,7 @@ async fn a_rejected_leg_unwinds_its_filled_sibling_and_restores_the_ledger() {
         2,
         "the AAPL buy and its closing sell: {venue_orders:?}"
     );
-    assert_eq!(venue_orders[1].side, jobs::venue::Side::Sell);
+    assert_eq!(venue_orders[1].side, pulse_sims::paper::Side::Sell);
     assert_eq!(venue_orders[1].qty, rust_decimal::Decimal::from(4));
     assert_eq!(
         desk.reserved().await,

@@ -59,8 +59,8 @@ async fn route(db: &TestDb, customer: &str) {
     .unwrap();
 }
 
-fn payment_jobs() -> Vec<jobs::JobSpec> {
-    vec![jobs::JobSpec::of::<jobs::process_payment::ProcessPayment>()]
+fn payment_jobs() -> Vec<pulse_jobs::JobSpec> {
+    vec![job::<pulse_jobs::process_payment::ProcessPayment>()]
 }
 
 #[tokio::test]
@@ -252,7 +252,7 @@ async fn a_failed_payment_alerts_the_customers_user_and_unknown_types_are_ignore
     let db = TestDb::new(&[]).await;
     let url = serve(&db).await;
     let mut jobs = payment_jobs();
-    jobs.push(jobs::JobSpec::of::<jobs::send_alert::SendAlert>());
+    jobs.push(job::<pulse_jobs::send_alert::SendAlert>());
     let worker = db.start_worker(jobs, 4).await;
     // The failure arrives before the checkout that tells whose customer cus_7 is: it
     // waits (retries) for the route instead of being lost or misfiled.

@@ -3,7 +3,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{TimeZone, Utc};
-use pulse_fleet::{config::ScheduleSettings, scheduler};
+use pulse_fleet::config::ScheduleSettings;
+use pulse_queue::scheduler;
 
 use crate::helpers::*;
 

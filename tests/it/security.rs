@@ -314,7 +314,7 @@ async fn f03_a_clients_tenant_is_checked_against_its_verified_user() {
     conn.execute("ROLLBACK").await.unwrap();
     drop(conn);
     // Workers still set their tenant per transaction, unchecked.
-    let mut tx = jobs::tenancy::begin(&db.pool, other).await.unwrap();
+    let mut tx = pulse_domain::tenancy::begin(&db.pool, other).await.unwrap();
     let users: Vec<String> = sqlx::query_scalar("SELECT user_id FROM user_symbols")
         .fetch_all(&mut *tx)
         .await
@@ -380,8 +380,8 @@ async fn alert_row(db: &TestDb, alert: i64) -> (String, Option<String>) {
         .unwrap()
 }
 
-fn alert_jobs() -> Vec<jobs::JobSpec> {
-    vec![jobs::JobSpec::of::<jobs::send_alert::SendAlert>(), canary()]
+fn alert_jobs() -> Vec<pulse_jobs::JobSpec> {
+    vec![job::<pulse_jobs::send_alert::SendAlert>(), canary()]
 }
 
 #[tokio::test]
@@ -456,20 +456,21 @@ async fn f05_alert_webhooks_reach_only_discord_and_never_echo_a_foreign_body() {
     .await;
 
     // With Discord only (production's policy), the internal URL is never called.
-    let mut services = jobs::Services::default();
+    let mut services = pulse_domain::Services::default();
     services.discord_webhooks.extra_origins = vec![];
     let pools = pulse_fleet::db::queue_pools(&db.settings(), 1)
         .await
         .unwrap();
-    let worker = pulse_fleet::worker::start(
+    let worker = pulse_queue::worker::start(
         db.pool.clone(),
         pools,
-        vec![pulse_fleet::worker::QueueSpec {
-            job: jobs::JobSpec::of::<jobs::send_alert::SendAlert>(),
+        vec![pulse_queue::worker::QueueSpec {
+            job: pulse_jobs::spec::<pulse_jobs::send_alert::SendAlert>(&pulse_jobs::Env::new(
+                services,
+            )),
             concurrency: 2,
         }],
         &test_worker_settings(),
-        services,
     )
     .await
     .unwrap();
@@ -532,7 +533,11 @@ impl Drop for DropFlag {
 }
 
 /// A job type whose handler hangs for a minute, holding a [`DropFlag`].
-fn hanging(name: &'static str, max_attempts: i32, dropped: Arc<AtomicUsize>) -> jobs::JobSpec {
+fn hanging(
+    name: &'static str,
+    max_attempts: i32,
+    dropped: Arc<AtomicUsize>,
+) -> pulse_jobs::JobSpec {
     spec(name, max_attempts, NO_JITTER, move |_, _| {
         let flag = DropFlag(dropped.clone());
         async move {
@@ -583,7 +588,7 @@ async fn f11_a_worker_that_cannot_heartbeat_aborts_its_attempts_before_its_lease
 #[tokio::test]
 async fn f12_an_error_text_jsonb_refuses_blocks_no_other_ack() {
     let nul = spec("nul_error", 1, NO_JITTER, |_, _| async {
-        Err(jobs::JobError::Retryable("bad \0 byte".into()))
+        Err(pulse_jobs::JobError::retryable("bad \0 byte"))
     });
     let db = TestDb::new(std::slice::from_ref(&nul)).await;
     let worker = db.start_worker(vec![nul, canary()], 4).await;
@@ -656,7 +661,7 @@ async fn f12_past_the_grace_period_handlers_are_aborted_and_the_attempt_counts()
 
 #[tokio::test]
 async fn f12_jobs_claimed_as_the_worker_stops_are_handed_back_unused() {
-    use pulse_fleet::queue::{
+    use pulse_queue::{
         ack::Acker,
         fetcher::{self, FetcherConfig, FetcherLinks},
         holdings::Holdings,
@@ -669,7 +674,7 @@ async fn f12_jobs_claimed_as_the_worker_stops_are_handed_back_unused() {
     let holdings = Holdings::new();
     let (acks, acker) = Acker::spawn(
         db.pool.clone(),
-        pulse_fleet::stats::Recorder::default(),
+        pulse_queue::stats::Recorder::default(),
         holdings.clone(),
     );
     // The worker is gone (its backend dropped the receiving end) while the fetcher's
@@ -756,10 +761,7 @@ async fn f13_a_replayed_watcher_body_never_overrides_a_newer_state() {
     }
     assert_eq!(db.count("SELECT count(*) FROM watcher_events").await, 2);
     let worker = db
-        .start_worker(
-            vec![jobs::JobSpec::of::<jobs::sync_watcher::SyncWatcher>()],
-            2,
-        )
+        .start_worker(vec![job::<pulse_jobs::sync_watcher::SyncWatcher>()], 2)
         .await;
     db.drain().await;
     worker.shutdown().await.unwrap();
@@ -864,7 +866,7 @@ async fn f14_operator_pages_need_the_operator_credential() {
 }
 
 mod oms {
-    use pulse_fleet::paper::PaperOptions;
+    use pulse_sims::paper::PaperOptions;
     use rust_decimal::Decimal;
 
     use super::*;
@@ -1120,7 +1122,7 @@ mod oms {
         // The lost leg was found at the venue (filled) and closed by an opposite order;
         // nothing is left unknown and no reservation leaked.
         let rows = order_rows(&desk, id).await;
-        assert_eq!(rows[0].1, "canceled", "{rows:?}");
+        assert_eq!(rows[0].1, "cancelled", "{rows:?}");
         assert!(rows[0].2.is_some(), "the lost leg was resolved: {rows:?}");
         assert_eq!(rows[1].1, "rejected");
         assert_eq!(rows.iter().filter(|r| r.1 == "submit_unknown").count(), 0);
@@ -1128,7 +1130,7 @@ mod oms {
             .venue
             .orders()
             .into_iter()
-            .filter(|o| o.symbol == "LOST" && o.side == jobs::venue::Side::Sell)
+            .filter(|o| o.symbol == "LOST" && o.side == pulse_sims::paper::Side::Sell)
             .map(|o| o.qty)
             .collect::<Vec<_>>();
         assert_eq!(

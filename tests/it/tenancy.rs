@@ -1,7 +1,7 @@
 //! Tenant isolation, the capital ledger invariant and the audit chain, enforced by
 //! the database.
 
-use jobs::tenancy;
+use pulse_domain::tenancy;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -204,7 +204,7 @@ async fn audit_events_are_append_only_and_verify_catches_a_tampered_or_missing_r
     }
     record(&db.pool, b.id, "kill_switch_engaged", "acct").await;
     // Appended unsealed; not even the owner can change an unsealed event's contents.
-    let report = pulse_fleet::audit::verify(&db.pool).await.unwrap();
+    let report = pulse_domain::audit::verify(&db.pool).await.unwrap();
     assert_eq!((report.events, report.unsealed), (0, 5));
     let refused =
         sqlx::query("UPDATE audit_events SET subject_id = 'i-9' WHERE subject_id = 'i-0'")
@@ -213,9 +213,9 @@ async fn audit_events_are_append_only_and_verify_catches_a_tampered_or_missing_r
             .unwrap_err();
     assert!(refused.to_string().contains("append-only"), "{refused}");
 
-    assert_eq!(pulse_fleet::audit::seal_all(&db.pool).await.unwrap(), 5);
-    assert_eq!(pulse_fleet::audit::seal_all(&db.pool).await.unwrap(), 0);
-    let report = pulse_fleet::audit::verify(&db.pool).await.unwrap();
+    assert_eq!(pulse_domain::audit::seal_all(&db.pool).await.unwrap(), 5);
+    assert_eq!(pulse_domain::audit::seal_all(&db.pool).await.unwrap(), 0);
+    let report = pulse_domain::audit::verify(&db.pool).await.unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!((report.tenants, report.events, report.unsealed), (2, 5, 0));
     // A sealed event cannot be sealed again with another hash.
@@ -226,8 +226,8 @@ async fn audit_events_are_append_only_and_verify_catches_a_tampered_or_missing_r
     assert!(refused.to_string().contains("append-only"), "{refused}");
     // Later events continue the chain.
     record(&db.pool, a.id, "intent_rejected", "i-4").await;
-    assert_eq!(pulse_fleet::audit::seal_all(&db.pool).await.unwrap(), 1);
-    let report = pulse_fleet::audit::verify(&db.pool).await.unwrap();
+    assert_eq!(pulse_domain::audit::seal_all(&db.pool).await.unwrap(), 1);
+    let report = pulse_domain::audit::verify(&db.pool).await.unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!((report.events, report.unsealed), (6, 0));
 
@@ -262,7 +262,7 @@ async fn audit_events_are_append_only_and_verify_catches_a_tampered_or_missing_r
     .execute(&db.pool)
     .await
     .unwrap();
-    let report = pulse_fleet::audit::verify(&db.pool).await.unwrap();
+    let report = pulse_domain::audit::verify(&db.pool).await.unwrap();
     let problems = report.problems.join("\n");
     assert!(
         problems.contains("seq 2 (intent i-1) was altered"),

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use jobs::{
+use pulse_domain::{
     secrets::Secret,
+    status::OrderStatus,
     venue::{OrderRequest, OrderType, Side, Venue, VenueError, alpaca::AlpacaClient},
 };
-use pulse_fleet::paper::{PaperOptions, PaperVenue};
+use pulse_sims::paper::{PaperOptions, PaperVenue};
 use rust_decimal::Decimal;
 
 async fn venue(options: PaperOptions) -> (PaperVenue, AlpacaClient) {
@@ -29,7 +30,8 @@ async fn venue_at(options: PaperOptions) -> (PaperVenue, AlpacaClient, String) {
 }
 
 fn secret(s: &str) -> Secret {
-    jobs::secrets::resolve_with("env:S", |_| Some(s.to_string()), || unreachable!()).unwrap()
+    pulse_domain::secrets::resolve_with("env:S", |_| Some(s.to_string()), || unreachable!())
+        .unwrap()
 }
 
 fn order(
@@ -60,7 +62,7 @@ async fn a_market_order_is_accepted_filled_and_found_by_its_client_order_id() {
         .create_order(&order("pf-i1-0", 10, OrderType::Market, None))
         .await
         .unwrap();
-    assert_eq!(placed.status, "filled");
+    assert_eq!(placed.status, OrderStatus::Filled);
     assert_eq!(placed.filled_qty, Decimal::from(10));
     let found = client.get_order_by_client_id("pf-i1-0").await.unwrap();
     assert_eq!(found.id, placed.id);
@@ -125,7 +127,8 @@ async fn open_limit_orders_are_listed_and_cancelable_and_filled_ones_are_not() {
         ))
         .await
         .unwrap();
-    assert_eq!(resting.status, "new");
+    // Alpaca answers `new`: working at the venue.
+    assert_eq!(resting.status, OrderStatus::Accepted);
     let filled = client
         .create_order(&order("pf-i3-1", 5, OrderType::Market, None))
         .await
@@ -138,7 +141,7 @@ async fn open_limit_orders_are_listed_and_cancelable_and_filled_ones_are_not() {
     client.cancel_order(&resting.id).await.unwrap();
     assert_eq!(
         client.get_order(&resting.id).await.unwrap().status,
-        "canceled"
+        OrderStatus::Cancelled
     );
     let refused = client.cancel_order(&filled.id).await.unwrap_err();
     assert!(

@@ -7,8 +7,8 @@ use crate::helpers::*;
 
 const SECRET: &str = "watcher-shared-secret";
 
-fn watcher_jobs() -> Vec<jobs::JobSpec> {
-    vec![jobs::JobSpec::of::<jobs::sync_watcher::SyncWatcher>()]
+fn watcher_jobs() -> Vec<pulse_jobs::JobSpec> {
+    vec![job::<pulse_jobs::sync_watcher::SyncWatcher>()]
 }
 
 async fn watchers(db: &TestDb) -> Vec<(String, String, String, Value, bool)> {

@@ -1,0 +1,80 @@
+//! What jobs use besides the database: external clients and vendor settings, built
+//! once per process from configuration and shared by every attempt.
+
+use std::{sync::Arc, time::Duration};
+
+#[derive(Clone)]
+pub struct Services {
+    /// One HTTP client (connection pools, TLS) for every vendor call.
+    pub http: reqwest::Client,
+    /// Where alerts go when their user has no Discord webhook (local runs: the
+    /// Discord-dialect sink). A secret like every webhook URL: never logged.
+    pub discord_fallback_url: Option<String>,
+    /// Base URL per venue id (`alpaca` -> Alpaca's paper or live endpoint, `paper` ->
+    /// the local paper venue).
+    pub venue_urls: std::collections::HashMap<String, String>,
+    /// Market data base URL per venue id, where it is not the trading URL (Alpaca:
+    /// `https://data.alpaca.markets`).
+    pub venue_data_urls: std::collections::HashMap<String, String>,
+    /// Requests per minute per trading account (Alpaca: 200).
+    pub venue_requests_per_minute: i32,
+    /// Risk checks and reservations price a leg at the venue's quote raised by this
+    /// share (0.05: 5 % above the higher side), never lower.
+    pub price_collar: rust_decimal::Decimal,
+    /// Latest quotes, shared by the attempts of this process.
+    pub quotes: Arc<crate::venue::QuoteCache>,
+    /// The key of `enc:v1:` secret references (PULSE_SECRETS_KEY), if set.
+    pub secrets_key: Option<[u8; 32]>,
+    /// The longest wait an answer from outside may impose (`retry_after`, resets).
+    pub max_external_wait: Duration,
+    /// Where tenants' alert webhooks may point (Discord, plus configured origins).
+    pub discord_webhooks: crate::bounds::WebhookPolicy,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("venue_urls", &self.venue_urls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Services {
+    /// Where a venue's market data is: its own host if configured, else the trading
+    /// URL. Clients and the quote cache both ask here, so they agree on the host.
+    pub fn market_data_url(&self, venue: &str) -> Option<&str> {
+        self.venue_data_urls
+            .get(venue)
+            .or_else(|| self.venue_urls.get(venue))
+            .map(String::as_str)
+    }
+
+    pub fn new(request_timeout: Duration, discord_fallback_url: Option<String>) -> Self {
+        // No redirects: a vendor never needs one, and a tenant's URL could redirect
+        // the request anywhere.
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("pulse-fleet")
+            .build()
+            .expect("HTTP client with default TLS");
+        Self {
+            http,
+            discord_fallback_url,
+            venue_urls: Default::default(),
+            venue_data_urls: Default::default(),
+            venue_requests_per_minute: 200,
+            price_collar: rust_decimal::Decimal::new(5, 2),
+            quotes: Default::default(),
+            secrets_key: crate::secrets::key_from_env().ok(),
+            max_external_wait: crate::bounds::DEFAULT_MAX_EXTERNAL_WAIT,
+            discord_webhooks: Default::default(),
+        }
+    }
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10), None)
+    }
+}

@@ -1,0 +1,238 @@
+//! The Alpaca Trading API v2 client (also what talks to `pulse-fleet paper`).
+//! Authentication headers `APCA-API-KEY-ID` / `APCA-API-SECRET-KEY`; the secret is
+//! never logged and errors are stripped of URLs.
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::{Deserialize, de::DeserializeOwned};
+
+use super::{FillActivity, OrderRequest, Quote, Venue, VenueError, VenueFuture, VenueOrder};
+use crate::secrets::Secret;
+
+#[derive(Clone)]
+pub struct AlpacaClient {
+    http: reqwest::Client,
+    base_url: String,
+    /// Market data is another host at Alpaca (`https://data.alpaca.markets`); the
+    /// paper venue serves both.
+    data_url: String,
+    key_id: String,
+    secret: Secret,
+}
+
+impl std::fmt::Debug for AlpacaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlpacaClient")
+            .field("base_url", &self.base_url)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Alpaca's error body: `{"code": 40010001, "message": "..."}`.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+impl AlpacaClient {
+    /// `base_url` e.g. `https://paper-api.alpaca.markets` or the local paper venue.
+    pub fn new(http: reqwest::Client, base_url: &str, key_id: &str, secret: Secret) -> Self {
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            data_url: base_url.trim_end_matches('/').to_owned(),
+            key_id: key_id.to_owned(),
+            secret,
+        }
+    }
+
+    /// The market data host (what a quote is cached under).
+    pub fn data_url(&self) -> &str {
+        &self.data_url
+    }
+
+    /// Where market data (quotes) comes from, when not the trading host.
+    pub fn with_data_url(mut self, data_url: &str) -> Self {
+        self.data_url = data_url.trim_end_matches('/').to_owned();
+        self
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.authorized(
+            self.http
+                .request(method, format!("{}{path}", self.base_url)),
+        )
+    }
+
+    /// Any request to Alpaca (trading or market data) carries the key pair.
+    fn authorized(&self, request: RequestBuilder) -> RequestBuilder {
+        request
+            .header("APCA-API-KEY-ID", &self.key_id)
+            .header("APCA-API-SECRET-KEY", self.secret.expose())
+    }
+
+    async fn send(&self, request: RequestBuilder) -> Result<Response, VenueError> {
+        let response = request.send().await.map_err(|e| {
+            // Sent or not, we cannot tell: the caller must look it up.
+            VenueError::Unknown(e.without_url().to_string())
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get("x-ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|reset| {
+                let wait = reset - chrono::Utc::now().timestamp();
+                Duration::from_secs(wait.clamp(1, 60) as u64)
+            });
+        let body: ErrorBody = response.json().await.unwrap_or(ErrorBody {
+            code: 0,
+            message: String::new(),
+        });
+        Err(match status {
+            StatusCode::NOT_FOUND => VenueError::NotFound,
+            StatusCode::TOO_MANY_REQUESTS => VenueError::RateLimited {
+                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+            },
+            StatusCode::UNAUTHORIZED => VenueError::Unauthorized,
+            s if s.is_server_error() => {
+                VenueError::Unknown(format!("venue answered {s}: {}", body.message))
+            }
+            s => VenueError::Rejected {
+                status: s.as_u16(),
+                code: body.code,
+                message: body.message,
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, VenueError> {
+        self.send(request).await?.json().await.map_err(|e| {
+            VenueError::Unknown(format!("unreadable venue answer: {}", e.without_url()))
+        })
+    }
+}
+
+impl Venue for AlpacaClient {
+    fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder> {
+        Box::pin(self.json(self.request(Method::POST, "/v2/orders").json(order)))
+    }
+
+    fn get_order_by_client_id<'a>(
+        &'a self,
+        client_order_id: &'a str,
+    ) -> VenueFuture<'a, VenueOrder> {
+        Box::pin(
+            self.json(
+                self.request(Method::GET, "/v2/orders:by_client_order_id")
+                    .query(&[("client_order_id", client_order_id)]),
+            ),
+        )
+    }
+
+    fn get_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, VenueOrder> {
+        Box::pin(self.json(self.request(Method::GET, &format!("/v2/orders/{id}"))))
+    }
+
+    fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()> {
+        Box::pin(async move {
+            self.send(self.request(Method::DELETE, &format!("/v2/orders/{id}")))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn list_open_orders(&self) -> VenueFuture<'_, Vec<VenueOrder>> {
+        Box::pin(
+            self.json(
+                self.request(Method::GET, "/v2/orders")
+                    .query(&[("status", "open"), ("limit", "500")]),
+            ),
+        )
+    }
+
+    fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote> {
+        Box::pin(async move {
+            // The symbol is one path segment, encoded: a client's symbol never
+            // reaches another path of the API.
+            let mut url = reqwest::Url::parse(&self.data_url)
+                .map_err(|e| VenueError::Unknown(format!("bad market data URL: {e}")))?;
+            url.path_segments_mut()
+                .map_err(|_| VenueError::Unknown("bad market data URL".into()))?
+                .extend(["v2", "stocks", symbol, "quotes", "latest"]);
+            let body: serde_json::Value = self.json(self.authorized(self.http.get(url))).await?;
+            let quote = body.get("quote").ok_or(VenueError::NotFound)?;
+            let quote = Quote {
+                ask: Quote::side(quote.get("ap")),
+                bid: Quote::side(quote.get("bp")),
+            };
+            if quote.high().is_none() {
+                return Err(VenueError::NotFound);
+            }
+            Ok(quote)
+        })
+    }
+
+    fn fill_activities<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<FillActivity>> {
+        let mut request = self
+            .request(Method::GET, "/v2/account/activities/FILL")
+            .query(&[("direction", "asc"), ("page_size", "100")]);
+        if let Some(token) = after {
+            request = request.query(&[("page_token", token)]);
+        }
+        Box::pin(self.json(request))
+    }
+}
+
+/// Alpaca's order statuses, mapped to ours: every working state (`new`, `accepted`,
+/// `pending_new`, `pending_cancel`, `held`, ...) is `accepted`; `canceled` and
+/// `replaced` (the order lives on under another id) are `cancelled`; `done_for_day` is
+/// `expired` (no fill comes today).
+pub mod wire_status {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::status::OrderStatus;
+
+    pub fn from_alpaca(status: &str) -> OrderStatus {
+        match status {
+            "filled" => OrderStatus::Filled,
+            "partially_filled" => OrderStatus::PartiallyFilled,
+            "canceled" | "replaced" => OrderStatus::Cancelled,
+            "expired" | "done_for_day" => OrderStatus::Expired,
+            "rejected" => OrderStatus::Rejected,
+            _ => OrderStatus::Accepted,
+        }
+    }
+
+    pub fn to_alpaca(status: OrderStatus) -> &'static str {
+        match status {
+            OrderStatus::PendingSubmit | OrderStatus::Sent | OrderStatus::SubmitUnknown => {
+                "pending_new"
+            }
+            OrderStatus::Accepted => "accepted",
+            OrderStatus::PartiallyFilled => "partially_filled",
+            OrderStatus::Filled => "filled",
+            OrderStatus::Cancelled => "canceled",
+            OrderStatus::Expired => "expired",
+            OrderStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn serialize<S: Serializer>(status: &OrderStatus, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(to_alpaca(*status))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OrderStatus, D::Error> {
+        let status = String::deserialize(d)?;
+        Ok(from_alpaca(&status))
+    }
+}

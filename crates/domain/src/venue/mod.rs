@@ -1,0 +1,215 @@
+//! Venues: where orders go. The OMS speaks to them through [`Venue`]; [`alpaca`] is
+//! the Alpaca Trading API (v2), which `pulse-fleet paper` also speaks, so pointing
+//! the fleet at Alpaca's own paper endpoint is a configuration change only.
+//!
+//! Every call's outcome is classified for the OMS: accepted, definitively rejected
+//! (the venue says no, and nothing exists there), not found, rate limited, or
+//! **unknown** (timeout, lost connection, 5xx after sending): the order may or may
+//! not exist, and the OMS must look it up by client order id, never resend blindly.
+
+pub mod alpaca;
+mod quotes;
+
+pub use quotes::QuoteCache;
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::status::OrderStatus;
+
+/// An order as sent: Alpaca's `POST /v2/orders` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRequest {
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub time_in_force: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub limit_price: Option<Decimal>,
+    pub client_order_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    pub fn opposite(self) -> Self {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+
+    /// The wire (and database) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderType {
+    Market,
+    Limit,
+}
+
+impl OrderType {
+    /// The wire (and database) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderType::Market => "market",
+            OrderType::Limit => "limit",
+        }
+    }
+}
+
+/// An order as the venue reports it (the fields of Alpaca's Order entity we use).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VenueOrder {
+    pub id: String,
+    pub client_order_id: String,
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub filled_qty: Decimal,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub filled_avg_price: Option<Decimal>,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub time_in_force: String,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub limit_price: Option<Decimal>,
+    /// Alpaca's spelling on the wire (`new`, `canceled`, ...), ours in Rust.
+    #[serde(with = "alpaca::wire_status")]
+    pub status: OrderStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl VenueOrder {
+    /// No further fills can come.
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+}
+
+/// A fill activity (`GET /v2/account/activities/FILL`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FillActivity {
+    /// `<ts>::<uuid>`: unique, the dedupe key of fills.
+    pub id: String,
+    pub activity_type: String,
+    pub transaction_time: DateTime<Utc>,
+    /// fill or partial_fill
+    #[serde(rename = "type")]
+    pub fill_type: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    pub side: Side,
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub leaves_qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cum_qty: Decimal,
+    pub order_id: String,
+    pub order_status: String,
+}
+
+/// The venue's latest quote of a symbol, as far as it can be trusted: both sides
+/// positive and within [`MAX_TRUSTED_PRICE`] (a side the venue leaves empty, as
+/// outside market hours, is `None`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quote {
+    pub ask: Option<Decimal>,
+    pub bid: Option<Decimal>,
+}
+
+/// Prices above this are not believed, whoever says them.
+pub const MAX_TRUSTED_PRICE: Decimal = Decimal::from_parts(100_000_000, 0, 0, false, 0);
+
+impl Quote {
+    /// A side of a quote as sent (Alpaca sends JSON numbers): usable only when
+    /// positive and believable.
+    pub fn side(raw: Option<&serde_json::Value>) -> Option<Decimal> {
+        let number = raw?.as_number()?;
+        let price: Decimal = number.to_string().parse().ok()?;
+        (price > Decimal::ZERO && price <= MAX_TRUSTED_PRICE).then_some(price)
+    }
+
+    /// The higher side: what risk checks price a leg at, before the collar.
+    pub fn high(&self) -> Option<Decimal> {
+        match (self.ask, self.bid) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VenueError {
+    /// The venue refused: nothing exists there (4xx other than 404/429).
+    #[error("venue rejected the request ({status} {code}): {message}")]
+    Rejected {
+        status: u16,
+        code: i64,
+        message: String,
+    },
+    #[error("not found at the venue")]
+    NotFound,
+    /// 429: try again after `retry_after`.
+    #[error("venue rate limit hit; retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    /// Credentials refused (401/403 without a trading reason).
+    #[error("venue refused the credentials")]
+    Unauthorized,
+    /// The request may or may not have taken effect (timeout, connection lost, 5xx).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+impl VenueError {
+    /// The venue already has an order with this client order id (Alpaca: 422
+    /// "client_order_id must be unique"): an earlier attempt's order, to be adopted.
+    pub fn is_duplicate_client_order_id(&self) -> bool {
+        matches!(self, VenueError::Rejected { status: 422, message, .. }
+            if message.contains("client_order_id must be unique"))
+    }
+}
+
+pub type VenueFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, VenueError>> + Send + 'a>>;
+
+/// What the OMS and reconciliation need from a venue.
+pub trait Venue: Send + Sync {
+    fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder>;
+    fn get_order_by_client_id<'a>(
+        &'a self,
+        client_order_id: &'a str,
+    ) -> VenueFuture<'a, VenueOrder>;
+    fn get_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, VenueOrder>;
+    fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()>;
+    fn list_open_orders(&self) -> VenueFuture<'_, Vec<VenueOrder>>;
+    /// The latest quote (market data); [`VenueError::NotFound`] when it has none.
+    fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote>;
+    fn fill_activities<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<FillActivity>>;
+}

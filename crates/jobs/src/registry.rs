@@ -1,0 +1,18 @@
+//! Every job type of the fleet, in one alphabetised list. The runtime registers a
+//! worker queue for each, and `pulse-fleet migrate` writes them to `fleet.job_types`
+//! so that `fleet.enqueue` refuses names no code runs.
+
+use crate::{
+    Env, JobSpec, canary::Canary, execute_intent::ExecuteIntent, process_payment::ProcessPayment,
+    send_alert::SendAlert, spec, sync_watcher::SyncWatcher,
+};
+
+pub fn registry(env: &Env) -> Vec<JobSpec> {
+    vec![
+        spec::<Canary>(env),
+        spec::<ExecuteIntent>(env),
+        spec::<ProcessPayment>(env),
+        spec::<SendAlert>(env),
+        spec::<SyncWatcher>(env),
+    ]
+}

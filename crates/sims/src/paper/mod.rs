@@ -1,0 +1,592 @@
+//! `pulse-fleet paper`: a venue that speaks the Alpaca Trading API v2 for the
+//! endpoints the OMS uses (paths, JSON fields, status strings, string decimals,
+//! Alpaca's error bodies `{code, message}`), so that local runs and tests trade
+//! against it and production points the same client at Alpaca.
+//!
+//! - Orders: `POST /v2/orders` (422 on a reused `client_order_id`, on bad fields and
+//!   on symbols configured as not tradable), `GET /v2/orders?status=open`,
+//!   `GET /v2/orders/{id}`, `GET /v2/orders:by_client_order_id`, `DELETE /v2/orders/{id}`
+//!   (422 when no longer cancelable); 404 `order not found`.
+//! - Fills: `GET /v2/account/activities/FILL` (ascending, `page_token`).
+//! - Market data: `GET /v2/stocks/{symbol}/quotes/latest` (the price the OMS's risk
+//!   checks trust), outside the trading rate limit as at Alpaca.
+//! - Prices: a seeded random walk per symbol, one step per request. Market orders
+//!   fill at once (in two fills when `partial_fills`); limit orders fill when the
+//!   price crosses them.
+//! - Limits and faults, chosen per run: requests per minute per key (429 with
+//!   `X-Ratelimit-Limit/Remaining/Reset` on every answer), latency, a 5xx rate
+//!   (nothing done), and accept-then-drop (the order is created, the answer is a 502).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+pub mod wire;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{delete, get},
+};
+use chrono::{DateTime, Utc};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub use wire::{FillActivity, Order, OrderBody, OrderType, Side};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PaperOptions {
+    #[arg(long, default_value = "127.0.0.1:8070")]
+    pub bind: String,
+    /// Seed of the price simulation and of the faults.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Requests per minute per API key (Alpaca: 200).
+    #[arg(long, default_value_t = 200)]
+    pub rate_limit_per_minute: u32,
+    /// Added to every answer.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of requests answered 503 without doing anything.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Share of order submissions created and then answered 502 (the answer is lost).
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// Fill market orders in two fills.
+    #[arg(long)]
+    pub partial_fills: bool,
+    /// Symbols whose orders are rejected (422, not tradable).
+    #[arg(long, value_delimiter = ',')]
+    pub reject_symbols: Vec<String>,
+    /// Symbols whose order submissions are created and then answered 502 (the answer
+    /// is lost), every time: `drop_rate` for one symbol, on cue.
+    #[arg(long, value_delimiter = ',')]
+    pub drop_symbols: Vec<String>,
+    /// Largest step of the price walk, in cents (0: prices stand still).
+    #[arg(long, default_value_t = 10)]
+    pub price_step_cents: i64,
+    /// Quotes' distance from the price on each side, in cents.
+    #[arg(long, default_value_t = 1)]
+    pub spread_cents: i64,
+}
+
+impl Default for PaperOptions {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:0".into(),
+            seed: 42,
+            rate_limit_per_minute: 200,
+            latency_ms: 0,
+            error_rate: 0.0,
+            drop_rate: 0.0,
+            partial_fills: false,
+            reject_symbols: vec![],
+            drop_symbols: vec![],
+            price_step_cents: 10,
+            spread_cents: 1,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Book {
+    orders: Vec<Order>,
+    by_client_id: HashMap<String, usize>,
+    by_id: HashMap<String, usize>,
+    fills: Vec<FillActivity>,
+    prices: HashMap<String, Decimal>,
+    /// Limit orders that may still fill (indexes into `orders`): all a tick looks at.
+    open_limits: Vec<usize>,
+    /// api key -> (requests in the minute, minute start as unix seconds)
+    rate: HashMap<String, (u32, i64)>,
+}
+
+#[derive(Clone)]
+pub struct PaperVenue {
+    options: Arc<PaperOptions>,
+    book: Arc<Mutex<Book>>,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+fn error(status: StatusCode, code: i64, message: &str) -> Response {
+    (status, Json(json!({ "code": code, "message": message }))).into_response()
+}
+
+fn order_json(o: &Order) -> Value {
+    let terminal_at = |s: &str| (o.status == s).then(|| o.updated_at.to_rfc3339());
+    json!({
+        "id": o.id, "client_order_id": o.client_order_id,
+        "created_at": o.created_at, "updated_at": o.updated_at, "submitted_at": o.created_at,
+        "filled_at": terminal_at("filled"), "expired_at": null, "canceled_at": terminal_at("canceled"),
+        "failed_at": null, "replaced_at": null, "replaced_by": null, "replaces": null,
+        "asset_id": format!("paper-{}", o.symbol), "symbol": o.symbol, "asset_class": "us_equity",
+        "notional": null, "qty": o.qty.to_string(), "filled_qty": o.filled_qty.to_string(),
+        "filled_avg_price": o.filled_avg_price.map(|p| p.to_string()),
+        "order_class": "", "order_type": o.order_type, "type": o.order_type, "side": o.side,
+        "time_in_force": o.time_in_force, "limit_price": o.limit_price.map(|p| p.to_string()),
+        "stop_price": null, "status": o.status, "extended_hours": false, "legs": null,
+        "trail_percent": null, "trail_price": null, "hwm": null,
+    })
+}
+
+impl PaperVenue {
+    pub fn new(options: PaperOptions) -> Self {
+        let rng = StdRng::seed_from_u64(options.seed);
+        Self {
+            options: Arc::new(options),
+            book: Arc::default(),
+            rng: Arc::new(Mutex::new(rng)),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        let trading = Router::new()
+            .route("/v2/orders", get(list_orders).post(create_order))
+            .route("/v2/orders:by_client_order_id", get(by_client_id))
+            .route("/v2/orders/{id}", delete(cancel_order).get(get_order))
+            .route("/v2/account/activities/FILL", get(fills))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                admission,
+            ));
+        // Market data is another host with its own limits at Alpaca: not counted
+        // against the trading budget here either.
+        let data = Router::new().route("/v2/stocks/{symbol}/quotes/latest", get(latest_quote));
+        trading.merge(data).with_state(self.clone())
+    }
+
+    /// Sets a symbol's price (tests move the market on cue).
+    pub fn set_price(&self, symbol: &str, price: Decimal) {
+        self.book
+            .lock()
+            .expect("book")
+            .prices
+            .insert(symbol.to_owned(), price);
+    }
+
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Every order the venue holds (tests count them).
+    pub fn orders(&self) -> Vec<Order> {
+        self.book.lock().expect("book").orders.clone()
+    }
+
+    fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().expect("rng").random::<f64>() < p
+    }
+
+    /// Auth, rate limit, latency and the 5xx fault: what every request goes through.
+    async fn admit(&self, headers: &HeaderMap) -> Result<HeaderMap, Response> {
+        if self.options.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.options.latency_ms)).await;
+        }
+        let Some(key) = api_key(headers) else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                40110000,
+                "request is not authorized",
+            ));
+        };
+        let limit = self.options.rate_limit_per_minute;
+        let now = Utc::now().timestamp();
+        let (used, start) = {
+            let mut book = self.book.lock().expect("book");
+            let entry = book.rate.entry(key).or_insert((0, now));
+            if now - entry.1 >= 60 {
+                *entry = (0, now);
+            }
+            entry.0 += 1;
+            *entry
+        };
+        let mut out = HeaderMap::new();
+        out.insert("x-ratelimit-limit", HeaderValue::from(limit));
+        out.insert(
+            "x-ratelimit-remaining",
+            HeaderValue::from(limit.saturating_sub(used)),
+        );
+        out.insert("x-ratelimit-reset", HeaderValue::from(start + 60));
+        if used > limit {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                42910000,
+                "rate limit exceeded",
+            );
+            r.headers_mut().extend(out);
+            return Err(r);
+        }
+        if self.chance(self.options.error_rate) {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                50010000,
+                "internal server error",
+            ));
+        }
+        self.tick();
+        Ok(out)
+    }
+
+    fn price(book: &mut Book, symbol: &str) -> Decimal {
+        *book
+            .prices
+            .entry(symbol.to_owned())
+            .or_insert_with(|| Decimal::new(10_000, 2))
+    }
+
+    /// One step of the random walk of every symbol with an open limit order; those
+    /// orders fill when their limit is crossed. (Other symbols step when traded, so a
+    /// tick costs the open limit orders, not every symbol the venue has seen.)
+    fn tick(&self) {
+        let mut book = self.book.lock().expect("book");
+        if book.open_limits.is_empty() {
+            return;
+        }
+        let mut rng = self.rng.lock().expect("rng");
+        let open = std::mem::take(&mut book.open_limits);
+        let symbols: std::collections::BTreeSet<String> = open
+            .iter()
+            .map(|i| book.orders[*i].symbol.clone())
+            .collect();
+        for s in &symbols {
+            Self::step(&mut book, &mut rng, s, self.options.price_step_cents);
+        }
+        drop(rng);
+        for i in open {
+            if book.orders[i].is_terminal() {
+                continue;
+            }
+            let price = book.prices[&book.orders[i].symbol];
+            let o = &book.orders[i];
+            let limit = o.limit_price.unwrap_or_default();
+            if crosses(o.side, price, limit) {
+                let rest = o.qty - o.filled_qty;
+                Self::fill(&mut book, i, rest, limit);
+            } else {
+                book.open_limits.push(i);
+            }
+        }
+    }
+
+    /// One step of a symbol's random walk (it starts at 100.00); its new price.
+    fn step(book: &mut Book, rng: &mut StdRng, symbol: &str, cents: i64) -> Decimal {
+        let cents = cents.max(0);
+        let step = Decimal::new(rng.random_range(-cents..=cents), 2);
+        let p = Self::price(book, symbol);
+        let next = (p + step).max(Decimal::new(1, 2));
+        book.prices.insert(symbol.to_owned(), next);
+        next
+    }
+
+    fn fill(book: &mut Book, i: usize, qty: Decimal, price: Decimal) {
+        let now = Utc::now();
+        let o = &mut book.orders[i];
+        let before = o.filled_qty;
+        o.filled_qty += qty;
+        let avg = o.filled_avg_price.unwrap_or(price);
+        o.filled_avg_price = Some(((avg * before + price * qty) / o.filled_qty).round_dp(6));
+        o.status = if o.filled_qty >= o.qty {
+            "filled"
+        } else {
+            "partially_filled"
+        }
+        .into();
+        o.updated_at = now;
+        let fill = FillActivity {
+            id: format!(
+                "{}::{}",
+                now.format("%Y%m%d%H%M%S%6f"),
+                uuid::Uuid::new_v4()
+            ),
+            activity_type: "FILL".into(),
+            transaction_time: now,
+            fill_type: if o.status == "filled" {
+                "fill"
+            } else {
+                "partial_fill"
+            }
+            .into(),
+            price,
+            qty,
+            side: o.side,
+            symbol: o.symbol.clone(),
+            leaves_qty: o.qty - o.filled_qty,
+            cum_qty: o.filled_qty,
+            order_id: o.id.clone(),
+            order_status: o.status.clone(),
+        };
+        book.fills.push(fill);
+    }
+}
+
+/// The API key of a request that carries a key pair (the paper venue accepts any).
+fn api_key(headers: &HeaderMap) -> Option<String> {
+    let key = headers
+        .get("apca-api-key-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())?;
+    headers
+        .get("apca-api-secret-key")
+        .is_some_and(|v| !v.is_empty())
+        .then(|| key.to_owned())
+}
+
+/// A limit order fills once the price reaches its limit: at or below it for a buy,
+/// at or above it for a sell.
+fn crosses(side: Side, price: Decimal, limit: Decimal) -> bool {
+    match side {
+        Side::Buy => price <= limit,
+        Side::Sell => price >= limit,
+    }
+}
+
+/// What every request goes through first: auth, the rate limit, latency and the 5xx
+/// fault. Admitted answers carry the rate-limit headers, as every answer of Alpaca's does.
+async fn admission(
+    State(venue): State<PaperVenue>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match venue.admit(request.headers()).await {
+        Err(refused) => refused,
+        Ok(rate) => with_headers(rate, next.run(request).await),
+    }
+}
+
+fn with_headers(headers: HeaderMap, response: impl IntoResponse) -> Response {
+    let mut r = response.into_response();
+    r.headers_mut().extend(headers);
+    r
+}
+
+async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) -> Response {
+    let request: OrderBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                40010000,
+                &format!("invalid order request: {e}"),
+            );
+        }
+    };
+    if request.qty <= Decimal::ZERO {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            40010000,
+            "qty must be > 0",
+        );
+    }
+    if request.order_type == OrderType::Limit && request.limit_price.is_none() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            40010000,
+            "limit_price is required for limit orders",
+        );
+    }
+    if request.client_order_id.len() > 128 {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            40010000,
+            "client_order_id must be no more than 128 characters",
+        );
+    }
+    if venue
+        .options
+        .reject_symbols
+        .iter()
+        .any(|s| s == &request.symbol)
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42210000,
+            &format!("asset {} is not tradable", request.symbol),
+        );
+    }
+    let created = {
+        let mut book = venue.book.lock().expect("book");
+        if book.by_client_id.contains_key(&request.client_order_id) {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                40010001,
+                "client_order_id must be unique",
+            );
+        }
+        let now: DateTime<Utc> = Utc::now();
+        let order = Order {
+            id: uuid::Uuid::new_v4().to_string(),
+            client_order_id: request.client_order_id.clone(),
+            symbol: request.symbol.clone(),
+            qty: request.qty,
+            filled_qty: Decimal::ZERO,
+            filled_avg_price: None,
+            side: request.side,
+            order_type: request.order_type,
+            time_in_force: request.time_in_force.clone(),
+            limit_price: request.limit_price,
+            status: "new".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        let i = book.orders.len();
+        book.by_client_id.insert(order.client_order_id.clone(), i);
+        book.by_id.insert(order.id.clone(), i);
+        book.orders.push(order);
+        let price = PaperVenue::step(
+            &mut book,
+            &mut venue.rng.lock().expect("rng"),
+            &request.symbol,
+            venue.options.price_step_cents,
+        );
+        match request.order_type {
+            OrderType::Market => {
+                let qty = request.qty;
+                if venue.options.partial_fills && qty > Decimal::ONE {
+                    let half = (qty / Decimal::TWO).floor();
+                    PaperVenue::fill(&mut book, i, half, price);
+                    PaperVenue::fill(&mut book, i, qty - half, price);
+                } else {
+                    PaperVenue::fill(&mut book, i, qty, price);
+                }
+            }
+            OrderType::Limit => {
+                let limit = request.limit_price.unwrap_or_default();
+                if crosses(request.side, price, limit) {
+                    PaperVenue::fill(&mut book, i, request.qty, limit);
+                } else {
+                    book.open_limits.push(i);
+                }
+            }
+        }
+        book.orders[i].clone()
+    };
+    if venue.options.drop_symbols.contains(&created.symbol) || venue.chance(venue.options.drop_rate)
+    {
+        // The order exists; the answer is lost on the way back.
+        return error(
+            StatusCode::BAD_GATEWAY,
+            50200000,
+            "upstream connection reset",
+        );
+    }
+    Json(order_json(&created)).into_response()
+}
+
+/// `GET /v2/stocks/{symbol}/quotes/latest`, in Alpaca's market-data dialect: the
+/// current price of the walk, the spread either side, as JSON numbers (as Alpaca sends).
+async fn latest_quote(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    Path(symbol): Path<String>,
+) -> Response {
+    if api_key(&headers).is_none() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "unauthorized."})),
+        )
+            .into_response();
+    }
+    let price = PaperVenue::price(&mut venue.book.lock().expect("book"), &symbol);
+    let spread = Decimal::new(venue.options.spread_cents.max(0), 2);
+    let cent = Decimal::new(1, 2);
+    let number = |d: Decimal| -> Value {
+        serde_json::from_str(&d.normalize().to_string()).unwrap_or(Value::Null)
+    };
+    Json(json!({
+        "symbol": symbol,
+        "quote": {
+            "ap": number(price + spread), "as": 3, "ax": "V",
+            "bp": number((price - spread).max(cent)), "bs": 2, "bx": "V",
+            "c": ["R"], "t": Utc::now(), "z": "C"
+        }
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct ClientIdQuery {
+    client_order_id: String,
+}
+
+async fn by_client_id(State(venue): State<PaperVenue>, Query(q): Query<ClientIdQuery>) -> Response {
+    let book = venue.book.lock().expect("book");
+    match book.by_client_id.get(&q.client_order_id) {
+        Some(i) => Json(order_json(&book.orders[*i])).into_response(),
+        None => error(StatusCode::NOT_FOUND, 40410000, "order not found"),
+    }
+}
+
+async fn get_order(State(venue): State<PaperVenue>, Path(id): Path<String>) -> Response {
+    let book = venue.book.lock().expect("book");
+    match book.by_id.get(&id) {
+        Some(i) => Json(order_json(&book.orders[*i])).into_response(),
+        None => error(StatusCode::NOT_FOUND, 40410000, "order not found"),
+    }
+}
+
+async fn cancel_order(State(venue): State<PaperVenue>, Path(id): Path<String>) -> Response {
+    let mut book = venue.book.lock().expect("book");
+    let Some(i) = book.by_id.get(&id).copied() else {
+        return error(StatusCode::NOT_FOUND, 40410000, "order not found");
+    };
+    let order = &mut book.orders[i];
+    if order.is_terminal() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42210000,
+            "order is not cancelable",
+        );
+    }
+    order.status = "canceled".into();
+    order.updated_at = Utc::now();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+}
+
+async fn list_orders(State(venue): State<PaperVenue>, Query(q): Query<ListQuery>) -> Response {
+    let book = venue.book.lock().expect("book");
+    let want_open = q.status.as_deref().unwrap_or("open") == "open";
+    let list: Vec<Value> = book
+        .orders
+        .iter()
+        .filter(|o| q.status.as_deref() == Some("all") || o.is_terminal() != want_open)
+        .map(order_json)
+        .collect();
+    Json(list).into_response()
+}
+
+#[derive(Deserialize)]
+struct FillQuery {
+    #[serde(default)]
+    page_token: Option<String>,
+    #[serde(default)]
+    page_size: Option<usize>,
+}
+
+async fn fills(State(venue): State<PaperVenue>, Query(q): Query<FillQuery>) -> Response {
+    let book = venue.book.lock().expect("book");
+    let start = q
+        .page_token
+        .as_ref()
+        .and_then(|t| book.fills.iter().position(|f| &f.id == t).map(|p| p + 1))
+        .unwrap_or(0);
+    let page: Vec<&FillActivity> = book
+        .fills
+        .iter()
+        .skip(start)
+        .take(q.page_size.unwrap_or(100).clamp(1, 100))
+        .collect();
+    Json(page).into_response()
+}

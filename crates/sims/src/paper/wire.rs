@@ -1,0 +1,126 @@
+//! The paper venue's own copy of the parts of Alpaca's wire format it speaks (order
+//! bodies, Order entities, FILL activities). Written from Alpaca's documentation, not
+//! shared with the fleet's client: a simulator that borrowed the client's types would
+//! agree with the client even where both are wrong about Alpaca.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// An order as sent: Alpaca's `POST /v2/orders` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderBody {
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub time_in_force: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub limit_price: Option<Decimal>,
+    pub client_order_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    pub fn opposite(self) -> Self {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+
+    /// The wire (and database) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderType {
+    Market,
+    Limit,
+}
+
+impl OrderType {
+    /// The wire (and database) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderType::Market => "market",
+            OrderType::Limit => "limit",
+        }
+    }
+}
+
+/// An order as the venue reports it (the fields of Alpaca's Order entity we use).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: String,
+    pub client_order_id: String,
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub filled_qty: Decimal,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub filled_avg_price: Option<Decimal>,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub time_in_force: String,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub limit_price: Option<Decimal>,
+    /// new, partially_filled, filled, canceled, expired, rejected, ...
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Order {
+    /// No further fills can come.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "filled" | "canceled" | "expired" | "rejected" | "replaced" | "done_for_day"
+        )
+    }
+}
+
+/// A fill activity (`GET /v2/account/activities/FILL`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FillActivity {
+    /// `<ts>::<uuid>`: unique, the dedupe key of fills.
+    pub id: String,
+    pub activity_type: String,
+    pub transaction_time: DateTime<Utc>,
+    /// fill or partial_fill
+    #[serde(rename = "type")]
+    pub fill_type: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+    pub side: Side,
+    pub symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub leaves_qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cum_qty: Decimal,
+    pub order_id: String,
+    pub order_status: String,
+}

@@ -1,0 +1,213 @@
+//! Process roles (worker, scheduler, web) and how they are wired: the clients jobs
+//! get from configuration, the local stand-ins of vendors in local runs, shutdown.
+
+use std::time::Duration;
+
+use pulse_domain::{Services, bounds::WebhookPolicy};
+use pulse_jobs::Env;
+use pulse_queue::{scheduler, worker};
+use tokio::sync::watch;
+
+use crate::{cli::WorkerArgs, config::Settings, db, registry, web};
+
+/// Which roles one process runs.
+#[derive(Debug, Default)]
+pub struct Roles {
+    /// Run jobs (of these queues).
+    pub worker: Option<WorkerArgs>,
+    /// Enqueue cron ticks.
+    pub scheduler: bool,
+    /// Serve webhooks, health, metrics and the dashboard.
+    pub web: bool,
+    /// A local run: start the paper venue and the Discord sink in this process.
+    pub local: bool,
+}
+
+impl Roles {
+    pub fn worker(args: WorkerArgs) -> Self {
+        Self {
+            worker: Some(args),
+            ..Self::default()
+        }
+    }
+
+    pub fn scheduler() -> Self {
+        Self {
+            scheduler: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn web() -> Self {
+        Self {
+            web: true,
+            ..Self::default()
+        }
+    }
+
+    /// Every role, with the local vendors (`pulse-fleet all`).
+    pub fn all_local(args: WorkerArgs) -> Self {
+        Self {
+            worker: Some(args),
+            scheduler: true,
+            web: true,
+            local: true,
+        }
+    }
+}
+
+/// The clients jobs get, from configuration. `discord_fallback` is where alerts go
+/// when their user has no webhook.
+pub fn services(settings: &Settings, discord_fallback: Option<String>) -> Services {
+    let mut services = Services::new(
+        Duration::from_millis(settings.discord.request_timeout_ms),
+        discord_fallback,
+    );
+    services.venue_urls = settings.venues.clone().into_iter().collect();
+    services.venue_requests_per_minute = settings.oms.requests_per_minute_per_account;
+    services.max_external_wait = settings.worker.max_snooze();
+    services.venue_data_urls = settings.market_data.clone().into_iter().collect();
+    services.price_collar = settings.oms.price_collar;
+    services.discord_webhooks = WebhookPolicy {
+        extra_origins: settings.discord.allowed_webhook_origins.clone(),
+    };
+    services
+}
+
+/// Runs the chosen roles in this process until SIGTERM or Ctrl-C.
+pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
+    let app_pool = db::app_pool(settings).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let local = roles.local;
+
+    let mut worker = match &roles.worker {
+        Some(args) => {
+            let mut fallback = settings.discord.fallback();
+            if fallback.is_none() && local {
+                fallback = Some(start_discord_sink(settings, &mut tasks, stop_rx.clone()).await?);
+            }
+            if local {
+                start_paper_venue(settings, &mut tasks, stop_rx.clone()).await?;
+            }
+            let env = Env::new(services(settings, fallback));
+            let specs = registry::all_specs(settings, &env);
+            let queues = registry::select_queues(
+                &specs,
+                args.queues.as_deref(),
+                args.concurrency,
+                settings,
+            )?;
+            let pools = db::queue_pools(settings, queues.len()).await?;
+            if local && args.demo {
+                crate::demo::seed(&app_pool).await?;
+                tasks.spawn(crate::demo::run(
+                    app_pool.clone(),
+                    Duration::from_secs(5),
+                    stop_rx.clone(),
+                ));
+                tracing::info!("demo desk: a two-leg intent every 5 s on the paper venue");
+            }
+            tasks.spawn(pulse_domain::audit::run_sealer(
+                app_pool.clone(),
+                stop_rx.clone(),
+            ));
+            Some(worker::start(app_pool.clone(), pools, queues, &settings.worker).await?)
+        }
+        None => None,
+    };
+    if roles.scheduler {
+        let schedules = scheduler::parse_all(&settings.schedules)?;
+        tasks.spawn(scheduler::run(app_pool.clone(), schedules, stop_rx.clone()));
+    }
+    if roles.web {
+        let listener = tokio::net::TcpListener::bind(&settings.web.bind).await?;
+        tracing::info!("web listening on http://{}", listener.local_addr()?);
+        let specs = registry::registered(settings);
+        let state = web::AppState::new(app_pool.clone(), settings.clone(), &specs);
+        let mut stop_web = stop_rx.clone();
+        tasks.spawn(async move {
+            let shutdown = async move {
+                let _ = stop_web.wait_for(|s| *s).await;
+            };
+            if let Err(error) = web::serve(listener, state, shutdown).await {
+                tracing::error!(%error, "web server failed");
+            }
+        });
+    }
+
+    match worker.as_mut() {
+        Some(w) => tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = w.wait_for_failure() => anyhow::bail!("a queue worker died; exiting so the supervisor restarts us"),
+        },
+        None => shutdown_signal().await,
+    }
+    let _ = stop.send(true);
+    if let Some(w) = worker {
+        w.shutdown().await?;
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Local runs: the paper venue (Alpaca dialect) in this process.
+async fn start_paper_venue(
+    settings: &Settings,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&settings.paper.bind).await?;
+    tracing::info!(
+        "paper venue (Alpaca dialect) on http://{}",
+        listener.local_addr()?
+    );
+    let venue = pulse_sims::paper::PaperVenue::new(pulse_sims::paper::PaperOptions {
+        rate_limit_per_minute: u32::try_from(settings.paper.requests_per_minute).unwrap_or(200),
+        ..Default::default()
+    });
+    spawn_until_stopped(tasks, "paper venue", venue.serve(listener), stop);
+    Ok(())
+}
+
+/// Runs a local helper server until `stop` (or until it fails, which is logged).
+fn spawn_until_stopped(
+    tasks: &mut tokio::task::JoinSet<()>,
+    what: &'static str,
+    server: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+) {
+    tasks.spawn(async move {
+        tokio::select! {
+            result = server => if let Err(error) = result {
+                tracing::error!(%error, "{what} failed");
+            },
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    });
+}
+
+/// Local runs without a real Discord webhook: alerts go to the Discord-dialect sink.
+async fn start_discord_sink(
+    settings: &Settings,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind(&settings.discord.sink_bind).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "no Discord webhook configured: alerts go to the local sink, http://{addr}/messages"
+    );
+    let sink = pulse_sims::discord_sink::Sink::new(Default::default());
+    spawn_until_stopped(tasks, "Discord sink", sink.serve(listener), stop);
+    Ok(format!("http://{addr}/api/webhooks/0/local-sink"))
+}
+
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}
