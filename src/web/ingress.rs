@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
+use pulse_domain::watcher::Operation;
 use serde_json::{Value, json};
 
 use super::{
@@ -99,7 +100,7 @@ pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Byt
 /// microseconds. Never the arrival time: the signature carries no time, so a replayed
 /// body would get a new, newer version on every delivery and could revert a later
 /// change or resurrect a deleted watcher. A change without either is refused.
-fn source_version(kind: &str, record: Option<&Value>, old: Option<&Value>) -> Option<i64> {
+fn source_version(op: Operation, record: Option<&Value>, old: Option<&Value>) -> Option<i64> {
     let version = |r: Option<&Value>| r.and_then(|r| r.get("version")).and_then(Value::as_i64);
     let updated = |r: Option<&Value>| {
         r.and_then(|r| r.get("updated_at"))
@@ -107,11 +108,11 @@ fn source_version(kind: &str, record: Option<&Value>, old: Option<&Value>) -> Op
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.timestamp_micros())
     };
-    match kind {
-        "DELETE" => version(old)
+    match op {
+        Operation::Delete => version(old)
             .and_then(|v| v.checked_add(1))
             .or_else(|| updated(old).and_then(|t| t.checked_add(1))),
-        _ => version(record).or_else(|| updated(record)),
+        Operation::Insert | Operation::Update => version(record).or_else(|| updated(record)),
     }
 }
 
@@ -134,16 +135,16 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
         return error(StatusCode::BAD_REQUEST, "malformed_json");
     };
     pulse_domain::bounds::strip_nul(&mut payload);
-    let kind = payload
+    let Some(op) = payload
         .get("type")
         .and_then(Value::as_str)
-        .unwrap_or_default();
-    if !["INSERT", "UPDATE", "DELETE"].contains(&kind) {
+        .and_then(|t| t.parse::<Operation>().ok())
+    else {
         return error(StatusCode::BAD_REQUEST, "unknown_type");
-    }
+    };
     let record = payload.get("record").filter(|r| r.is_object());
     let old = payload.get("old_record").filter(|r| r.is_object());
-    let subject = if kind == "DELETE" { old } else { record };
+    let subject = if op == Operation::Delete { old } else { record };
     let Some(source_id) = subject.and_then(|r| r.get("id")).and_then(Value::as_i64) else {
         return error(StatusCode::BAD_REQUEST, "missing_record_id");
     };
@@ -156,7 +157,7 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     {
         return error(StatusCode::BAD_REQUEST, "missing_tenant_id");
     }
-    let Some(version) = source_version(kind, record, old) else {
+    let Some(version) = source_version(op, record, old) else {
         return error(StatusCode::BAD_REQUEST, "missing_version");
     };
     let stored = sqlx::query(
@@ -165,7 +166,7 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     )
     .bind(source_id)
     .bind(version)
-    .bind(kind)
+    .bind(op)
     .bind(record)
     .bind(old)
     .execute(&state.pool)
@@ -182,7 +183,7 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     };
     Json(json!({
         "success": true,
-        "operation": kind,
+        "operation": op,
         "symbol": field("symbol"),
         "user_id": field("user_id"),
     }))

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::{Job, JobContext, JobError};
 use pulse_contract::{RetentionHook, retention_hook};
-use pulse_domain::tenancy;
+use pulse_domain::{stripe::StripeEvent, tenancy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessPayment {
@@ -37,18 +37,18 @@ pub struct ProcessPayment {
 
 /// What processing an event did, recorded on the inbox row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Processed {
     Applied,
     Ignored,
     Stale,
 }
 
-impl Outcome {
+impl Processed {
     fn as_str(self) -> &'static str {
         match self {
-            Outcome::Applied => "applied",
-            Outcome::Ignored => "ignored",
-            Outcome::Stale => "stale",
+            Processed::Applied => "applied",
+            Processed::Ignored => "ignored",
+            Processed::Stale => "stale",
         }
     }
 }
@@ -90,19 +90,22 @@ impl Job for ProcessPayment {
         if row.processed_at.is_some() {
             return Ok(());
         }
+        let stripe: StripeEvent = serde_json::from_value(row.payload).map_err(|e| {
+            JobError::permanent(format!(
+                "Stripe event {} ({}) is malformed: {e}",
+                self.event_id, row.kind
+            ))
+        })?;
         let kind = row.kind;
         let event = Event {
             id: &self.event_id,
             kind: &kind,
             created: row.created,
-            object: row
-                .payload
-                .pointer("/data/object")
-                .cloned()
-                .unwrap_or(Value::Null),
+            object: stripe.object().cloned().unwrap_or(Value::Null),
+            stripe: &stripe,
         };
         let outcome = match route(&mut tx, &event).await? {
-            None => Outcome::Ignored,
+            None => Processed::Ignored,
             Some(owner) => {
                 tenancy::enter(&mut tx, owner.tenant).await?;
                 apply(&mut tx, &owner, &event).await?
@@ -131,9 +134,11 @@ struct InboxRow {
 
 struct Event<'a> {
     id: &'a str,
+    /// The type as the inbox recorded it (for messages).
     kind: &'a str,
     created: DateTime<Utc>,
     object: Value,
+    stripe: &'a StripeEvent,
 }
 
 impl Event<'_> {
@@ -154,16 +159,6 @@ impl Event<'_> {
     }
 }
 
-const HANDLED: [&str; 7] = [
-    "checkout.session.completed",
-    "payment_intent.succeeded",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "invoice.paid",
-    "invoice.payment_failed",
-];
-
 /// Whose an event is: its Stripe customer (every handled type names one) and the
 /// customer's tenant.
 #[derive(Clone, Copy)]
@@ -179,13 +174,13 @@ async fn route<'e>(
     tx: &mut Transaction<'_, Postgres>,
     e: &'e Event<'_>,
 ) -> Result<Option<Owner<'e>>, JobError> {
-    if !HANDLED.contains(&e.kind) {
+    if matches!(e.stripe, StripeEvent::Unhandled) {
         return Ok(None);
     }
     let customer = e
         .id_of("/customer")
         .ok_or_else(|| JobError::permanent(format!("{} event {} has no customer", e.kind, e.id)))?;
-    if e.kind == "checkout.session.completed" {
+    if matches!(e.stripe, StripeEvent::CheckoutSessionCompleted { .. }) {
         let tenant = e
             .str("/metadata/tenant_id")
             .and_then(|t| Uuid::from_str(t).ok())
@@ -234,16 +229,16 @@ async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     owner: &Owner<'_>,
     e: &Event<'_>,
-) -> Result<Outcome, JobError> {
-    match e.kind {
-        "checkout.session.completed" => checkout_completed(tx, owner, e).await,
-        "payment_intent.succeeded" => payment_succeeded(tx, owner, e).await,
-        "customer.subscription.created"
-        | "customer.subscription.updated"
-        | "customer.subscription.deleted" => subscription_changed(tx, owner, e).await,
-        "invoice.paid" => invoice_paid(tx, e).await,
-        "invoice.payment_failed" => invoice_failed(tx, owner, e).await,
-        _ => Ok(Outcome::Ignored),
+) -> Result<Processed, JobError> {
+    match e.stripe {
+        StripeEvent::CheckoutSessionCompleted { .. } => checkout_completed(tx, owner, e).await,
+        StripeEvent::PaymentIntentSucceeded { .. } => payment_succeeded(tx, owner, e).await,
+        StripeEvent::SubscriptionCreated { .. }
+        | StripeEvent::SubscriptionUpdated { .. }
+        | StripeEvent::SubscriptionDeleted { .. } => subscription_changed(tx, owner, e).await,
+        StripeEvent::InvoicePaid { .. } => invoice_paid(tx, e).await,
+        StripeEvent::InvoicePaymentFailed { .. } => invoice_failed(tx, owner, e).await,
+        StripeEvent::Unhandled => Ok(Processed::Ignored),
     }
 }
 
@@ -252,7 +247,7 @@ async fn checkout_completed(
     tx: &mut Transaction<'_, Postgres>,
     owner: &Owner<'_>,
     e: &Event<'_>,
-) -> Result<Outcome, JobError> {
+) -> Result<Processed, JobError> {
     let Owner { tenant, customer } = *owner;
     sqlx::query(
         "INSERT INTO billing.customers (tenant_id, stripe_customer_id, user_id, email)
@@ -268,7 +263,7 @@ async fn checkout_completed(
     .bind(e.str("/customer_details/email"))
     .execute(&mut **tx)
     .await?;
-    Ok(Outcome::Applied)
+    Ok(Processed::Applied)
 }
 
 /// Money arrived: credits named in the payment's metadata go to the ledger, once.
@@ -276,9 +271,9 @@ async fn payment_succeeded(
     tx: &mut Transaction<'_, Postgres>,
     owner: &Owner<'_>,
     e: &Event<'_>,
-) -> Result<Outcome, JobError> {
+) -> Result<Processed, JobError> {
     let Some(credits) = e.str("/metadata/credits") else {
-        return Ok(Outcome::Applied);
+        return Ok(Processed::Applied);
     };
     let credits = Decimal::from_str(credits).map_err(|_| {
         JobError::permanent(format!("metadata.credits of {} is not a decimal", e.id))
@@ -295,14 +290,14 @@ async fn payment_succeeded(
     .bind(e.id)
     .execute(&mut **tx)
     .await?;
-    Ok(Outcome::Applied)
+    Ok(Processed::Applied)
 }
 
 /// Within one second (Stripe's `created` resolution), later lifecycle steps win.
-fn lifecycle_rank(kind: &str) -> i32 {
-    match kind {
-        "customer.subscription.created" => 1,
-        "customer.subscription.updated" => 2,
+fn lifecycle_rank(event: &StripeEvent) -> i32 {
+    match event {
+        StripeEvent::SubscriptionCreated { .. } => 1,
+        StripeEvent::SubscriptionUpdated { .. } => 2,
         _ => 3,
     }
 }
@@ -311,10 +306,10 @@ async fn subscription_changed(
     tx: &mut Transaction<'_, Postgres>,
     owner: &Owner<'_>,
     e: &Event<'_>,
-) -> Result<Outcome, JobError> {
+) -> Result<Processed, JobError> {
     let id = e.require("/id")?;
     let Owner { tenant, customer } = *owner;
-    let status = if e.kind == "customer.subscription.deleted" {
+    let status = if matches!(e.stripe, StripeEvent::SubscriptionDeleted { .. }) {
         "canceled"
     } else {
         e.require("/status")?
@@ -353,15 +348,15 @@ async fn subscription_changed(
     .bind(period_end)
     .bind(e.created)
     .bind(e.id)
-    .bind(lifecycle_rank(e.kind))
+    .bind(lifecycle_rank(e.stripe))
     .bind(tenant)
     .execute(&mut **tx)
     .await?
     .rows_affected();
     Ok(if written == 1 {
-        Outcome::Applied
+        Processed::Applied
     } else {
-        Outcome::Stale
+        Processed::Stale
     })
 }
 
@@ -370,12 +365,12 @@ async fn subscription_changed(
 async fn invoice_paid(
     tx: &mut Transaction<'_, Postgres>,
     e: &Event<'_>,
-) -> Result<Outcome, JobError> {
+) -> Result<Processed, JobError> {
     let Some(subscription) = e
         .id_of("/subscription")
         .or_else(|| e.id_of("/parent/subscription_details/subscription"))
     else {
-        return Ok(Outcome::Applied);
+        return Ok(Processed::Applied);
     };
     sqlx::query(
         "UPDATE billing.subscriptions SET status = 'active', source_event_created = $2,
@@ -388,7 +383,7 @@ async fn invoice_paid(
     .bind(e.id)
     .execute(&mut **tx)
     .await?;
-    Ok(Outcome::Applied)
+    Ok(Processed::Applied)
 }
 
 /// A failed payment raises an alert to the customer's user (in this transaction:
@@ -397,7 +392,7 @@ async fn invoice_failed(
     tx: &mut Transaction<'_, Postgres>,
     owner: &Owner<'_>,
     e: &Event<'_>,
-) -> Result<Outcome, JobError> {
+) -> Result<Processed, JobError> {
     let Owner { tenant, customer } = *owner;
     let user: Option<String> =
         sqlx::query_scalar("SELECT user_id FROM billing.customers WHERE stripe_customer_id = $1")
@@ -428,5 +423,5 @@ async fn invoice_failed(
         .bind(payload)
         .execute(&mut **tx)
         .await?;
-    Ok(Outcome::Applied)
+    Ok(Processed::Applied)
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::{Job, JobContext, JobError};
 use pulse_contract::{RetentionHook, retention_hook};
+use pulse_domain::watcher::Operation;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncWatcher {
@@ -23,7 +24,7 @@ pub struct SyncWatcher {
 struct EventRow {
     source_id: i64,
     source_version: i64,
-    kind: String,
+    kind: Operation,
     record: Option<Value>,
     old_record: Option<Value>,
 }
@@ -147,8 +148,8 @@ impl Job for SyncWatcher {
         let bad =
             |what: &str| JobError::permanent(format!("watcher event {} {what}", self.event_id));
 
-        let deleted = match kind.as_str() {
-            "INSERT" | "UPDATE" => {
+        let deleted = match kind {
+            Operation::Insert | Operation::Update => {
                 let record = record.ok_or_else(|| bad("has no record"))?;
                 let key =
                     key_of(&record).ok_or_else(|| bad("lacks user_id, symbol or timeframe"))?;
@@ -181,14 +182,13 @@ impl Job for SyncWatcher {
                 record_source(&mut tx, source_id, version, Some(&key), false).await?;
                 false
             }
-            "DELETE" => {
+            Operation::Delete => {
                 if let Some(old) = &previous {
                     delete(&mut tx, old).await?;
                 }
                 record_source(&mut tx, source_id, version, previous.as_ref(), true).await?;
                 true
             }
-            other => return Err(bad(&format!("has unknown type {other}"))),
         };
         tx.commit().await?;
         tracing::info!(

@@ -149,16 +149,16 @@ impl Job for ExecuteIntent {
     };
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let (t, intent) = (self.tenant_id, self.intent_id);
-        let verdict = plan::plan(&ctx, t, intent)
+        let (tenant, intent) = (self.tenant_id, self.intent_id);
+        let verdict = plan::plan(&ctx, tenant, intent)
             .await
             .map_err(JobError::retryable)?;
         match verdict {
             Verdict::Missing => Err(JobError::permanent(format!(
-                "no intent {intent} in tenant {t}"
+                "no intent {intent} in tenant {tenant}"
             ))),
             Verdict::NotPending(status) if status.is_final() => Ok(()),
-            Verdict::NotPending(_) => submit_all(&ctx, t, intent, None).await,
+            Verdict::NotPending(_) => submit_all(&ctx, tenant, intent, None).await,
             Verdict::Planned(Planned {
                 orders,
                 clients,
@@ -169,7 +169,7 @@ impl Job for ExecuteIntent {
                 }
                 submit_all(
                     &ctx,
-                    t,
+                    tenant,
                     intent,
                     Some(Prepared {
                         legs: orders,
@@ -178,7 +178,7 @@ impl Job for ExecuteIntent {
                 )
                 .await
             }
-            Verdict::Refused { event, reason } => fail(&ctx, t, intent, event, &reason).await,
+            Verdict::Refused { event, reason } => fail(&ctx, tenant, intent, event, &reason).await,
             Verdict::Locked => Err(JobError::Snooze(Duration::from_millis(100))),
             Verdict::Retry(why) => Err(JobError::retryable(why)),
         }
@@ -233,8 +233,8 @@ struct Settlement {
 
 /// Records settlements in one transaction: the orders' venue answers, then the
 /// intents' endings.
-async fn settle_batch(pool: &sqlx::PgPool, t: Uuid, batch: &[Settlement]) -> sqlx::Result<()> {
-    let mut tx = tenancy::begin(pool, t).await?;
+async fn settle_batch(pool: &sqlx::PgPool, tenant: Uuid, batch: &[Settlement]) -> sqlx::Result<()> {
+    let mut tx = tenancy::begin(pool, tenant).await?;
     let accepted: Vec<(Uuid, &VenueOrder)> = batch
         .iter()
         .flat_map(|s| s.accepted.iter().map(|(id, v)| (*id, v)))
@@ -264,12 +264,12 @@ async fn settle_batch(pool: &sqlx::PgPool, t: Uuid, batch: &[Settlement]) -> sql
 /// Marks the intent failed with an audit event (and releases what it held).
 async fn fail(
     ctx: &JobContext,
-    t: Uuid,
+    tenant: Uuid,
     intent: Uuid,
     event: &str,
     reason: &str,
 ) -> Result<(), JobError> {
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     let ending = Ending {
         intent,
         status: IntentStatus::Failed,
@@ -297,8 +297,8 @@ async fn load_orders(
     .await
 }
 
-async fn orders(ctx: &JobContext, t: Uuid, intent: Uuid) -> Result<Vec<OrderRow>, JobError> {
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+async fn orders(ctx: &JobContext, tenant: Uuid, intent: Uuid) -> Result<Vec<OrderRow>, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     let rows = load_orders(&mut tx, intent).await?;
     tx.commit().await?;
     Ok(rows)
@@ -386,11 +386,11 @@ fn build_clients(services: &Services, creds: &Credentials, legs: &[&OrderRow]) -
 /// earlier; the intent's entry locks are renewed in the same transaction.
 async fn clients(
     ctx: &JobContext,
-    t: Uuid,
+    tenant: Uuid,
     intent: Uuid,
     legs: &[&OrderRow],
 ) -> Result<Clients, JobError> {
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     renew_locks(&mut tx, intent).await?;
     let creds = load_credentials(&mut tx, legs).await?;
     tx.commit().await?;
@@ -414,10 +414,10 @@ async fn renew_locks(tx: &mut Transaction<'_, Postgres>, intent: Uuid) -> sqlx::
 /// Takes one request from the account's per-minute budget, or says how long to wait.
 async fn take_budget(
     ctx: &JobContext,
-    t: Uuid,
+    tenant: Uuid,
     account: Uuid,
 ) -> Result<Option<Duration>, JobError> {
-    take_budgets(ctx, t, &[(account, 1)]).await
+    take_budgets(ctx, tenant, &[(account, 1)]).await
 }
 
 /// How long to wait for the next window when a budget is spent.
@@ -431,13 +431,13 @@ fn over_budget(per_minute: i32, used: &[i32]) -> Option<Duration> {
 
 async fn take_budgets(
     ctx: &JobContext,
-    t: Uuid,
+    tenant: Uuid,
     wants: &[(Uuid, i32)],
 ) -> Result<Option<Duration>, JobError> {
     let (accounts, counts): (Vec<Uuid>, Vec<i32>) = wants.iter().copied().unzip();
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     let used: Vec<i32> = sqlx::query_scalar(take_budget_sql!())
-        .bind(t)
+        .bind(tenant)
         .bind(&accounts)
         .bind(&counts)
         .fetch_all(&mut *tx)
@@ -464,7 +464,7 @@ struct Prepared {
 }
 
 /// What submitting (or looking up) one leg came to.
-enum Outcome {
+enum LegOutcome {
     Accepted(VenueOrder),
     Rejected(String),
     Unknown(String),
@@ -485,14 +485,14 @@ enum Outcome {
 /// expired and may have been taken), so it must not trade on them.
 async fn release_legs(
     ctx: &JobContext,
-    t: Uuid,
+    tenant: Uuid,
     intent: Uuid,
     legs: &[&OrderRow],
     locks: i64,
 ) -> Result<Result<BTreeSet<Uuid>, Halt>, JobError> {
     let ids: Vec<Uuid> = legs.iter().map(|o| o.id).collect();
     let accounts: Vec<Uuid> = legs.iter().map(|o| o.account_id).collect();
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     let (killed, held, fresh): (Option<String>, i64, Vec<Uuid>) = sqlx::query_as(
         "WITH ks AS (
              SELECT coalesce(reason, 'no reason given') AS reason,
@@ -542,8 +542,8 @@ fn lock_count(legs: &[OrderRow]) -> i64 {
 
 fn snooze_or(
     e: VenueError,
-    otherwise: impl FnOnce(VenueError) -> Outcome,
-) -> Result<Outcome, JobError> {
+    otherwise: impl FnOnce(VenueError) -> LegOutcome,
+) -> Result<LegOutcome, JobError> {
     match e {
         VenueError::RateLimited { retry_after } => Err(JobError::Snooze(retry_after)),
         e => Ok(otherwise(e)),
@@ -556,62 +556,62 @@ async fn submit_one(
     venue: &VenueClient,
     look_up_first: bool,
     order: &OrderRow,
-) -> Result<Outcome, JobError> {
+) -> Result<LegOutcome, JobError> {
     if look_up_first {
         match venue.get_order_by_client_id(&order.client_order_id).await {
-            Ok(found) => return Ok(Outcome::Accepted(found)),
+            Ok(found) => return Ok(LegOutcome::Accepted(found)),
             Err(VenueError::NotFound) => {}
-            Err(e) => return snooze_or(e, |e| Outcome::Unknown(e.to_string())),
+            Err(e) => return snooze_or(e, |e| LegOutcome::Unknown(e.to_string())),
         }
     }
     match venue.create_order(&order.request()).await {
-        Ok(accepted) => Ok(Outcome::Accepted(accepted)),
+        Ok(accepted) => Ok(LegOutcome::Accepted(accepted)),
         // Sent by an attempt this one cannot know about (its record was lost): adopt it.
         Err(e) if e.is_duplicate_client_order_id() => {
             match venue.get_order_by_client_id(&order.client_order_id).await {
-                Ok(found) => Ok(Outcome::Accepted(found)),
-                Err(e) => snooze_or(e, |e| Outcome::Unknown(e.to_string())),
+                Ok(found) => Ok(LegOutcome::Accepted(found)),
+                Err(e) => snooze_or(e, |e| LegOutcome::Unknown(e.to_string())),
             }
         }
         Err(
             e @ (VenueError::Rejected { .. } | VenueError::Unauthorized | VenueError::NotFound),
-        ) => Ok(Outcome::Rejected(e.to_string())),
-        Err(e) => snooze_or(e, |e| Outcome::Unknown(e.to_string())),
+        ) => Ok(LegOutcome::Rejected(e.to_string())),
+        Err(e) => snooze_or(e, |e| LegOutcome::Unknown(e.to_string())),
     }
 }
 
 /// Finds out what became of a leg without sending anything: for an intent that is
 /// being unwound, where no new order may go out.
-async fn resolve(venue: &VenueClient, order: &OrderRow) -> Result<Outcome, JobError> {
+async fn resolve(venue: &VenueClient, order: &OrderRow) -> Result<LegOutcome, JobError> {
     if !order.may_exist_at_venue() {
-        return Ok(Outcome::NotPlaced);
+        return Ok(LegOutcome::NotPlaced);
     }
     match venue.get_order_by_client_id(&order.client_order_id).await {
-        Ok(found) => Ok(Outcome::Accepted(found)),
-        Err(VenueError::NotFound) => Ok(Outcome::NotPlaced),
-        Err(e) => snooze_or(e, |e| Outcome::Unknown(e.to_string())),
+        Ok(found) => Ok(LegOutcome::Accepted(found)),
+        Err(VenueError::NotFound) => Ok(LegOutcome::NotPlaced),
+        Err(e) => snooze_or(e, |e| LegOutcome::Unknown(e.to_string())),
     }
 }
 
 async fn record(
     tx: &mut Transaction<'_, Postgres>,
-    t: Uuid,
+    tenant: Uuid,
     intent: Uuid,
     order: &OrderRow,
-    outcome: &Outcome,
+    outcome: &LegOutcome,
 ) -> Result<(), JobError> {
     match outcome {
-        Outcome::Accepted(v) => record_accepted(tx, &[(order.id, v)]).await?,
-        Outcome::Rejected(reason) => {
+        LegOutcome::Accepted(v) => record_accepted(tx, &[(order.id, v)]).await?,
+        LegOutcome::Rejected(reason) => {
             sqlx::query("UPDATE orders SET status = 'rejected', updated_at = now() WHERE id = $1")
                 .bind(order.id)
                 .execute(&mut **tx)
                 .await?;
-            release(tx, t, order).await?;
+            release(tx, tenant, order).await?;
             let details = json!({"intent": intent, "leg": order.leg_index, "reason": reason});
             tenancy::audit(tx, "leg_rejected", "order", &order.id.to_string(), &details).await?;
         }
-        Outcome::Unknown(_) => {
+        LegOutcome::Unknown(_) => {
             sqlx::query(
                 "UPDATE orders SET status = 'submit_unknown', updated_at = now() WHERE id = $1",
             )
@@ -619,12 +619,12 @@ async fn record(
             .execute(&mut **tx)
             .await?;
         }
-        Outcome::NotPlaced => {
+        LegOutcome::NotPlaced => {
             sqlx::query("UPDATE orders SET status = 'cancelled', updated_at = now() WHERE id = $1")
                 .bind(order.id)
                 .execute(&mut **tx)
                 .await?;
-            release(tx, t, order).await?;
+            release(tx, tenant, order).await?;
             let details = json!({"intent": intent, "leg": order.leg_index});
             tenancy::audit(
                 tx,
@@ -667,7 +667,7 @@ async fn record_accepted(
 /// Gives back what an order reserved (it will not fill).
 async fn release(
     tx: &mut Transaction<'_, Postgres>,
-    t: Uuid,
+    tenant: Uuid,
     order: &OrderRow,
 ) -> sqlx::Result<()> {
     if order.reserved_amount.is_zero() {
@@ -680,7 +680,7 @@ async fn release(
          INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
          SELECT $1, $2, 'release_order', -$3, 'order', $4 WHERE EXISTS (SELECT 1 FROM released)",
     )
-    .bind(t)
+    .bind(tenant)
     .bind(order.account_id)
     .bind(order.reserved_amount)
     .bind(order.id)
@@ -701,13 +701,13 @@ enum Halt {
 
 async fn submit_all(
     ctx: &JobContext,
-    t: Uuid,
+    tenant: Uuid,
     intent: Uuid,
     prepared: Option<Prepared>,
 ) -> Result<(), JobError> {
     let (legs, ready) = match prepared {
         Some(p) => (p.legs, Some(p.clients)),
-        None => (orders(ctx, t, intent).await?, None),
+        None => (orders(ctx, tenant, intent).await?, None),
     };
     let pending: Vec<&OrderRow> = legs
         .iter()
@@ -726,14 +726,14 @@ async fn submit_all(
             // Released by planning a moment ago: every leg goes out for the first time.
             Some(c) => (c, pending.iter().map(|o| o.id).collect()),
             None => {
-                let c = clients(ctx, t, intent, &pending).await?;
-                if let Some(wait) = take_budgets(ctx, t, &budget_wants(&pending)).await? {
+                let c = clients(ctx, tenant, intent, &pending).await?;
+                if let Some(wait) = take_budgets(ctx, tenant, &budget_wants(&pending)).await? {
                     return Err(JobError::Snooze(wait));
                 }
                 let fresh = if halt.is_some() {
                     BTreeSet::new()
                 } else {
-                    release_legs(ctx, t, intent, &pending, locks)
+                    release_legs(ctx, tenant, intent, &pending, locks)
                         .await?
                         .unwrap_or_else(|stop| {
                             halt = Some(stop);
@@ -746,7 +746,7 @@ async fn submit_all(
         let mut renewed = std::time::Instant::now();
         for leg in &pending {
             if renewed.elapsed().as_secs_f64() > LOCK_TTL_SECS / 3.0 {
-                let mut tx = tenancy::begin(&ctx.pool, t).await?;
+                let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
                 renew_locks(&mut tx, intent).await?;
                 tx.commit().await?;
                 renewed = std::time::Instant::now();
@@ -754,7 +754,7 @@ async fn submit_all(
             let venue = match &clients[&leg.account_id] {
                 Ok(venue) => venue,
                 Err(reason) if halt.is_none() => {
-                    outcomes.push((*leg, Outcome::Rejected(reason.clone())));
+                    outcomes.push((*leg, LegOutcome::Rejected(reason.clone())));
                     halt = Some(Halt::Rejected(leg.leg_index));
                     continue;
                 }
@@ -769,7 +769,7 @@ async fn submit_all(
             match outcome {
                 Ok(outcome) => {
                     if halt.is_none()
-                        && let Outcome::Rejected(_) = outcome
+                        && let LegOutcome::Rejected(_) = outcome
                     {
                         halt = Some(Halt::Rejected(leg.leg_index));
                     }
@@ -785,7 +785,7 @@ async fn submit_all(
         }
     }
     let unknown = outcomes.iter().find_map(|(l, o)| match o {
-        Outcome::Unknown(e) => Some(format!(
+        LegOutcome::Unknown(e) => Some(format!(
             "leg {}: outcome unknown ({e}); will look it up by client order id",
             l.leg_index
         )),
@@ -796,7 +796,7 @@ async fn submit_all(
     let mut others = vec![];
     for (leg, outcome) in outcomes {
         match outcome {
-            Outcome::Accepted(v) => accepted.push((leg.id, v)),
+            LegOutcome::Accepted(v) => accepted.push((leg.id, v)),
             other => others.push((leg, other)),
         }
     }
@@ -819,11 +819,11 @@ async fn submit_all(
         return ctx
             .intent_batches
             .settle
-            .submit(t, settlement, move |batch: Vec<Settlement>| {
+            .submit(tenant, settlement, move |batch: Vec<Settlement>| {
                 let pool = pool.clone();
                 async move {
                     let n = batch.len();
-                    match settle_batch(&pool, t, &batch).await {
+                    match settle_batch(&pool, tenant, &batch).await {
                         Ok(()) => (0..n).map(|_| Ok(())).collect(),
                         Err(e) => (0..n).map(|_| Err(e.to_string())).collect(),
                     }
@@ -833,11 +833,11 @@ async fn submit_all(
             .map_err(JobError::retryable);
     }
     // Every outcome in one transaction.
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     let accepted: Vec<(Uuid, &VenueOrder)> = accepted.iter().map(|(id, v)| (*id, v)).collect();
     record_accepted(&mut tx, &accepted).await?;
     for (leg, outcome) in &others {
-        record(&mut tx, t, intent, leg, outcome).await?;
+        record(&mut tx, tenant, intent, leg, outcome).await?;
     }
     tx.commit().await?;
     match halt {
@@ -846,11 +846,11 @@ async fn submit_all(
             let reason = format!(
                 "leg {leg} was rejected by the venue; the other legs were cancelled or closed"
             );
-            unwind(ctx, t, intent, "intent_unwound", &reason).await
+            unwind(ctx, tenant, intent, "intent_unwound", &reason).await
         }
         Some(Halt::Stopped { event, reason }) => {
             let reason = format!("{reason}; the legs sent were cancelled or closed");
-            unwind(ctx, t, intent, event, &reason).await
+            unwind(ctx, tenant, intent, event, &reason).await
         }
         None => Err(JobError::retryable(unknown.unwrap_or_default())),
     }
@@ -864,18 +864,18 @@ async fn submit_all(
 /// orders (their own deterministic ids). Then the intent fails with `reason`.
 async fn unwind(
     ctx: &JobContext,
-    t: Uuid,
+    tenant: Uuid,
     intent: Uuid,
     event: &str,
     reason: &str,
 ) -> Result<(), JobError> {
-    let legs = orders(ctx, t, intent).await?;
+    let legs = orders(ctx, tenant, intent).await?;
     let siblings: Vec<&OrderRow> = legs
         .iter()
         .filter(|o| o.leg_index < UNWIND_BASE && o.status != OrderStatus::Rejected)
         .filter(|o| !(o.status == OrderStatus::Cancelled && o.venue_order_id.is_none()))
         .collect();
-    let clients = clients(ctx, t, intent, &siblings).await?;
+    let clients = clients(ctx, tenant, intent, &siblings).await?;
     // 1. What became of every leg whose outcome this database does not know.
     let unresolved: Vec<&OrderRow> = siblings
         .iter()
@@ -887,7 +887,7 @@ async fn unwind(
         let mut still_unknown = None;
         for leg in &unresolved {
             if leg.may_exist_at_venue()
-                && let Some(wait) = take_budget(ctx, t, leg.account_id).await?
+                && let Some(wait) = take_budget(ctx, tenant, leg.account_id).await?
             {
                 return Err(JobError::Snooze(wait));
             }
@@ -895,7 +895,7 @@ async fn unwind(
                 .as_ref()
                 .map_err(|e| JobError::retryable(e.clone()))?;
             let outcome = resolve(venue, leg).await?;
-            if let Outcome::Unknown(e) = &outcome {
+            if let LegOutcome::Unknown(e) = &outcome {
                 still_unknown = Some(format!(
                     "unwinding: leg {} outcome still unknown ({e}); looking it up again",
                     leg.leg_index
@@ -903,16 +903,16 @@ async fn unwind(
             }
             resolved.push((*leg, outcome));
         }
-        let mut tx = tenancy::begin(&ctx.pool, t).await?;
+        let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
         for (leg, outcome) in &resolved {
-            record(&mut tx, t, intent, leg, outcome).await?;
+            record(&mut tx, tenant, intent, leg, outcome).await?;
         }
         tx.commit().await?;
         if let Some(e) = still_unknown {
             return Err(JobError::retryable(e));
         }
         // Start over with what is now known.
-        return Box::pin(unwind(ctx, t, intent, event, reason)).await;
+        return Box::pin(unwind(ctx, tenant, intent, event, reason)).await;
     }
     // 2. Cancel or close what is at the venue.
     for leg in siblings {
@@ -922,7 +922,7 @@ async fn unwind(
         let Some(venue_id) = &leg.venue_order_id else {
             continue;
         };
-        if let Some(wait) = take_budget(ctx, t, leg.account_id).await? {
+        if let Some(wait) = take_budget(ctx, tenant, leg.account_id).await? {
             return Err(JobError::Snooze(wait));
         }
         let current = match venue.get_order(venue_id).await {
@@ -959,41 +959,41 @@ async fn unwind(
             .map(|o| o.filled_qty)
             .unwrap_or(current.filled_qty);
         if filled > Decimal::ZERO {
-            close_filled(ctx, t, intent, leg, filled, venue).await?;
+            close_filled(ctx, tenant, intent, leg, filled, venue).await?;
         }
-        let mut tx = tenancy::begin(&ctx.pool, t).await?;
+        let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
         sqlx::query("UPDATE orders SET status = 'cancelled', filled_quantity = $2, updated_at = now() WHERE id = $1")
             .bind(leg.id)
             .bind(filled)
             .execute(&mut *tx)
             .await?;
-        release(&mut tx, t, leg).await?;
+        release(&mut tx, tenant, leg).await?;
         tx.commit().await?;
     }
-    fail(ctx, t, intent, event, reason).await
+    fail(ctx, tenant, intent, event, reason).await
 }
 
 /// The opposite market order that closes a filled leg: an order row of its own (with
 /// its own deterministic id), submitted like any leg, always looked up first.
 async fn close_filled(
     ctx: &JobContext,
-    t: Uuid,
+    tenant: Uuid,
     intent: Uuid,
     leg: &OrderRow,
     qty: Decimal,
     venue: &VenueClient,
 ) -> Result<(), JobError> {
     let index = UNWIND_BASE + leg.leg_index;
-    let coid = client_order_id(t, intent, index);
+    let coid = client_order_id(tenant, intent, index);
     let side = if leg.side == "buy" { "sell" } else { "buy" };
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     sqlx::query(
         "INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
                              order_type, time_in_force, client_order_id, status)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'market', 'day', $9, 'sent')
          ON CONFLICT (tenant_id, intent_id, leg_index) DO NOTHING",
     )
-    .bind(t)
+    .bind(tenant)
     .bind(intent)
     .bind(index)
     .bind(leg.account_id)
@@ -1013,22 +1013,22 @@ async fn close_filled(
         })?;
     tx.commit().await?;
     let placed = match submit_one(venue, true, &closing).await? {
-        accepted @ Outcome::Accepted(_) => accepted,
-        Outcome::Rejected(e) | Outcome::Unknown(e) => {
+        accepted @ LegOutcome::Accepted(_) => accepted,
+        LegOutcome::Rejected(e) | LegOutcome::Unknown(e) => {
             return Err(JobError::retryable(format!(
                 "closing leg {}: {e}",
                 leg.leg_index
             )));
         }
-        Outcome::NotPlaced => {
+        LegOutcome::NotPlaced => {
             return Err(JobError::retryable(format!(
                 "closing leg {}: not placed",
                 leg.leg_index
             )));
         }
     };
-    let mut tx = tenancy::begin(&ctx.pool, t).await?;
-    record(&mut tx, t, intent, &closing, &placed).await?;
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    record(&mut tx, tenant, intent, &closing, &placed).await?;
     tenancy::audit(
         &mut tx,
         "leg_unwound",
@@ -1047,13 +1047,13 @@ mod tests {
 
     #[test]
     fn client_order_ids_are_deterministic_distinct_and_short() {
-        let (t, i) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        assert_eq!(client_order_id(t, i, 0), client_order_id(t, i, 0));
-        assert_ne!(client_order_id(t, i, 0), client_order_id(t, i, 1));
+        let (tenant, i) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(client_order_id(tenant, i, 0), client_order_id(tenant, i, 0));
+        assert_ne!(client_order_id(tenant, i, 0), client_order_id(tenant, i, 1));
         assert_ne!(
-            client_order_id(t, i, 0),
+            client_order_id(tenant, i, 0),
             client_order_id(Uuid::from_u128(3), i, 0)
         );
-        assert!(client_order_id(t, i, 1001).len() <= 48);
+        assert!(client_order_id(tenant, i, 1001).len() <= 48);
     }
 }

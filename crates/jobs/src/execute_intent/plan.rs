@@ -482,11 +482,11 @@ fn check_limits(legs: &[Leg], limits: &[Limits], open: i64) -> Option<Verdict> {
 async fn plan_batch(
     pool: &PgPool,
     services: &Services,
-    t: Uuid,
+    tenant: Uuid,
     asks: &[Uuid],
     fetched: &Quotes,
 ) -> Result<Vec<Verdict>, BatchError> {
-    let mut tx = tenancy::begin(pool, t).await?;
+    let mut tx = tenancy::begin(pool, tenant).await?;
     // In id order, so two batches that share intents cannot deadlock.
     let rows: Vec<(Uuid, IntentStatus, Value)> = sqlx::query_as(
         "SELECT id, status, legs_json FROM multi_leg_intents WHERE id = ANY($1)
@@ -652,7 +652,7 @@ async fn plan_batch(
              WHERE l.expires_at < now() OR l.owner_token = excluded.owner_token
          RETURNING owner_token",
     )
-    .bind(t)
+    .bind(tenant)
     .bind(wanted.iter().map(|w| w.0).collect::<Vec<_>>())
     .bind(wanted.iter().map(|w| w.1).collect::<Vec<_>>())
     .bind(wanted.iter().map(|w| w.2).collect::<Vec<_>>())
@@ -706,7 +706,7 @@ async fn plan_batch(
          RETURNING intent_id, id, leg_index, account_id, venue_id, symbol, side, quantity, order_type,
                    limit_price, time_in_force, client_order_id, venue_order_id, status, reserved_amount",
     )
-    .bind(t)
+    .bind(tenant)
     .bind(planned.iter().map(|(i, _)| asks[*i]).collect::<Vec<_>>())
     .bind(legs.iter().map(|l| l.0).collect::<Vec<_>>())
     .bind(legs.iter().map(|l| l.1).collect::<Vec<_>>())
@@ -720,7 +720,7 @@ async fn plan_batch(
     .bind(legs.iter().map(|l| l.2.time_in_force.as_str()).collect::<Vec<_>>())
     .bind(
         legs.iter()
-            .map(|l| client_order_id(t, l.0, l.1))
+            .map(|l| client_order_id(tenant, l.0, l.1))
             .collect::<Vec<_>>(),
     )
     .bind(legs.iter().map(|l| l.2.value()).collect::<Vec<_>>())
@@ -767,7 +767,7 @@ async fn plan_batch(
          ",
         take_budget_sql!()
     ))
-    .bind(t)
+    .bind(tenant)
     .bind(&budget_accounts)
     .bind(&budget_counts)
     .bind(orders.iter().map(|o| o.account_id).collect::<Vec<_>>())
