@@ -140,15 +140,6 @@ impl Collector for Snapshot {
             "Handler run time per attempt",
             "run_seconds",
         )?;
-        if let Some((_, _, v)) = self.of("canary_latency_seconds").next() {
-            let mut canary = encoder.encode_descriptor(
-                "fleet_canary_latency_seconds",
-                "Enqueue to handler of the last canary job",
-                None,
-                MetricType::Gauge,
-            )?;
-            canary.encode_gauge(&v)?;
-        }
         encoder
             .encode_descriptor(
                 "fleet_workers_live",

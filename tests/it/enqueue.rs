@@ -197,3 +197,31 @@ async fn a_scheduled_job_starts_within_a_second_of_becoming_due() {
         started - due
     );
 }
+
+#[tokio::test]
+async fn the_canary_writes_nothing_and_the_runtime_measures_it() {
+    let db = TestDb::new(&[]).await;
+    let worker = db.start_worker(vec![canary()], 2).await;
+    let id = db.enqueue("canary", serde_json::json!({})).await;
+    db.wait_for_state(id, "completed", Duration::from_secs(10))
+        .await;
+    // Shutdown flushes the process's counters to fleet.stat_deltas.
+    worker.shutdown().await.unwrap();
+    let metrics: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT metric FROM (
+             SELECT metric, job_name FROM fleet.stats
+             UNION ALL SELECT metric, job_name FROM fleet.stat_deltas) s
+         WHERE job_name = 'canary' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        !metrics.iter().any(|m| m == "canary_latency_seconds"),
+        "a job writes no fleet table: {metrics:?}"
+    );
+    assert!(
+        metrics.iter().any(|m| m == "wait_seconds") && metrics.iter().any(|m| m == "run_seconds"),
+        "{metrics:?}"
+    );
+}

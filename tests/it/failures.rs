@@ -110,6 +110,54 @@ async fn a_permanent_failure_is_dead_at_once() {
 }
 
 #[tokio::test]
+async fn a_unique_violation_fails_the_job_at_once_and_keeps_the_database_error() {
+    // The same row twice: a retry would meet the same key, so it is not retried.
+    let duplicates = spec("duplicates", 25, NO_JITTER, |_, attempt| async move {
+        sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'again')")
+            .bind(TENANT)
+            .execute(&attempt.pool)
+            .await?;
+        Ok(())
+    });
+    let db = TestDb::new(std::slice::from_ref(&duplicates)).await;
+    let worker = db.start_worker(vec![duplicates], 2).await;
+    let id = db.enqueue("duplicates", serde_json::json!({})).await;
+    let job = db.wait_for_state(id, "dead", Duration::from_secs(10)).await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(job.attempts, 1, "no retry for a unique violation");
+    assert_eq!(job.errors[0]["kind"], "permanent");
+    let error = job.errors[0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("database: ") && error.contains("duplicate key"),
+        "the cause chain is kept: {error}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_retried() {
+    // A handler whose database connection is cut (the server ends the backend): the
+    // error is transient, so the job is retried and then succeeds.
+    let flaky = spec("flaky", 5, FAST_BACKOFF, |_, attempt| async move {
+        let mut conn = attempt.pool.acquire().await?;
+        if attempt.attempt == 1 {
+            sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    });
+    let db = TestDb::new(std::slice::from_ref(&flaky)).await;
+    let worker = db.start_worker(vec![flaky], 2).await;
+    let id = db.enqueue("flaky", serde_json::json!({})).await;
+    let job = db
+        .wait_for_state(id, "completed", Duration::from_secs(10))
+        .await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.errors[0]["kind"], "retryable", "{}", job.errors);
+}
+
+#[tokio::test]
 async fn a_poison_payload_kills_only_its_job_and_the_worker_goes_on() {
     let db = TestDb::new(&[]).await;
     let worker = db.start_worker(vec![canary()], 4).await;

@@ -277,6 +277,13 @@ where
     spec
 }
 
+/// Retries within tens of milliseconds (tests of what a retry does, not of backoff).
+pub const FAST_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(10),
+    max: Duration::from_millis(50),
+    jitter: 0.0,
+};
+
 pub const NO_JITTER: Backoff = Backoff {
     base: Duration::from_secs(1),
     max: Duration::from_secs(60),

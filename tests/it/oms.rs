@@ -157,6 +157,38 @@ impl Desk {
 }
 
 #[tokio::test]
+async fn order_statuses_have_one_spelling_and_the_schema_refuses_the_venues() {
+    let desk = desk(PaperOptions::default(), 10_000).await;
+    let id = desk
+        .intent("spelling", vec![desk.leg("AAPL", "buy", 1)])
+        .await;
+    assert_eq!(desk.wait_for(id, &["filled", "failed"]).await.0, "filled");
+    let desk = desk.stop().await;
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM orders WHERE intent_id = $1")
+            .bind(id)
+            .fetch_all(&desk.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, vec!["filled".to_string()]);
+    // Alpaca's `canceled` (and any spelling the code does not know) is refused.
+    for venue_spelling in ["canceled", "new", "done_for_day"] {
+        let refused = sqlx::query("UPDATE orders SET status = $2 WHERE intent_id = $1")
+            .bind(id)
+            .bind(venue_spelling)
+            .execute(&desk.db.pool)
+            .await
+            .unwrap_err();
+        let code = refused.as_database_error().and_then(|e| e.code());
+        assert_eq!(
+            code.as_deref(),
+            Some("23514"),
+            "{venue_spelling}: {refused}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_order_the_venue_already_has_is_adopted_not_sent_again() {
     // An attempt sent leg 0 and its record was lost (say the database crashed after
     // the send): the venue has the order, the database does not know. The next run
