@@ -38,3 +38,21 @@ END;
 ALTER TABLE orders ADD CONSTRAINT orders_status_known CHECK (status IN (
     'pending_submit', 'sent', 'submit_unknown', 'accepted', 'partially_filled', 'filled',
     'cancelled', 'expired', 'rejected'));
+
+-- A venue request budget, taken in one statement for several accounts (the OMS takes
+-- it when planning intents and before looking orders up): `counts[i]` requests of
+-- `accounts[i]` in this minute's window. Returns each account's use of the window
+-- after the take. Runs as its caller (tenant-isolated by row-level security).
+CREATE FUNCTION take_venue_budget(tenant uuid, accounts uuid[], counts integer[])
+RETURNS SETOF integer
+LANGUAGE sql
+SET search_path = public, pg_catalog, pg_temp
+AS $$
+    INSERT INTO venue_request_budgets AS b (tenant_id, account_id, window_start, used)
+    SELECT tenant, a, date_trunc('minute', now()), n FROM unnest(accounts, counts) AS w(a, n)
+    ON CONFLICT (tenant_id, account_id) DO UPDATE SET
+        used = CASE WHEN b.window_start = date_trunc('minute', now()) THEN b.used + excluded.used
+                    ELSE excluded.used END,
+        window_start = date_trunc('minute', now())
+    RETURNING used
+$$;

@@ -28,44 +28,44 @@ pub async fn open_desk(
     secret_ref: &str,
     allocated: Decimal,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper venue (Alpaca dialect)', 'broker')
-         ON CONFLICT DO NOTHING",
+    sqlx::query!("INSERT INTO venues (id, name, kind) VALUES ('paper', 'Paper venue (Alpaca dialect)', 'broker')
+         ON CONFLICT DO NOTHING")
+    .execute(pool)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        tenant,
+        name,
     )
     .execute(pool)
     .await?;
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(tenant)
-        .bind(name)
-        .execute(pool)
-        .await?;
     let mut tx = tenancy::begin(pool, tenant).await?;
-    let created = sqlx::query(
+    let created = sqlx::query!(
         "INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, 'main', 'paper')
          ON CONFLICT DO NOTHING",
+        account,
+        tenant,
     )
-    .bind(account)
-    .bind(tenant)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if created == 1 {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
              VALUES ($1, $2, 'api_key', 'PKPAPER', $3)",
+            tenant,
+            account,
+            secret_ref,
         )
-        .bind(tenant)
-        .bind(account)
-        .bind(secret_ref)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated)
              VALUES ($1, $2, 'allocate', $3)",
+            tenant,
+            account,
+            allocated,
         )
-        .bind(tenant)
-        .bind(account)
-        .bind(allocated)
         .execute(&mut *tx)
         .await?;
     }
@@ -102,10 +102,12 @@ pub async fn run(pool: PgPool, every: Duration, mut stop: watch::Receiver<bool>)
         ]);
         let result = async {
             let mut tx = tenancy::begin(&pool, TENANT).await?;
-            sqlx::query("INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3)")
-                .bind(TENANT)
-                .bind(format!("demo-{}", Uuid::new_v4()))
-                .bind(&legs)
+            sqlx::query!(
+                "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3)",
+                TENANT,
+                format!("demo-{}", Uuid::new_v4()),
+                &legs,
+            )
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await

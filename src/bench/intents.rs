@@ -91,8 +91,8 @@ fn legs(account: Uuid, i: usize) -> serde_json::Value {
 }
 
 async fn settled(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM multi_leg_intents WHERE status IN ('submitted', 'filled', 'failed')",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM multi_leg_intents WHERE status IN ('submitted', 'filled', 'failed')"#
     )
     .fetch_one(pool)
     .await
@@ -107,10 +107,11 @@ async fn wait_settled(pool: &PgPool, n: i64, within: Duration) -> anyhow::Result
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let failed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM multi_leg_intents WHERE status = 'failed'")
-            .fetch_one(pool)
-            .await?;
+    let failed: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM multi_leg_intents WHERE status = 'failed'"#
+    )
+    .fetch_one(pool)
+    .await?;
     anyhow::ensure!(failed == 0, "{failed} intents failed");
     Ok(())
 }
@@ -163,12 +164,12 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     let started = Instant::now();
     for (n, (tenant, account)) in desks.iter().enumerate() {
         let batch: Vec<serde_json::Value> = (0..per).map(|i| legs(*account, n * per + i)).collect();
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json)
              SELECT $1, 'tp-' || ord, l FROM unnest($2::jsonb[]) WITH ORDINALITY AS u(l, ord)",
+            tenant,
+            &batch,
         )
-        .bind(tenant)
-        .bind(&batch)
         .execute(&pool)
         .await?;
     }
@@ -184,10 +185,12 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     for i in 0..n {
         let (tenant, account) = desks[i % desks.len()];
         let mut tx = tenancy::begin(&pool, tenant).await?;
-        sqlx::query("INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3)")
-            .bind(tenant)
-            .bind(format!("lat-{i}"))
-            .bind(legs(account, 1_000_000 + i))
+        sqlx::query!(
+            "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3)",
+            tenant,
+            format!("lat-{i}"),
+            legs(account, 1_000_000 + i),
+        )
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -200,12 +203,16 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     sealer.await?;
     let report = pulse_domain::audit::verify(&pool).await?;
     anyhow::ensure!(report.is_ok(), "audit chains broken: {:?}", report.problems);
-    let mut ms: Vec<f64> = sqlx::query_scalar(
+    // An intent without orders has no latency (NULL): it is left out.
+    let mut ms: Vec<f64> = sqlx::query_scalar!(
         "SELECT extract(epoch FROM (SELECT max(o.updated_at) FROM orders o WHERE o.intent_id = i.id) - i.created_at)::float8 * 1000
-         FROM multi_leg_intents i WHERE i.idempotency_key LIKE 'lat-%'",
+         FROM multi_leg_intents i WHERE i.idempotency_key LIKE 'lat-%'"
     )
     .fetch_all(&pool)
-    .await?;
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
     ms.sort_by(|a, b| a.total_cmp(b));
     let accepted_orders = venue.orders().len();
     anyhow::ensure!(

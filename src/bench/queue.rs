@@ -194,10 +194,10 @@ async fn drain(
 ) -> anyhow::Result<()> {
     reset(pool).await?;
     let t = Instant::now();
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(fleet.enqueue('canary', jsonb_build_object('i', i))) FROM generate_series(1, $1) i",
+    let n: i64 = sqlx::query_scalar!(
+        r#"SELECT count(fleet.enqueue('canary', jsonb_build_object('i', i))) AS "n!" FROM generate_series(1, $1) i"#,
+        args.jobs as i64,
     )
-    .bind(args.jobs as i64)
     .fetch_one(pool)
     .await?;
     result.enqueue_bulk_jobs_per_s = Some(n as f64 / t.elapsed().as_secs_f64());
@@ -225,7 +225,7 @@ async fn drain(
     let elapsed = t.elapsed().as_secs_f64();
     handle.shutdown().await?;
     let completed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM fleet.jobs WHERE state = 'completed'")
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM fleet.jobs WHERE state = 'completed'"#)
             .fetch_one(pool)
             .await?;
     anyhow::ensure!(
@@ -264,10 +264,8 @@ async fn latency(
     let period = Duration::from_secs_f64(1.0 / args.rate);
     let mut next = tokio::time::Instant::now();
     for _ in 0..args.samples {
-        sqlx::query(
-            "SELECT fleet.enqueue('canary', jsonb_build_object('ts', extract(epoch FROM clock_timestamp())))",
-        )
-        .execute(&mut producer)
+        sqlx::query_scalar!("SELECT fleet.enqueue('canary', jsonb_build_object('ts', extract(epoch FROM clock_timestamp())))")
+        .fetch_one(&mut producer)
         .await?;
         next += period;
         tokio::time::sleep_until(next).await;
@@ -344,7 +342,7 @@ async fn trigger(
             .rows_affected();
             out.push(n as f64 / t.elapsed().as_secs_f64());
         }
-        let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet.jobs")
+        let jobs: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM fleet.jobs"#)
             .fetch_one(&mut *conn)
             .await?;
         anyhow::ensure!(

@@ -21,7 +21,7 @@ fn intent_rows(intents: &[read_model::IntentSummary]) -> String {
                 i.created_at.format("%T"),
                 escape(&i.tenant),
                 &i.id.simple().to_string()[..8],
-                escape(&i.status),
+                i.status,
                 escape(
                     i.orders
                         .as_deref()

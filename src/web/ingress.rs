@@ -72,15 +72,15 @@ pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Byt
         .get("livemode")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO billing.stripe_events (event_id, type, created, livemode, payload)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        id,
+        kind,
+        created,
+        livemode,
+        &event,
     )
-    .bind(id)
-    .bind(kind)
-    .bind(created)
-    .bind(livemode)
-    .bind(&event)
     .execute(&state.pool)
     .await;
     match inserted {
@@ -160,15 +160,15 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     let Some(version) = source_version(op, record, old) else {
         return error(StatusCode::BAD_REQUEST, "missing_version");
     };
-    let stored = sqlx::query(
+    let stored = sqlx::query!(
         "INSERT INTO watcher_events (source_id, source_version, type, record, old_record)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        source_id,
+        version,
+        op as Operation,
+        record,
+        old,
     )
-    .bind(source_id)
-    .bind(version)
-    .bind(op)
-    .bind(record)
-    .bind(old)
     .execute(&state.pool)
     .await;
     if let Err(e) = stored {

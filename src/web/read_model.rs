@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use pulse_domain::status::IntentStatus;
 use pulse_queue::{JobState, admin};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -55,7 +56,9 @@ pub struct ScheduleHealth {
 /// stats tables, lag from one index probe each), live workers, schedules.
 pub async fn health(state: &AppState) -> Health {
     let started = Instant::now();
-    let ping: Result<i32, _> = sqlx::query_scalar("SELECT 1").fetch_one(&state.pool).await;
+    let ping = sqlx::query_scalar!(r#"SELECT 1 AS "one!""#)
+        .fetch_one(&state.pool)
+        .await;
     if let Err(error) = ping {
         return Health {
             status: "unhealthy",
@@ -149,11 +152,11 @@ pub async fn metrics(pool: &PgPool, names: &[String], lease_secs: f64) -> sqlx::
 }
 
 /// One intent as the dashboard lists it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct IntentSummary {
     pub tenant: String,
     pub id: uuid::Uuid,
-    pub status: String,
+    pub status: IntentStatus,
     pub created_at: DateTime<Utc>,
     pub reason: Option<String>,
     /// Its legs' orders, `side qty symbol: status`, `; `-separated.
@@ -162,14 +165,15 @@ pub struct IntentSummary {
 
 /// The newest intents with their legs' orders (operators see every tenant).
 pub async fn recent_intents(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<IntentSummary>> {
-    sqlx::query_as(
-        "SELECT t.name AS tenant, i.id, i.status::text AS status, i.created_at, i.reason,
-                (SELECT string_agg(o.side || ' ' || o.quantity::numeric(20,2) || ' ' || o.symbol || ': ' || o.status, '; ' ORDER BY o.leg_index)
-                 FROM orders o WHERE o.intent_id = i.id) AS orders
-         FROM multi_leg_intents i JOIN tenants t ON t.id = i.tenant_id
-         ORDER BY i.created_at DESC LIMIT $1",
+    sqlx::query_as!(
+        IntentSummary,
+        r#"SELECT t.name AS tenant, i.id, i.status AS "status: IntentStatus", i.created_at, i.reason,
+                  (SELECT string_agg(o.side || ' ' || o.quantity::numeric(20,2) || ' ' || o.symbol || ': ' || o.status, '; ' ORDER BY o.leg_index)
+                   FROM orders o WHERE o.intent_id = i.id) AS orders
+           FROM multi_leg_intents i JOIN tenants t ON t.id = i.tenant_id
+           ORDER BY i.created_at DESC LIMIT $1"#,
+        limit,
     )
-    .bind(limit)
     .fetch_all(pool)
     .await
 }

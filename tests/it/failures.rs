@@ -237,7 +237,7 @@ async fn a_rescued_attempts_late_completion_is_refused() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    let zombie_token = claimed[0].4;
+    let zombie_token = claimed[0].lease_token;
 
     // The zombie stops heartbeating; the rescue gives its job back.
     sqlx::query(
@@ -282,7 +282,7 @@ async fn a_rescued_attempts_late_completion_is_refused() {
     let again = fetcher::claim(&db.pool, "canary", 10, fresh.id)
         .await
         .unwrap();
-    let fresh_token = again[0].4;
+    let fresh_token = again[0].lease_token;
     assert_ne!(fresh_token, zombie_token, "every claim draws a new token");
     assert!(
         ack::write(&db.pool, &[completion(zombie_token)])

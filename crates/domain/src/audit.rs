@@ -28,15 +28,14 @@ const SEAL_BATCH: i32 = 5_000;
 /// another process is sealing right now is skipped (that process seals it).
 pub async fn seal_all(pool: &PgPool) -> sqlx::Result<u64> {
     let tenants: Vec<Uuid> =
-        sqlx::query_scalar("SELECT DISTINCT tenant_id FROM audit_events WHERE hash IS NULL")
+        sqlx::query_scalar!("SELECT DISTINCT tenant_id FROM audit_events WHERE hash IS NULL")
             .fetch_all(pool)
             .await?;
     let mut sealed = 0u64;
     for tenant in tenants {
         loop {
             let mut tx = crate::tenancy::begin(pool, tenant).await?;
-            let n: i32 = sqlx::query_scalar("SELECT audit_seal($1)")
-                .bind(SEAL_BATCH)
+            let n: i32 = sqlx::query_scalar!(r#"SELECT audit_seal($1) AS "sealed!""#, SEAL_BATCH,)
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -102,17 +101,22 @@ fn canonical(e: &EventRow) -> String {
 
 pub async fn verify(pool: &PgPool) -> sqlx::Result<Report> {
     // Read as the table owner: verification spans every tenant.
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT tenant_id, seq, event_type, subject_type, subject_id, details::text AS details,
-                (extract(epoch FROM created_at) * 1000000)::bigint AS created_micros, prev_hash, hash
-         FROM audit_events WHERE hash IS NOT NULL ORDER BY tenant_id, seq",
+    let rows: Vec<EventRow> = sqlx::query_as!(
+        EventRow,
+        r#"SELECT tenant_id, seq AS "seq!", event_type, subject_type, subject_id,
+                  details::text AS "details!",
+                  (extract(epoch FROM created_at) * 1000000)::bigint AS "created_micros!",
+                  prev_hash AS "prev_hash!", hash AS "hash!"
+           FROM audit_events WHERE hash IS NOT NULL ORDER BY tenant_id, seq"#,
     )
     .fetch_all(pool)
     .await?;
     let mut report = Report {
-        unsealed: sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE hash IS NULL")
-            .fetch_one(pool)
-            .await?,
+        unsealed: sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM audit_events WHERE hash IS NULL"#
+        )
+        .fetch_one(pool)
+        .await?,
         ..Report::default()
     };
     let mut previous: Option<&EventRow> = None;

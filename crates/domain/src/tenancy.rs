@@ -37,12 +37,14 @@ pub async fn audit(
     subject_id: &str,
     details: &serde_json::Value,
 ) -> sqlx::Result<()> {
-    sqlx::query("SELECT audit_append($1, $2, $3, $4)")
-        .bind(event_type)
-        .bind(subject_type)
-        .bind(subject_id)
-        .bind(details)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "SELECT audit_append($1, $2, $3, $4)",
+        event_type,
+        subject_type,
+        subject_id,
+        details,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

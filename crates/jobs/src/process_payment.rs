@@ -61,11 +61,11 @@ impl Job for ProcessPayment {
     /// duplicate older than `keep` would be processed again).
     fn retention() -> Option<RetentionHook> {
         Some(retention_hook(|pool, keep| async move {
-            let deleted = sqlx::query(
+            let deleted = sqlx::query!(
                 "DELETE FROM billing.stripe_events
                  WHERE processed_at < now() - make_interval(secs => $1)",
+                keep.as_secs_f64(),
             )
-            .bind(keep.as_secs_f64())
             .execute(&pool)
             .await?;
             Ok(deleted.rows_affected())
@@ -74,11 +74,12 @@ impl Job for ProcessPayment {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let mut tx = ctx.pool.begin().await?;
-        let row: Option<InboxRow> = sqlx::query_as(
+        let row = sqlx::query_as!(
+            InboxRow,
             "SELECT type AS kind, created, payload, processed_at FROM billing.stripe_events
              WHERE event_id = $1 FOR UPDATE",
+            self.event_id,
         )
-        .bind(&self.event_id)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -111,11 +112,11 @@ impl Job for ProcessPayment {
                 apply(&mut tx, &owner, &event).await?
             }
         };
-        sqlx::query(
+        sqlx::query!(
             "UPDATE billing.stripe_events SET processed_at = now(), outcome = $2 WHERE event_id = $1",
+            &self.event_id,
+            outcome.as_str(),
         )
-        .bind(&self.event_id)
-        .bind(outcome.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -124,7 +125,6 @@ impl Job for ProcessPayment {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct InboxRow {
     kind: String,
     created: DateTime<Utc>,
@@ -190,16 +190,16 @@ async fn route<'e>(
                     e.id
                 ))
             })?;
-        let routed: Uuid = sqlx::query_scalar(
-            "WITH made AS (
+        let routed: Uuid = sqlx::query_scalar!(
+            r#"WITH made AS (
                  INSERT INTO billing.customer_tenants (stripe_customer_id, tenant_id) VALUES ($1, $2)
                  ON CONFLICT (stripe_customer_id) DO NOTHING RETURNING tenant_id)
-             SELECT tenant_id FROM made
+             SELECT tenant_id AS "tenant_id!" FROM made
              UNION ALL SELECT tenant_id FROM billing.customer_tenants WHERE stripe_customer_id = $1
-             LIMIT 1",
+             LIMIT 1"#,
+            customer,
+            tenant,
         )
-        .bind(customer)
-        .bind(tenant)
         .fetch_one(&mut **tx)
         .await?;
         if routed != tenant {
@@ -210,10 +210,10 @@ async fn route<'e>(
         }
         return Ok(Some(Owner { tenant, customer }));
     }
-    let routed: Option<Uuid> = sqlx::query_scalar(
+    let routed: Option<Uuid> = sqlx::query_scalar!(
         "SELECT tenant_id FROM billing.customer_tenants WHERE stripe_customer_id = $1",
+        customer,
     )
-    .bind(customer)
     .fetch_optional(&mut **tx)
     .await?;
     routed
@@ -249,18 +249,18 @@ async fn checkout_completed(
     e: &Event<'_>,
 ) -> Result<Processed, JobError> {
     let Owner { tenant, customer } = *owner;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO billing.customers (tenant_id, stripe_customer_id, user_id, email)
          VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, stripe_customer_id) DO UPDATE SET
              user_id = coalesce(excluded.user_id, billing.customers.user_id),
              email = coalesce(excluded.email, billing.customers.email),
              updated_at = now()",
+        tenant,
+        customer,
+        e.str("/client_reference_id"),
+        e.str("/customer_details/email"),
     )
-    .bind(tenant)
-    .bind(customer)
-    .bind(e.str("/client_reference_id"))
-    .bind(e.str("/customer_details/email"))
     .execute(&mut **tx)
     .await?;
     Ok(Processed::Applied)
@@ -279,15 +279,15 @@ async fn payment_succeeded(
         JobError::permanent(format!("metadata.credits of {} is not a decimal", e.id))
     })?;
     let Owner { tenant, customer } = *owner;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO billing.credit_ledger (tenant_id, stripe_customer_id, delta, reason, stripe_event_id)
          VALUES ($1, $2, $3, 'payment_intent.succeeded', $4)
          ON CONFLICT (tenant_id, stripe_event_id) DO NOTHING",
+        tenant,
+        customer,
+        credits,
+        e.id,
     )
-    .bind(tenant)
-    .bind(customer)
-    .bind(credits)
-    .bind(e.id)
     .execute(&mut **tx)
     .await?;
     Ok(Processed::Applied)
@@ -325,7 +325,7 @@ async fn subscription_changed(
         .or_else(|| e.object.pointer("/items/data/0/current_period_end"))
         .and_then(Value::as_i64)
         .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0));
-    let written = sqlx::query(
+    let written = sqlx::query!(
         "INSERT INTO billing.subscriptions AS s
              (stripe_subscription_id, stripe_customer_id, tier, status, current_period_end,
               source_event_created, source_event_id, source_rank, tenant_id)
@@ -340,16 +340,16 @@ async fn subscription_changed(
              source_rank = excluded.source_rank,
              updated_at = now()
          WHERE (s.source_event_created, s.source_rank) < (excluded.source_event_created, excluded.source_rank)",
+        id,
+        customer,
+        tier,
+        status,
+        period_end,
+        e.created,
+        e.id,
+        lifecycle_rank(e.stripe),
+        tenant,
     )
-    .bind(id)
-    .bind(customer)
-    .bind(tier)
-    .bind(status)
-    .bind(period_end)
-    .bind(e.created)
-    .bind(e.id)
-    .bind(lifecycle_rank(e.stripe))
-    .bind(tenant)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -372,15 +372,15 @@ async fn invoice_paid(
     else {
         return Ok(Processed::Applied);
     };
-    sqlx::query(
+    sqlx::query!(
         "UPDATE billing.subscriptions SET status = 'active', source_event_created = $2,
                 source_event_id = $3, source_rank = 2, updated_at = now()
          WHERE stripe_subscription_id = $1 AND status IN ('past_due', 'unpaid', 'incomplete')
            AND source_event_created < $2",
+        subscription,
+        e.created,
+        e.id,
     )
-    .bind(subscription)
-    .bind(e.created)
-    .bind(e.id)
     .execute(&mut **tx)
     .await?;
     Ok(Processed::Applied)
@@ -394,12 +394,13 @@ async fn invoice_failed(
     e: &Event<'_>,
 ) -> Result<Processed, JobError> {
     let Owner { tenant, customer } = *owner;
-    let user: Option<String> =
-        sqlx::query_scalar("SELECT user_id FROM billing.customers WHERE stripe_customer_id = $1")
-            .bind(customer)
-            .fetch_optional(&mut **tx)
-            .await?
-            .flatten();
+    let user: Option<String> = sqlx::query_scalar!(
+        "SELECT user_id FROM billing.customers WHERE stripe_customer_id = $1",
+        customer,
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .flatten();
     let amount = e
         .object
         .pointer("/amount_due")
@@ -417,10 +418,12 @@ async fn invoice_failed(
             {"name": "Stripe event", "value": e.id},
         ],
     });
-    sqlx::query("INSERT INTO alerts (tenant_id, user_id, kind, payload) VALUES ($1, $2, 'payment_failed', $3)")
-        .bind(tenant)
-        .bind(user)
-        .bind(payload)
+    sqlx::query!(
+        "INSERT INTO alerts (tenant_id, user_id, kind, payload) VALUES ($1, $2, 'payment_failed', $3)",
+        tenant,
+        user,
+        payload,
+    )
         .execute(&mut **tx)
         .await?;
     Ok(Processed::Applied)

@@ -106,28 +106,29 @@ impl Job for SendAlert {
     const TIMEOUT: Duration = Duration::from_secs(60);
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        type Row = (
-            String,
-            Value,
-            String,
-            DateTime<Utc>,
-            Option<String>,
-            Option<DateTime<Utc>>,
-        );
         let mut tx = pulse_domain::tenancy::begin(&ctx.pool, self.tenant_id).await?;
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT a.kind::text, a.payload, a.status, a.created_at, s.discord_webhook_url, s.discord_disabled_at
-             FROM alerts a
-             LEFT JOIN notification_settings s ON s.tenant_id = a.tenant_id AND s.user_id = a.user_id
-             WHERE a.id = $1",
+        let row = sqlx::query!(
+            r#"SELECT a.kind::text AS "kind!", a.payload, a.status, a.created_at,
+                      s.discord_webhook_url AS "own_url?", s.discord_disabled_at AS "disabled_at?"
+               FROM alerts a
+               LEFT JOIN notification_settings s ON s.tenant_id = a.tenant_id AND s.user_id = a.user_id
+               WHERE a.id = $1"#,
+            self.alert_id,
         )
-        .bind(self.alert_id)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        let Some((kind, payload, status, created_at, own_url, disabled_at)) = row else {
+        let Some(row) = row else {
             return Err(JobError::permanent(format!("no alert {}", self.alert_id)));
         };
+        let (kind, payload, status, created_at, own_url, disabled_at) = (
+            row.kind,
+            row.payload,
+            row.status,
+            row.created_at,
+            row.own_url,
+            row.disabled_at,
+        );
         if status != "pending" {
             return Ok(());
         }
@@ -157,8 +158,10 @@ impl Job for SendAlert {
         }
         self.confined(
             &ctx,
-            sqlx::query("UPDATE alerts SET attempts = attempts + 1 WHERE id = $1")
-                .bind(self.alert_id),
+            sqlx::query!(
+                "UPDATE alerts SET attempts = attempts + 1 WHERE id = $1",
+                self.alert_id,
+            ),
         )
         .await?;
         let message = render(&kind, &payload, created_at);
@@ -186,12 +189,12 @@ impl Job for SendAlert {
             Delivery::Gone => {
                 self.confined(
                     &ctx,
-                    sqlx::query(
+                    sqlx::query!(
                         "UPDATE notification_settings SET discord_disabled_at = now(),
                                 discord_disabled_why = 'Discord answered 404: the webhook no longer exists'
                          WHERE discord_webhook_url = $1",
-                    )
-                    .bind(&url),
+                        &url,
+                    ),
                 )
                 .await?;
                 tracing::warn!(
@@ -236,14 +239,14 @@ impl SendAlert {
     ) -> Result<(), JobError> {
         self.confined(
             ctx,
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE alerts SET status = $2, last_error = coalesce($3, last_error),
                         sent_at = CASE WHEN $2 = 'sent' THEN now() END
                  WHERE id = $1 AND status = 'pending'",
-            )
-            .bind(self.alert_id)
-            .bind(status)
-            .bind(error),
+                self.alert_id,
+                status,
+                error,
+            ),
         )
         .await?;
         Ok(())
@@ -252,9 +255,11 @@ impl SendAlert {
     async fn note_error(&self, ctx: &JobContext, error: &str) -> Result<(), JobError> {
         self.confined(
             ctx,
-            sqlx::query("UPDATE alerts SET last_error = $2 WHERE id = $1")
-                .bind(self.alert_id)
-                .bind(error),
+            sqlx::query!(
+                "UPDATE alerts SET last_error = $2 WHERE id = $1",
+                self.alert_id,
+                error,
+            ),
         )
         .await?;
         Ok(())
@@ -268,12 +273,12 @@ async fn take_budget(
     key: &str,
     max_wait: Duration,
 ) -> Result<Option<Duration>, JobError> {
-    let taken: Option<(i32,)> = sqlx::query_as(
+    let taken = sqlx::query_scalar!(
         "UPDATE discord_rate_limits SET remaining = remaining - 1, updated_at = now()
          WHERE webhook_key = $1 AND (remaining > 0 OR reset_at <= now())
          RETURNING remaining",
+        key,
     )
-    .bind(key)
     .fetch_optional(&ctx.pool)
     .await?;
     if taken.is_some() {
@@ -281,12 +286,13 @@ async fn take_budget(
     }
     // The wait is computed by the database, in seconds: no far-off timestamp is ever
     // decoded or subtracted here.
-    let reset: Option<f64> = sqlx::query_scalar(
+    let reset: Option<f64> = sqlx::query_scalar!(
         "SELECT extract(epoch FROM reset_at - now())::float8 FROM discord_rate_limits WHERE webhook_key = $1",
+        key,
     )
-    .bind(key)
     .fetch_optional(&ctx.pool)
-    .await?;
+    .await?
+    .flatten();
     Ok(reset.map(|secs| wait_from_secs(secs, max_wait).max(Duration::from_millis(50))))
 }
 
@@ -305,16 +311,16 @@ async fn record_rate(
         },
     };
     let reset_after = reset_after.unwrap_or(Duration::from_secs(1));
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO discord_rate_limits (webhook_key, bucket, remaining, reset_at)
          VALUES ($1, $2, $3, now() + make_interval(secs => $4))
          ON CONFLICT (webhook_key) DO UPDATE SET bucket = coalesce(excluded.bucket, discord_rate_limits.bucket),
              remaining = excluded.remaining, reset_at = excluded.reset_at, updated_at = now()",
+        key,
+        rate.bucket.as_deref(),
+        remaining.clamp(0, i64::from(i32::MAX)) as i32,
+        reset_after.as_secs_f64(),
     )
-    .bind(key)
-    .bind(&rate.bucket)
-    .bind(remaining.clamp(0, i64::from(i32::MAX)) as i32)
-    .bind(reset_after.as_secs_f64())
     .execute(&ctx.pool)
     .await?;
     Ok(())

@@ -20,7 +20,6 @@ pub struct SyncWatcher {
     pub event_id: i64,
 }
 
-#[derive(sqlx::FromRow)]
 struct EventRow {
     source_id: i64,
     source_version: i64,
@@ -61,10 +60,10 @@ impl Job for SyncWatcher {
     /// version applied per source row, so an old change cannot come back to life.
     fn retention() -> Option<RetentionHook> {
         Some(retention_hook(|pool, keep| async move {
-            let deleted = sqlx::query(
+            let deleted = sqlx::query!(
                 "DELETE FROM watcher_events WHERE received_at < now() - make_interval(secs => $1)",
+                keep.as_secs_f64(),
             )
-            .bind(keep.as_secs_f64())
             .execute(&pool)
             .await?;
             Ok(deleted.rows_affected())
@@ -73,11 +72,12 @@ impl Job for SyncWatcher {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let mut tx = ctx.pool.begin().await?;
-        let event: Option<EventRow> = sqlx::query_as(
-            "SELECT source_id, source_version, type AS kind, record, old_record
-             FROM watcher_events WHERE id = $1",
+        let event = sqlx::query_as!(
+            EventRow,
+            r#"SELECT source_id, source_version, type AS "kind: Operation", record, old_record
+               FROM watcher_events WHERE id = $1"#,
+            self.event_id,
         )
-        .bind(self.event_id)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(EventRow {
@@ -107,26 +107,27 @@ impl Job for SyncWatcher {
                 ))
             })?;
         pulse_domain::tenancy::enter(&mut tx, tenant).await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO watcher_sources (tenant_id, source_id, source_version) VALUES ($1, $2, 0)
              ON CONFLICT (tenant_id, source_id) DO NOTHING",
+            tenant,
+            source_id,
         )
-        .bind(tenant)
-        .bind(source_id)
         .execute(&mut *tx)
         .await?;
-        let (applied, user_id, symbol, timeframe): (
-            i64,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        ) = sqlx::query_as(
+        let source = sqlx::query!(
             "SELECT source_version, user_id, symbol, timeframe FROM watcher_sources
                  WHERE source_id = $1 FOR UPDATE",
+            source_id,
         )
-        .bind(source_id)
         .fetch_one(&mut *tx)
         .await?;
+        let (applied, user_id, symbol, timeframe) = (
+            source.source_version,
+            source.user_id,
+            source.symbol,
+            source.timeframe,
+        );
         if version <= applied {
             tracing::info!(
                 source.id = source_id,
@@ -165,18 +166,18 @@ impl Job for SyncWatcher {
                     .get("active")
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
-                sqlx::query(
+                sqlx::query!(
                     "INSERT INTO watchers (tenant_id, user_id, symbol, timeframe, strategy, active)
                      VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (tenant_id, user_id, symbol, timeframe) DO UPDATE SET
                          strategy = excluded.strategy, active = excluded.active, updated_at = now()",
+                    tenant,
+                    &key.user_id,
+                    &key.symbol,
+                    &key.timeframe,
+                    &strategy,
+                    active,
                 )
-                .bind(tenant)
-                .bind(&key.user_id)
-                .bind(&key.symbol)
-                .bind(&key.timeframe)
-                .bind(&strategy)
-                .bind(active)
                 .execute(&mut *tx)
                 .await?;
                 record_source(&mut tx, source_id, version, Some(&key), false).await?;
@@ -202,12 +203,14 @@ impl Job for SyncWatcher {
 }
 
 async fn delete(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, key: &Key) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM watchers WHERE user_id = $1 AND symbol = $2 AND timeframe = $3")
-        .bind(&key.user_id)
-        .bind(&key.symbol)
-        .bind(&key.timeframe)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM watchers WHERE user_id = $1 AND symbol = $2 AND timeframe = $3",
+        &key.user_id,
+        &key.symbol,
+        &key.timeframe,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -218,17 +221,17 @@ async fn record_source(
     key: Option<&Key>,
     deleted: bool,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE watcher_sources SET source_version = $2, user_id = $3, symbol = $4, timeframe = $5,
                 deleted = $6, updated_at = now()
          WHERE source_id = $1",
+        source_id,
+        version,
+        key.map(|k| k.user_id.as_str()),
+        key.map(|k| k.symbol.as_str()),
+        key.map(|k| k.timeframe.as_str()),
+        deleted,
     )
-    .bind(source_id)
-    .bind(version)
-    .bind(key.map(|k| k.user_id.as_str()))
-    .bind(key.map(|k| k.symbol.as_str()))
-    .bind(key.map(|k| k.timeframe.as_str()))
-    .bind(deleted)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -27,7 +27,6 @@ use uuid::Uuid;
 use super::{ClaimedJob, holdings::Holdings};
 use crate::stats::Recorder;
 
-const ACK_SQL: &str = include_str!("sql/ack.sql");
 /// Rows per ack statement; larger batches are split.
 const MAX_ACK_BATCH: usize = 5000;
 
@@ -347,15 +346,19 @@ pub async fn write(pool: &PgPool, batch: &[Ack]) -> sqlx::Result<Vec<i64>> {
         refunds.push(ack.refund);
         errors.push(ack.error.clone());
     }
-    sqlx::query_scalar(ACK_SQL)
-        .bind(ids)
-        .bind(tokens)
-        .bind(states)
-        .bind(run_ats)
-        .bind(refunds)
-        .bind(errors)
-        .fetch_all(pool)
-        .await
+    // Arrays with NULL elements (no new run_at, no error): checked by the statement's
+    // casts rather than the macro, which knows no nullable array elements.
+    sqlx::query_file_scalar!(
+        "src/sql/ack.sql",
+        &ids,
+        &tokens,
+        &states as _,
+        &run_ats as _,
+        &refunds,
+        &errors as _
+    )
+    .fetch_all(pool)
+    .await
 }
 
 fn record(recorder: &Recorder, batch: &[Ack], accepted: &[i64]) {

@@ -39,27 +39,30 @@ pub struct JobSummary {
 }
 
 pub async fn list(pool: &PgPool, filter: &Filter) -> sqlx::Result<Vec<JobSummary>> {
-    sqlx::query_as(
-        "SELECT id, job_name, state, attempts, max_attempts, run_at, created_at,
-                errors -> -1 ->> 'error' AS last_error
-         FROM fleet.jobs
-         WHERE ($1::text IS NULL OR job_name = $1)
-           AND ($2::fleet.job_state IS NULL OR state = $2)
-         ORDER BY id DESC LIMIT $3",
+    sqlx::query_as!(
+        JobSummary,
+        r#"SELECT id, job_name, state AS "state: JobState", attempts, max_attempts, run_at,
+                  created_at, errors -> -1 ->> 'error' AS last_error
+           FROM fleet.jobs
+           WHERE ($1::text IS NULL OR job_name = $1)
+             AND ($2::fleet.job_state IS NULL OR state = $2)
+           ORDER BY id DESC LIMIT $3"#,
+        filter.name,
+        filter.state as Option<JobState>,
+        filter.limit,
     )
-    .bind(&filter.name)
-    .bind(filter.state)
-    .bind(filter.limit)
     .fetch_all(pool)
     .await
 }
 
 /// The whole row of job `id`, as JSON.
 pub async fn show(pool: &PgPool, id: i64) -> sqlx::Result<Option<serde_json::Value>> {
-    sqlx::query_scalar("SELECT to_jsonb(j) FROM fleet.jobs j WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT to_jsonb(j) AS "job!" FROM fleet.jobs j WHERE id = $1"#,
+        id,
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// Jobs named by id, or selected by name and state.
@@ -96,8 +99,8 @@ pub enum AdminError {
 pub async fn retry(pool: &PgPool, selection: &Selection) -> Result<i64, AdminError> {
     let from = [JobState::Dead, JobState::Cancelled];
     let state = check(selection, &from, JobState::Dead, JobState::Available)?;
-    Ok(sqlx::query_scalar(
-        "WITH old AS (
+    Ok(sqlx::query_scalar!(
+        r#"WITH old AS (
              SELECT id, job_name, state FROM fleet.jobs
              WHERE state = ANY($1)
                AND (CASE WHEN cardinality($2::bigint[]) > 0 THEN id = ANY($2) ELSE
@@ -113,12 +116,12 @@ pub async fn retry(pool: &PgPool, selection: &Selection) -> Result<i64, AdminErr
              SELECT fleet.count_moves(array_agg(job_name), array_agg(was), array_agg(now))
              FROM changed
          )
-         SELECT count(*) FROM changed, counted",
+         SELECT count(*) AS "moved!" FROM changed, counted"#,
+        &from[..] as &[JobState],
+        &selection.ids,
+        selection.name,
+        state as JobState,
     )
-    .bind(&from[..])
-    .bind(&selection.ids)
-    .bind(&selection.name)
-    .bind(state)
     .fetch_one(pool)
     .await?)
 }
@@ -129,8 +132,8 @@ pub async fn retry(pool: &PgPool, selection: &Selection) -> Result<i64, AdminErr
 pub async fn cancel(pool: &PgPool, selection: &Selection) -> Result<i64, AdminError> {
     let from = [JobState::Available, JobState::Running, JobState::Dead];
     let state = check(selection, &from, JobState::Available, JobState::Cancelled)?;
-    Ok(sqlx::query_scalar(
-        "WITH old AS (
+    Ok(sqlx::query_scalar!(
+        r#"WITH old AS (
              SELECT id, job_name, state FROM fleet.jobs
              WHERE state = ANY($1)
                AND (CASE WHEN cardinality($2::bigint[]) > 0 THEN id = ANY($2) ELSE
@@ -145,12 +148,12 @@ pub async fn cancel(pool: &PgPool, selection: &Selection) -> Result<i64, AdminEr
              SELECT fleet.count_moves(array_agg(job_name), array_agg(was), array_agg(now))
              FROM changed
          )
-         SELECT count(*) FROM changed, counted",
+         SELECT count(*) AS "moved!" FROM changed, counted"#,
+        &from[..] as &[JobState],
+        &selection.ids,
+        selection.name,
+        state as JobState,
     )
-    .bind(&from[..])
-    .bind(&selection.ids)
-    .bind(&selection.name)
-    .bind(state)
     .fetch_one(pool)
     .await?)
 }
@@ -187,12 +190,15 @@ pub struct StateCount {
 /// Counts by job name and state from `fleet.stats` plus pending deltas (no scan of
 /// the job table).
 pub async fn state_counts(pool: &PgPool) -> sqlx::Result<Vec<StateCount>> {
-    sqlx::query_as(
-        "SELECT job_name, label::fleet.job_state AS state, sum(v)::bigint AS count FROM (
-             SELECT job_name, label, value AS v FROM fleet.stats WHERE metric = 'jobs'
-             UNION ALL
-             SELECT job_name, label, delta FROM fleet.stat_deltas WHERE metric = 'jobs'
-         ) s GROUP BY job_name, label ORDER BY job_name, label",
+    sqlx::query_as!(
+        StateCount,
+        r#"SELECT job_name AS "job_name!", label::fleet.job_state AS "state!: JobState",
+                  sum(v)::bigint AS "count!"
+           FROM (
+               SELECT job_name, label, value AS v FROM fleet.stats WHERE metric = 'jobs'
+               UNION ALL
+               SELECT job_name, label, delta FROM fleet.stat_deltas WHERE metric = 'jobs'
+           ) s GROUP BY job_name, label ORDER BY job_name, label"#,
     )
     .fetch_all(pool)
     .await
@@ -200,10 +206,12 @@ pub async fn state_counts(pool: &PgPool) -> sqlx::Result<Vec<StateCount>> {
 
 /// Stops claiming from a queue (running jobs finish; new ones wait).
 pub async fn pause(pool: &PgPool, queue: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO fleet.paused_queues (job_name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(queue)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO fleet.paused_queues (job_name) VALUES ($1) ON CONFLICT DO NOTHING",
+        queue,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -211,14 +219,11 @@ pub async fn pause(pool: &PgPool, queue: &str) -> sqlx::Result<()> {
 /// paused.
 pub async fn resume(pool: &PgPool, queue: &str) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let resumed = sqlx::query("DELETE FROM fleet.paused_queues WHERE job_name = $1")
-        .bind(queue)
+    let resumed = sqlx::query!("DELETE FROM fleet.paused_queues WHERE job_name = $1", queue,)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(crate::NOTIFY_CHANNEL)
-        .bind(queue)
+    sqlx::query!("SELECT pg_notify($1, $2)", crate::NOTIFY_CHANNEL, queue,)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -230,12 +235,12 @@ pub async fn live_workers(
     pool: &PgPool,
     lease_timeout: std::time::Duration,
 ) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT name FROM fleet.workers
          WHERE stopped_at IS NULL AND last_heartbeat_at > now() - make_interval(secs => $1)
          ORDER BY started_at",
+        lease_timeout.as_secs_f64(),
     )
-    .bind(lease_timeout.as_secs_f64())
     .fetch_all(pool)
     .await
 }
@@ -243,19 +248,20 @@ pub async fn live_workers(
 /// Seconds the job at the head of each queue has been due (0 when none is due): one
 /// probe of the claim index per queue.
 pub async fn queue_lags(pool: &PgPool, names: &[String]) -> sqlx::Result<Vec<(String, f64)>> {
-    sqlx::query_as(
-        "SELECT q.name, coalesce(extract(epoch FROM now() - head.run_at)::float8, 0)
+    let lags = sqlx::query!(
+        r#"SELECT q.name AS "name!", coalesce(extract(epoch FROM now() - head.run_at)::float8, 0) AS "lag!"
          FROM unnest($1::text[]) AS q(name)
          LEFT JOIN LATERAL (
              SELECT j.run_at FROM fleet.jobs j
              WHERE j.job_name = q.name AND j.state = 'available' AND j.run_at <= now()
              ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1
          ) head ON true
-         ORDER BY q.name",
+         ORDER BY q.name"#,
+        names,
     )
-    .bind(names)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(lags.into_iter().map(|l| (l.name, l.lag)).collect())
 }
 
 /// A schedule's last enqueued tick.
@@ -267,9 +273,12 @@ pub struct ScheduleTick {
 }
 
 pub async fn schedule_ticks(pool: &PgPool) -> sqlx::Result<Vec<ScheduleTick>> {
-    sqlx::query_as("SELECT name, job_name, last_tick_at FROM fleet.schedules ORDER BY name")
-        .fetch_all(pool)
-        .await
+    sqlx::query_as!(
+        ScheduleTick,
+        "SELECT name, job_name, last_tick_at FROM fleet.schedules ORDER BY name"
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// One value of `fleet.stats`.
@@ -284,10 +293,13 @@ pub struct Stat {
 /// Folds pending deltas into `fleet.stats`, then reads it whole (a few rows per job
 /// type and metric: never the job table).
 pub async fn stats(pool: &PgPool) -> sqlx::Result<Vec<Stat>> {
-    sqlx::query("SELECT fleet.roll_up_stats()")
-        .execute(pool)
+    sqlx::query_scalar!("SELECT fleet.roll_up_stats()")
+        .fetch_one(pool)
         .await?;
-    sqlx::query_as("SELECT metric, job_name, label, value FROM fleet.stats")
-        .fetch_all(pool)
-        .await
+    sqlx::query_as!(
+        Stat,
+        "SELECT metric, job_name, label, value FROM fleet.stats"
+    )
+    .fetch_all(pool)
+    .await
 }

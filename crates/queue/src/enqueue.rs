@@ -20,16 +20,18 @@ pub async fn enqueue<'e>(
     payload: &serde_json::Value,
     options: &EnqueueOptions,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT fleet.enqueue($1, $2, $3, $4, $5, $6, $7)")
-        .bind(job_name)
-        .bind(payload)
-        .bind(options.idempotency_key.as_deref())
-        .bind(options.run_at)
-        .bind(options.priority)
-        .bind(options.max_attempts)
-        .bind(options.concurrency_key.as_deref())
-        .fetch_one(executor)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT fleet.enqueue($1, $2, $3, $4, $5, $6, $7) AS "id!""#,
+        job_name,
+        payload,
+        options.idempotency_key.as_deref(),
+        options.run_at,
+        options.priority,
+        options.max_attempts,
+        options.concurrency_key.as_deref(),
+    )
+    .fetch_one(executor)
+    .await
 }
 
 /// Records the job types this code runs: `fleet.enqueue` refuses other names and takes
@@ -40,14 +42,14 @@ pub async fn record_job_types(
 ) -> sqlx::Result<()> {
     let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
     let attempts: Vec<i32> = specs.iter().map(|s| s.max_attempts).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO fleet.job_types (job_name, max_attempts)
          SELECT * FROM unnest($1::text[], $2::int[])
          ON CONFLICT (job_name) DO UPDATE
          SET max_attempts = excluded.max_attempts, updated_at = now()",
+        &names as &[&str],
+        &attempts,
     )
-    .bind(&names)
-    .bind(&attempts)
     .execute(pool)
     .await?;
     Ok(())

@@ -17,8 +17,6 @@ use super::{
     idle::{IdleLock, Park},
 };
 
-const CLAIM_SQL: &str = include_str!("sql/claim.sql");
-
 #[derive(Debug, Clone)]
 pub struct FetcherConfig {
     pub queue: &'static str,
@@ -27,16 +25,18 @@ pub struct FetcherConfig {
     pub poll_interval: Duration,
 }
 
-type ClaimRow = (
-    i64,
-    serde_json::Value,
-    i32,
-    i32,
-    Uuid,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
+/// A job as `sql/claim.sql` claims it.
+#[derive(Debug)]
+pub struct ClaimRow {
+    pub id: i64,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub lease_token: Uuid,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+}
 
 /// Claims up to `limit` jobs of `queue` for `worker_id`.
 pub async fn claim(
@@ -45,12 +45,15 @@ pub async fn claim(
     limit: usize,
     worker_id: Uuid,
 ) -> sqlx::Result<Vec<ClaimRow>> {
-    sqlx::query_as(CLAIM_SQL)
-        .bind(queue)
-        .bind(limit as i64)
-        .bind(worker_id)
-        .fetch_all(pool)
-        .await
+    sqlx::query_file_as!(
+        ClaimRow,
+        "src/sql/claim.sql",
+        queue,
+        limit as i64,
+        worker_id
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// What a fetcher shares with the rest of its worker process.
@@ -136,22 +139,22 @@ pub async fn run(pool: PgPool, config: FetcherConfig, links: FetcherLinks) {
         tracing::debug!(queue, asked = held.len(), got = rows.len(), elapsed = ?started.elapsed(), "claimed");
         if !rows.is_empty() {
             idle.unpark().await;
-            holdings.claimed(rows.iter().map(|r| r.0));
+            holdings.claimed(rows.iter().map(|r| r.id));
             let now = Utc::now();
             let mut jobs = rows
                 .into_iter()
                 .zip(held.drain(..))
                 .map(|(row, permit)| ClaimedJob {
-                    id: row.0,
+                    id: row.id,
                     job_name: queue,
-                    payload: row.1,
-                    attempt: row.2,
-                    max_attempts: row.3,
-                    lease_token: row.4,
+                    payload: row.payload,
+                    attempt: row.attempts,
+                    max_attempts: row.max_attempts,
+                    lease_token: row.lease_token,
                     epoch,
-                    run_at: row.5,
-                    created_at: row.6,
-                    claimed_at: row.7.max(now),
+                    run_at: row.run_at,
+                    created_at: row.created_at,
+                    claimed_at: row.started_at.max(now),
                     permit: Some(permit),
                 });
             while let Some(job) = jobs.next() {

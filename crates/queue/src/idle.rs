@@ -49,11 +49,9 @@ impl IdleLock {
     async fn connection(&mut self) -> sqlx::Result<&mut PgConnection> {
         if self.conn.is_none() {
             let mut conn = PgConnection::connect_with(&self.options).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SET lock_timeout = '{LOCK_TIMEOUT}'"
-            )))
-            .execute(&mut conn)
-            .await?;
+            sqlx::query_scalar!("SELECT set_config('lock_timeout', $1, false)", LOCK_TIMEOUT)
+                .fetch_one(&mut conn)
+                .await?;
             self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("connected above"))
@@ -63,10 +61,12 @@ impl IdleLock {
         let queue = self.queue;
         let result = match self.connection().await {
             Ok(conn) => {
-                sqlx::query("SELECT pg_advisory_lock_shared(hashtext('fleet.idle'), hashtext($1))")
-                    .bind(queue)
-                    .execute(conn)
-                    .await
+                sqlx::query!(
+                    "SELECT pg_advisory_lock_shared(hashtext('fleet.idle'), hashtext($1))",
+                    queue
+                )
+                .execute(conn)
+                .await
             }
             Err(error) => Err(error),
         };
@@ -97,11 +97,12 @@ impl IdleLock {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let released =
-            sqlx::query("SELECT pg_advisory_unlock_shared(hashtext('fleet.idle'), hashtext($1))")
-                .bind(queue)
-                .execute(conn)
-                .await;
+        let released = sqlx::query_scalar!(
+            "SELECT pg_advisory_unlock_shared(hashtext('fleet.idle'), hashtext($1))",
+            queue
+        )
+        .fetch_one(conn)
+        .await;
         if let Err(error) = released {
             // Closing the connection releases the lock.
             tracing::warn!(queue, %error, "idle unlock failed; reconnecting");

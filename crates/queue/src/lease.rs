@@ -13,8 +13,6 @@ use uuid::Uuid;
 
 use super::holdings::Holdings;
 
-const RESCUE_SQL: &str = include_str!("sql/rescue.sql");
-
 #[derive(Debug, Clone)]
 pub struct WorkerIdentity {
     pub id: Uuid,
@@ -43,18 +41,18 @@ impl WorkerIdentity {
     /// a live worker's jobs while it runs them.
     pub async fn register(&self, pool: &PgPool, queues: &[&str]) -> sqlx::Result<()> {
         let mut tx = pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit TO on")
+        sqlx::query!("SET LOCAL synchronous_commit TO on")
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO fleet.workers (id, name, host, pid, queues) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), stopped_at = NULL",
+            self.id,
+            self.name,
+            self.host,
+            self.pid as i32,
+            queues as _,
         )
-        .bind(self.id)
-        .bind(&self.name)
-        .bind(&self.host)
-        .bind(self.pid as i32)
-        .bind(queues)
         .execute(&mut *tx)
         .await?;
         tx.commit().await
@@ -63,12 +61,12 @@ impl WorkerIdentity {
     /// Renews the lease and reports the jobs held. Returns false when the worker row
     /// is gone or marked stopped: others have rescued (or will rescue) its jobs.
     pub async fn heartbeat(&self, pool: &PgPool, held: &[i64]) -> sqlx::Result<bool> {
-        let updated = sqlx::query(
+        let updated = sqlx::query!(
             "UPDATE fleet.workers SET last_heartbeat_at = now(), held = $2
              WHERE id = $1 AND stopped_at IS NULL",
+            self.id,
+            held,
         )
-        .bind(self.id)
-        .bind(held)
         .execute(pool)
         .await?
         .rows_affected();
@@ -76,10 +74,12 @@ impl WorkerIdentity {
     }
 
     pub async fn mark_stopped(&self, pool: &PgPool) -> sqlx::Result<()> {
-        sqlx::query("UPDATE fleet.workers SET stopped_at = now() WHERE id = $1")
-            .bind(self.id)
-            .execute(pool)
-            .await?;
+        sqlx::query!(
+            "UPDATE fleet.workers SET stopped_at = now() WHERE id = $1",
+            self.id
+        )
+        .execute(pool)
+        .await?;
         Ok(())
     }
 }
@@ -93,11 +93,11 @@ impl Default for WorkerIdentity {
 /// Re-queues (or kills, when out of attempts) the jobs of dead workers. Returns how
 /// many were rescued.
 pub async fn rescue_expired(pool: &PgPool, lease_timeout: Duration) -> sqlx::Result<u64> {
-    let rows: Vec<(i64, String)> = sqlx::query_as(RESCUE_SQL)
-        .bind(lease_timeout.as_secs_f64())
+    let rows = sqlx::query_file!("src/sql/rescue.sql", lease_timeout.as_secs_f64())
         .fetch_all(pool)
         .await?;
-    for (id, job_name) in &rows {
+    for row in &rows {
+        let (id, job_name) = (row.id, &row.job_name);
         tracing::warn!(job.id = id, job.name = %job_name, "rescued job {id} from a dead worker");
     }
     Ok(rows.len() as u64)
@@ -107,8 +107,8 @@ pub async fn rescue_expired(pool: &PgPool, lease_timeout: Duration) -> sqlx::Res
 /// graceful shutdown does, after its in-flight attempts were settled, with the jobs it
 /// claimed but never started.
 pub async fn hand_back_all(pool: &PgPool, worker: Uuid) -> sqlx::Result<u64> {
-    let rows: Vec<(i64,)> = sqlx::query_as(
-        "WITH handed AS (
+    let rows = sqlx::query_scalar!(
+        r#"WITH handed AS (
              UPDATE fleet.jobs SET state = 'available', attempts = attempts - 1,
                     lease_owner = NULL, run_at = now()
              WHERE lease_owner = $1 AND state = 'running'
@@ -118,9 +118,9 @@ pub async fn hand_back_all(pool: &PgPool, worker: Uuid) -> sqlx::Result<u64> {
                                       array_agg('available'::fleet.job_state))
              FROM handed
          )
-         SELECT id FROM handed, counted",
+         SELECT id AS "id!" FROM handed, counted"#,
+        worker
     )
-    .bind(worker)
     .fetch_all(pool)
     .await?;
     Ok(rows.len() as u64)

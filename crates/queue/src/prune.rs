@@ -46,12 +46,12 @@ async fn prune(
         retention.dead_hours,
     )
     .await?;
-    let workers = sqlx::query(
+    let workers = sqlx::query!(
         "DELETE FROM fleet.workers
          WHERE stopped_at < now() - make_interval(hours => $1)
             OR last_heartbeat_at < now() - make_interval(hours => $1)",
+        retention.workers_hours as i32,
     )
-    .bind(retention.workers_hours as i32)
     .execute(pool)
     .await?
     .rows_affected();
@@ -65,10 +65,10 @@ async fn prune(
     }
 
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SELECT fleet.recount_jobs()")
+    sqlx::query!("SELECT fleet.recount_jobs()")
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -83,8 +83,8 @@ async fn delete_finished(
 ) -> Result<u64, JobError> {
     let mut total = 0;
     loop {
-        let deleted: i64 = sqlx::query_scalar(
-            "WITH gone AS (
+        let deleted: i64 = sqlx::query_scalar!(
+            r#"WITH gone AS (
                  DELETE FROM fleet.jobs WHERE id IN (
                      SELECT id FROM fleet.jobs
                      WHERE state = ANY($1::fleet.job_state[])
@@ -96,11 +96,11 @@ async fn delete_finished(
                                           array_agg(NULL::fleet.job_state))
                  FROM gone
              )
-             SELECT count(*) FROM gone, counted",
+             SELECT count(*) AS "deleted!" FROM gone, counted"#,
+            states as &[JobState],
+            hours as i32,
+            CHUNK,
         )
-        .bind(states)
-        .bind(hours as i32)
-        .bind(CHUNK)
         .fetch_one(pool)
         .await?;
         if deleted == 0 {

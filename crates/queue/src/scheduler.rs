@@ -57,18 +57,18 @@ pub async fn fire(pool: &PgPool, schedule: &Schedule, tick: DateTime<Utc>) -> an
         ..Default::default()
     };
     let id = enqueue(&mut *tx, &schedule.job, &schedule.payload, &options).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO fleet.schedules (name, cron, job_name, last_tick_at, last_job_id, updated_at)
          VALUES ($1, $2, $3, $4, $5, now())
          ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, job_name = excluded.job_name,
              last_tick_at = greatest(fleet.schedules.last_tick_at, excluded.last_tick_at),
              last_job_id = excluded.last_job_id, updated_at = now()",
+        &schedule.name,
+        schedule.cron.to_string(),
+        &schedule.job,
+        tick,
+        id,
     )
-    .bind(&schedule.name)
-    .bind(schedule.cron.to_string())
-    .bind(&schedule.job)
-    .bind(tick)
-    .bind(id)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

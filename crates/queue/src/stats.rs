@@ -62,14 +62,14 @@ impl Recorder {
             labels.push(l.as_str());
             deltas.push(*d);
         }
-        let result = sqlx::query(
+        let result = sqlx::query!(
             "INSERT INTO fleet.stat_deltas (metric, job_name, label, delta)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])",
+            &metrics as &[&str],
+            &jobs as &[&str],
+            &labels as &[&str],
+            &deltas,
         )
-        .bind(&metrics)
-        .bind(&jobs)
-        .bind(&labels)
-        .bind(&deltas)
         .execute(pool)
         .await;
         if let Err(error) = result {

@@ -49,20 +49,6 @@ const LOCK_TTL_SECS: f64 = 60.0;
 /// Legs at or above this index are unwind orders.
 const UNWIND_BASE: i32 = 1000;
 
-/// Counts `$3` more requests for each account of `$2` (tenant `$1`) in the current
-/// minute's window; returns each account's use so far.
-macro_rules! take_budget_sql {
-    () => {
-        "INSERT INTO venue_request_budgets AS b (tenant_id, account_id, window_start, used)
-         SELECT $1, a, date_trunc('minute', now()), n FROM unnest($2::uuid[], $3::int[]) AS w(a, n)
-         ON CONFLICT (tenant_id, account_id) DO UPDATE SET
-             used = CASE WHEN b.window_start = date_trunc('minute', now()) THEN b.used + excluded.used
-                         ELSE excluded.used END,
-             window_start = date_trunc('minute', now())
-         RETURNING used"
-    };
-}
-
 mod group;
 mod plan;
 pub use plan::plan_together;
@@ -202,7 +188,7 @@ async fn settle_intents(
     endings: &[Ending<'_>],
 ) -> sqlx::Result<()> {
     let ids: Vec<Uuid> = endings.iter().map(|e| e.intent).collect();
-    sqlx::query(
+    sqlx::query!(
         "WITH e AS (SELECT * FROM unnest($1::uuid[], $2::intent_status[], $3::text[], $4::text[], $5::jsonb[])
                     AS e(id, status, reason, event, details)),
          settled AS (
@@ -211,12 +197,12 @@ async fn settle_intents(
              FROM e WHERE i.id = e.id AND i.id = ANY($1)),
          unlocked AS (DELETE FROM entry_locks WHERE owner_token = ANY($1))
          SELECT audit_append(e.event, 'intent', e.id::text, e.details) FROM e",
+        &ids,
+        endings.iter().map(|e| e.status).collect::<Vec<_>>() as _,
+        endings.iter().map(|e| e.reason).collect::<Vec<_>>() as _,
+        endings.iter().map(|e| e.event).collect::<Vec<_>>() as _,
+        endings.iter().map(|e| &e.details).collect::<Vec<_>>() as _,
     )
-    .bind(&ids)
-    .bind(endings.iter().map(|e| e.status).collect::<Vec<_>>())
-    .bind(endings.iter().map(|e| e.reason).collect::<Vec<_>>())
-    .bind(endings.iter().map(|e| e.event).collect::<Vec<_>>())
-    .bind(endings.iter().map(|e| &e.details).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -287,12 +273,14 @@ async fn load_orders(
     tx: &mut Transaction<'_, Postgres>,
     intent: Uuid,
 ) -> sqlx::Result<Vec<OrderRow>> {
-    sqlx::query_as(
-        "SELECT intent_id, id, leg_index, account_id, venue_id, symbol, side, quantity, order_type,
-                limit_price, time_in_force, client_order_id, venue_order_id, status, reserved_amount
-         FROM orders WHERE intent_id = $1 ORDER BY leg_index",
+    sqlx::query_as!(
+        OrderRow,
+        r#"SELECT intent_id, id, leg_index, account_id, venue_id, symbol, side, quantity, order_type,
+                  limit_price, time_in_force, client_order_id, venue_order_id,
+                  status AS "status: OrderStatus", reserved_amount
+           FROM orders WHERE intent_id = $1 ORDER BY leg_index"#,
+        intent,
     )
-    .bind(intent)
     .fetch_all(&mut **tx)
     .await
 }
@@ -319,13 +307,17 @@ async fn load_credentials(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT account_id, identifier, secret_ref FROM account_credentials
          WHERE account_id = ANY($1) AND credential_type = 'api_key'",
+        &accounts,
     )
-    .bind(&accounts)
     .fetch_all(&mut **tx)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.account_id, r.identifier, r.secret_ref))
+        .collect())
 }
 
 /// The venue client of one account, or why there is none.
@@ -401,11 +393,11 @@ async fn clients(
 /// of attempts; each attempt, and each `LOCK_TTL_SECS / 3` within a long one, pushes
 /// their expiry forward, so only a dead holder's locks expire.
 async fn renew_locks(tx: &mut Transaction<'_, Postgres>, intent: Uuid) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE entry_locks SET expires_at = now() + make_interval(secs => $2) WHERE owner_token = $1",
+        intent,
+        LOCK_TTL_SECS,
     )
-    .bind(intent)
-    .bind(LOCK_TTL_SECS)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -436,12 +428,14 @@ async fn take_budgets(
 ) -> Result<Option<Duration>, JobError> {
     let (accounts, counts): (Vec<Uuid>, Vec<i32>) = wants.iter().copied().unzip();
     let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
-    let used: Vec<i32> = sqlx::query_scalar(take_budget_sql!())
-        .bind(tenant)
-        .bind(&accounts)
-        .bind(&counts)
-        .fetch_all(&mut *tx)
-        .await?;
+    let used = sqlx::query_scalar!(
+        r#"SELECT used AS "used!" FROM take_venue_budget($1, $2, $3) AS used"#,
+        tenant,
+        &accounts,
+        &counts,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(over_budget(ctx.services.venue_requests_per_minute, &used))
 }
@@ -493,8 +487,8 @@ async fn release_legs(
     let ids: Vec<Uuid> = legs.iter().map(|o| o.id).collect();
     let accounts: Vec<Uuid> = legs.iter().map(|o| o.account_id).collect();
     let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
-    let (killed, held, fresh): (Option<String>, i64, Vec<Uuid>) = sqlx::query_as(
-        "WITH ks AS (
+    let released = sqlx::query!(
+        r#"WITH ks AS (
              SELECT coalesce(reason, 'no reason given') AS reason,
                     CASE WHEN account_id IS NULL THEN 'the tenant' ELSE 'account ' || account_id END AS scope
              FROM kill_switches WHERE engaged AND (account_id IS NULL OR account_id = ANY($2))
@@ -507,16 +501,17 @@ async fn release_legs(
              WHERE id = ANY($3) AND status = 'pending_submit'
                AND NOT EXISTS (SELECT 1 FROM ks) AND (SELECT count(*) FROM locks) = $4
              RETURNING id)
-         SELECT (SELECT 'kill switch engaged for ' || scope || ': ' || reason FROM ks),
-                (SELECT count(*) FROM locks), ARRAY(SELECT id FROM sent)",
+         SELECT (SELECT 'kill switch engaged for ' || scope || ': ' || reason FROM ks) AS killed,
+                (SELECT count(*) FROM locks) AS "held!", ARRAY(SELECT id FROM sent) AS "fresh!""#,
+        intent,
+        &accounts,
+        &ids,
+        locks,
+        LOCK_TTL_SECS,
     )
-    .bind(intent)
-    .bind(&accounts)
-    .bind(&ids)
-    .bind(locks)
-    .bind(LOCK_TTL_SECS)
     .fetch_one(&mut *tx)
     .await?;
+    let (killed, held, fresh) = (released.killed, released.held, released.fresh);
     tx.commit().await?;
     Ok(match killed {
         Some(reason) => Err(Halt::Stopped {
@@ -603,27 +598,31 @@ async fn record(
     match outcome {
         LegOutcome::Accepted(v) => record_accepted(tx, &[(order.id, v)]).await?,
         LegOutcome::Rejected(reason) => {
-            sqlx::query("UPDATE orders SET status = 'rejected', updated_at = now() WHERE id = $1")
-                .bind(order.id)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE orders SET status = 'rejected', updated_at = now() WHERE id = $1",
+                order.id,
+            )
+            .execute(&mut **tx)
+            .await?;
             release(tx, tenant, order).await?;
             let details = json!({"intent": intent, "leg": order.leg_index, "reason": reason});
             tenancy::audit(tx, "leg_rejected", "order", &order.id.to_string(), &details).await?;
         }
         LegOutcome::Unknown(_) => {
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE orders SET status = 'submit_unknown', updated_at = now() WHERE id = $1",
+                order.id,
             )
-            .bind(order.id)
             .execute(&mut **tx)
             .await?;
         }
         LegOutcome::NotPlaced => {
-            sqlx::query("UPDATE orders SET status = 'cancelled', updated_at = now() WHERE id = $1")
-                .bind(order.id)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE orders SET status = 'cancelled', updated_at = now() WHERE id = $1",
+                order.id,
+            )
+            .execute(&mut **tx)
+            .await?;
             release(tx, tenant, order).await?;
             let details = json!({"intent": intent, "leg": order.leg_index});
             tenancy::audit(
@@ -647,18 +646,18 @@ async fn record_accepted(
     if accepted.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE orders o SET venue_order_id = a.venue_id, status = a.status, filled_quantity = a.filled,
                              average_price = a.avg, updated_at = now()
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
               AS a(id, venue_id, status, filled, avg)
          WHERE o.id = a.id AND o.id = ANY($1)",
+        accepted.iter().map(|(id, _)| *id).collect::<Vec<_>>() as _,
+        accepted.iter().map(|(_, v)| v.id.as_str()).collect::<Vec<_>>() as _,
+        accepted.iter().map(|(_, v)| v.status).collect::<Vec<_>>() as _,
+        accepted.iter().map(|(_, v)| v.filled_qty).collect::<Vec<_>>() as _,
+        accepted.iter().map(|(_, v)| v.filled_avg_price).collect::<Vec<_>>() as _,
     )
-    .bind(accepted.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|(_, v)| v.id.as_str()).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|(_, v)| v.status).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|(_, v)| v.filled_qty).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|(_, v)| v.filled_avg_price).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -673,17 +672,17 @@ async fn release(
     if order.reserved_amount.is_zero() {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "WITH released AS (
              UPDATE orders SET reserved_amount = 0 WHERE id = $4 AND reserved_amount > 0
              RETURNING reserved_amount)
          INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
-         SELECT $1, $2, 'release_order', -$3, 'order', $4 WHERE EXISTS (SELECT 1 FROM released)",
+         SELECT $1, $2, 'release_order', -($3::numeric), 'order', $4 WHERE EXISTS (SELECT 1 FROM released)",
+        tenant,
+        order.account_id,
+        order.reserved_amount,
+        order.id,
     )
-    .bind(tenant)
-    .bind(order.account_id)
-    .bind(order.reserved_amount)
-    .bind(order.id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -962,9 +961,11 @@ async fn unwind(
             close_filled(ctx, tenant, intent, leg, filled, venue).await?;
         }
         let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
-        sqlx::query("UPDATE orders SET status = 'cancelled', filled_quantity = $2, updated_at = now() WHERE id = $1")
-            .bind(leg.id)
-            .bind(filled)
+        sqlx::query!(
+            "UPDATE orders SET status = 'cancelled', filled_quantity = $2, updated_at = now() WHERE id = $1",
+            leg.id,
+            filled,
+        )
             .execute(&mut *tx)
             .await?;
         release(&mut tx, tenant, leg).await?;
@@ -987,21 +988,21 @@ async fn close_filled(
     let coid = client_order_id(tenant, intent, index);
     let side = if leg.side == "buy" { "sell" } else { "buy" };
     let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
                              order_type, time_in_force, client_order_id, status)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'market', 'day', $9, 'sent')
          ON CONFLICT (tenant_id, intent_id, leg_index) DO NOTHING",
+        tenant,
+        intent,
+        index,
+        leg.account_id,
+        &leg.venue_id,
+        &leg.symbol,
+        side,
+        qty,
+        &coid,
     )
-    .bind(tenant)
-    .bind(intent)
-    .bind(index)
-    .bind(leg.account_id)
-    .bind(&leg.venue_id)
-    .bind(&leg.symbol)
-    .bind(side)
-    .bind(qty)
-    .bind(&coid)
     .execute(&mut *tx)
     .await?;
     let closing = load_orders(&mut tx, intent)

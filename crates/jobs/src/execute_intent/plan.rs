@@ -409,15 +409,19 @@ async fn known_accounts(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     accounts: &[Uuid],
 ) -> sqlx::Result<Known> {
-    sqlx::query_as(
-        "SELECT a.id, a.venue_id, c.identifier, c.secret_ref
-         FROM trading_accounts a
-         LEFT JOIN account_credentials c ON c.account_id = a.id AND c.credential_type = 'api_key'
-         WHERE a.id = ANY($1)",
+    let rows = sqlx::query!(
+        r#"SELECT a.id, a.venue_id, c.identifier AS "identifier?", c.secret_ref AS "secret_ref?"
+           FROM trading_accounts a
+           LEFT JOIN account_credentials c ON c.account_id = a.id AND c.credential_type = 'api_key'
+           WHERE a.id = ANY($1)"#,
+        accounts,
     )
-    .bind(accounts)
     .fetch_all(&mut **tx)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.venue_id, r.identifier, r.secret_ref))
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -488,13 +492,16 @@ async fn plan_batch(
 ) -> Result<Vec<Verdict>, BatchError> {
     let mut tx = tenancy::begin(pool, tenant).await?;
     // In id order, so two batches that share intents cannot deadlock.
-    let rows: Vec<(Uuid, IntentStatus, Value)> = sqlx::query_as(
-        "SELECT id, status, legs_json FROM multi_leg_intents WHERE id = ANY($1)
-         ORDER BY id FOR UPDATE",
+    let rows: Vec<(Uuid, IntentStatus, Value)> = sqlx::query!(
+        r#"SELECT id, status AS "status: IntentStatus", legs_json FROM multi_leg_intents
+           WHERE id = ANY($1) ORDER BY id FOR UPDATE"#,
+        asks,
     )
-    .bind(asks)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.id, r.status, r.legs_json))
+    .collect();
     let mut verdicts: Vec<Option<Verdict>> = asks.iter().map(|_| None).collect();
     let mut candidates: Vec<(usize, Vec<Leg>)> = vec![];
     for (i, intent) in asks.iter().enumerate() {
@@ -526,22 +533,33 @@ async fn plan_batch(
         .into_iter()
         .collect();
     let known = known_accounts(&mut tx, &accounts).await?;
-    let engaged: Vec<(Option<Uuid>, Option<String>)> = sqlx::query_as(
+    let engaged: Vec<(Option<Uuid>, Option<String>)> = sqlx::query!(
         "SELECT account_id, reason FROM kill_switches
          WHERE engaged AND (account_id IS NULL OR account_id = ANY($1))",
+        &accounts,
     )
-    .bind(&accounts)
     .fetch_all(&mut *tx)
-    .await?;
-    let limits: Vec<Limits> = sqlx::query_as(
+    .await?
+    .into_iter()
+    .map(|r| (r.account_id, r.reason))
+    .collect();
+    let limits: Vec<Limits> = sqlx::query!(
         "SELECT account_id, max_order_notional, max_intent_notional, max_open_intents FROM risk_limits",
     )
     .fetch_all(&mut *tx)
-    .await?;
-    let mut open: i64 = if limits.iter().any(|l| l.0.is_none() && l.3.is_some()) {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM multi_leg_intents WHERE status IN ('submitted', 'partially_filled')",
+    .await?
+    .into_iter()
+    .map(|r| {
+        (
+            r.account_id,
+            r.max_order_notional,
+            r.max_intent_notional,
+            r.max_open_intents,
         )
+    })
+    .collect();
+    let mut open: i64 = if limits.iter().any(|l| l.0.is_none() && l.3.is_some()) {
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM multi_leg_intents WHERE status IN ('submitted', 'partially_filled')"#)
         .fetch_one(&mut *tx)
         .await?
     } else {
@@ -643,7 +661,7 @@ async fn plan_batch(
         lockable.push((*i, legs, keys.len()));
     }
     wanted.sort();
-    let taken: Vec<Uuid> = sqlx::query_scalar(
+    let taken: Vec<Uuid> = sqlx::query_scalar!(
         "INSERT INTO entry_locks AS l (tenant_id, account_id, symbol, owner_token, expires_at)
          SELECT $1, a, s, o, now() + make_interval(secs => $5)
          FROM unnest($2::uuid[], $3::text[], $4::uuid[]) WITH ORDINALITY AS k(a, s, o, ord) ORDER BY ord
@@ -651,12 +669,12 @@ async fn plan_batch(
              SET owner_token = excluded.owner_token, expires_at = excluded.expires_at
              WHERE l.expires_at < now() OR l.owner_token = excluded.owner_token
          RETURNING owner_token",
+        tenant,
+        wanted.iter().map(|w| w.0).collect::<Vec<_>>() as _,
+        wanted.iter().map(|w| w.1).collect::<Vec<_>>() as _,
+        wanted.iter().map(|w| w.2).collect::<Vec<_>>() as _,
+        LOCK_TTL_SECS,
     )
-    .bind(tenant)
-    .bind(wanted.iter().map(|w| w.0).collect::<Vec<_>>())
-    .bind(wanted.iter().map(|w| w.1).collect::<Vec<_>>())
-    .bind(wanted.iter().map(|w| w.2).collect::<Vec<_>>())
-    .bind(LOCK_TTL_SECS)
     .fetch_all(&mut *tx)
     .await?;
     let mut planned: Vec<(usize, &Vec<Leg>)> = vec![];
@@ -672,10 +690,12 @@ async fn plan_batch(
     }
     if !blocked.is_empty() {
         // Give back the locks a blocked intent did get.
-        sqlx::query("DELETE FROM entry_locks WHERE owner_token = ANY($1)")
-            .bind(&blocked)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM entry_locks WHERE owner_token = ANY($1)",
+            &blocked,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     if planned.is_empty() {
         tx.commit().await?;
@@ -693,8 +713,9 @@ async fn plan_batch(
                 .map(move |(n, l)| (asks[*i], n as i32, l))
         })
         .collect();
-    let mut orders: Vec<OrderRow> = sqlx::query_as(
-        "WITH submitted AS (
+    let mut orders: Vec<OrderRow> = sqlx::query_as!(
+        OrderRow,
+        r#"WITH submitted AS (
              UPDATE multi_leg_intents SET status = 'submitted', updated_at = now()
              WHERE id = ANY($2))
          INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
@@ -704,26 +725,25 @@ async fn plan_batch(
                      $10::text[], $11::numeric[], $12::text[], $13::text[], $14::numeric[])
               AS l(i, n, a, v, s, sd, q, ot, lp, tif, coid, r)
          RETURNING intent_id, id, leg_index, account_id, venue_id, symbol, side, quantity, order_type,
-                   limit_price, time_in_force, client_order_id, venue_order_id, status, reserved_amount",
-    )
-    .bind(tenant)
-    .bind(planned.iter().map(|(i, _)| asks[*i]).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.0).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.1).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.2.account_id).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| venue_of(l.2.account_id)).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.2.symbol.as_str()).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.2.side.as_str()).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.2.quantity).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.2.order_type.as_str()).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.2.limit_price).collect::<Vec<_>>())
-    .bind(legs.iter().map(|l| l.2.time_in_force.as_str()).collect::<Vec<_>>())
-    .bind(
+                   limit_price, time_in_force, client_order_id, venue_order_id,
+                   status AS "status: OrderStatus", reserved_amount"#,
+        tenant,
+        planned.iter().map(|(i, _)| asks[*i]).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.0).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.1).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.2.account_id).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| venue_of(l.2.account_id)).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.2.symbol.as_str()).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.2.side.as_str()).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.2.quantity).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.2.order_type.as_str()).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.2.limit_price).collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.2.time_in_force.as_str()).collect::<Vec<_>>() as _,
         legs.iter()
             .map(|l| client_order_id(tenant, l.0, l.1))
-            .collect::<Vec<_>>(),
+            .collect::<Vec<_>>() as _,
+        legs.iter().map(|l| l.2.value()).collect::<Vec<_>>() as _,
     )
-    .bind(legs.iter().map(|l| l.2.value()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     orders.sort_by_key(|o| (o.intent_id, o.leg_index));
@@ -736,12 +756,12 @@ async fn plan_batch(
             json!({"legs": legs.len(), "notional": total.to_string()})
         })
         .collect();
-    sqlx::query(
+    sqlx::query!(
         "SELECT audit_append('capital_reserved', 'intent', i::text, d)
          FROM unnest($1::uuid[], $2::jsonb[]) AS x(i, d)",
+        planned.iter().map(|(i, _)| asks[*i]).collect::<Vec<_>>() as _,
+        &reserved_details,
     )
-    .bind(planned.iter().map(|(i, _)| asks[*i]).collect::<Vec<_>>())
-    .bind(&reserved_details)
     .execute(&mut *tx)
     .await?;
 
@@ -759,20 +779,19 @@ async fn plan_batch(
         }
     }
     let (budget_accounts, budget_counts): (Vec<Uuid>, Vec<i32>) = wants.into_iter().unzip();
-    let used: sqlx::Result<Vec<i32>> = sqlx::query_scalar(concat!(
-        "WITH reserve AS (
-             INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
-             SELECT $1, a, 'reserve_order', n, 'order', o
-             FROM unnest($4::uuid[], $5::numeric[], $6::uuid[]) AS r(a, n, o))
-         ",
-        take_budget_sql!()
-    ))
-    .bind(tenant)
-    .bind(&budget_accounts)
-    .bind(&budget_counts)
-    .bind(orders.iter().map(|o| o.account_id).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.reserved_amount).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
+    let used = sqlx::query_scalar!(
+        r#"WITH reserve AS (
+               INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
+               SELECT $1, a, 'reserve_order', n, 'order', o
+               FROM unnest($4::uuid[], $5::numeric[], $6::uuid[]) AS r(a, n, o))
+           SELECT used AS "used!" FROM take_venue_budget($1, $2, $3) AS used"#,
+        tenant,
+        &budget_accounts,
+        &budget_counts,
+        orders.iter().map(|o| o.account_id).collect::<Vec<_>>() as _,
+        orders.iter().map(|o| o.reserved_amount).collect::<Vec<_>>() as _,
+        orders.iter().map(|o| o.id).collect::<Vec<_>>() as _,
+    )
     .fetch_all(&mut *tx)
     .await;
     let used = match used {
@@ -802,10 +821,12 @@ async fn plan_batch(
     // that sends them releases them (checking the switches and locks again).
     if wait.is_some() {
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
-        sqlx::query("UPDATE orders SET status = 'pending_submit' WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "UPDATE orders SET status = 'pending_submit' WHERE id = ANY($1)",
+            &ids,
+        )
+        .execute(&mut *tx)
+        .await?;
         for order in &mut orders {
             order.status = OrderStatus::PendingSubmit;
         }

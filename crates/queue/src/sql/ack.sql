@@ -29,4 +29,4 @@ WITH acks AS (
                              array_agg(state::fleet.job_state))
     FROM settled
 )
-SELECT id FROM settled, counted
+SELECT id AS "id!" FROM settled, counted

@@ -39,5 +39,7 @@ WITH candidates AS (
                              array_agg('running'::fleet.job_state))
     FROM claimed
 )
-SELECT id, payload, attempts, max_attempts, lease_token, run_at, created_at, started_at
+SELECT id AS "id!", payload AS "payload!", attempts AS "attempts!", max_attempts AS "max_attempts!",
+       lease_token AS "lease_token!", run_at AS "run_at!", created_at AS "created_at!",
+       started_at AS "started_at!"
 FROM claimed, counted

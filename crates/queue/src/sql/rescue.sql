@@ -46,4 +46,4 @@ WITH stale AS (
     INSERT INTO fleet.stat_deltas (metric, job_name, label, delta)
     SELECT 'rescued', job_name, '', count(*) FROM rescued GROUP BY job_name
 )
-SELECT id, job_name FROM rescued, counted
+SELECT id AS "id!", job_name AS "job_name!" FROM rescued, counted
