@@ -11,7 +11,7 @@ use std::{
 use pulse_jobs::JobError;
 use pulse_queue::{
     JobState,
-    ack::{self, Ack, Settle},
+    ack::{self, Ack, Outcome},
     admin::{self, Selection},
     enqueue::EnqueueOptions,
     fetcher,
@@ -261,11 +261,9 @@ async fn a_rescued_attempts_late_completion_is_refused() {
         id,
         lease_token: token,
         job_name: "canary",
-        settle: Settle::Completed,
+        outcome: Outcome::Completed,
         run_at: None,
-        refund: 0,
         error: None,
-        outcome: "completed",
         wait_secs: None,
         run_secs: None,
     };

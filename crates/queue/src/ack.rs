@@ -24,7 +24,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use uuid::Uuid;
 
-use super::{ClaimedJob, holdings::Holdings};
+use super::{ClaimedJob, JobState, holdings::Holdings};
 use crate::stats::Recorder;
 
 /// Rows per ack statement; larger batches are split.
@@ -60,24 +60,52 @@ impl AttemptFailure {
     }
 }
 
-/// The state an attempt leaves its job in.
+/// What became of an attempt: the state it leaves its job in, whether it counts as
+/// an attempt, and its label in `fleet_job_attempts_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub enum Outcome {
     Completed,
-    /// Back to `available` (a retry, a snooze or a hand-back).
-    Available,
+    /// Failed, and runs again after its backoff.
+    Retried,
+    /// Asked to run again later: the attempt does not count.
+    Snoozed,
+    /// Failed for good, or out of attempts.
     Dead,
+    /// Given back unstarted (shutdown): the attempt does not count.
+    HandedBack,
 }
 
-impl Settle {
-    fn as_str(self) -> &'static str {
+impl Outcome {
+    pub fn state(self) -> JobState {
         match self {
-            Settle::Completed => "completed",
-            Settle::Available => "available",
-            Settle::Dead => "dead",
+            Outcome::Completed => JobState::Completed,
+            Outcome::Retried | Outcome::Snoozed | Outcome::HandedBack => JobState::Available,
+            Outcome::Dead => JobState::Dead,
+        }
+    }
+
+    /// Attempts given back: the claim counted one that did not happen.
+    pub fn refund(self) -> i32 {
+        match self {
+            Outcome::Snoozed | Outcome::HandedBack => 1,
+            Outcome::Completed | Outcome::Retried | Outcome::Dead => 0,
+        }
+    }
+
+    /// The label of `fleet_job_attempts_total{outcome}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Retried => "retried",
+            Outcome::Snoozed => "snoozed",
+            Outcome::Dead => "dead",
+            Outcome::HandedBack => "handed_back",
         }
     }
 }
+
+/// The label of acks the database refused (a zombie's: its lease was rescued).
+const REFUSED: &str = "refused";
 
 /// One settled attempt, waiting to be written.
 #[derive(Debug, Clone)]
@@ -85,13 +113,9 @@ pub struct Ack {
     pub id: i64,
     pub lease_token: Uuid,
     pub job_name: &'static str,
-    pub settle: Settle,
+    pub outcome: Outcome,
     pub run_at: Option<DateTime<Utc>>,
-    /// 1 when the attempt must not count (snooze, hand-back).
-    pub refund: i32,
     pub error: Option<serde_json::Value>,
-    /// What the metrics call this outcome: completed, retried, snoozed, dead, handed_back.
-    pub outcome: &'static str,
     pub wait_secs: Option<f64>,
     pub run_secs: Option<f64>,
 }
@@ -103,11 +127,9 @@ impl Ack {
             id: job.id,
             lease_token: job.lease_token,
             job_name: job.job_name,
-            settle: Settle::Available,
+            outcome: Outcome::HandedBack,
             run_at: Some(Utc::now()),
-            refund: 1,
             error: None,
-            outcome: "handed_back",
             wait_secs: None,
             run_secs: None,
         }
@@ -155,15 +177,9 @@ pub fn classify(
     policy: &RetryPolicy,
     now: DateTime<Utc>,
     unit: f64,
-) -> (
-    Settle,
-    Option<DateTime<Utc>>,
-    i32,
-    Option<serde_json::Value>,
-    &'static str,
-) {
+) -> (Outcome, Option<DateTime<Utc>>, Option<serde_json::Value>) {
     let error = match result {
-        Ok(()) => return (Settle::Completed, None, 0, None, "completed"),
+        Ok(()) => return (Outcome::Completed, None, None),
         Err(error) => error,
     };
     let (kind, message, failure) = match error.downcast_ref::<AttemptFailure>() {
@@ -172,7 +188,7 @@ pub fn classify(
     };
     if let Some(AttemptFailure::Job(JobError::Snooze(wait))) = failure {
         let until = later(now, *wait, policy.max_snooze);
-        return (Settle::Available, Some(until), 1, None, "snoozed");
+        return (Outcome::Snoozed, Some(until), None);
     }
     let record = json!({
         "attempt": lease.attempt,
@@ -182,11 +198,11 @@ pub fn classify(
     });
     let permanent = matches!(failure, Some(AttemptFailure::Job(JobError::Permanent(_))));
     if permanent || lease.attempt >= lease.max_attempts {
-        return (Settle::Dead, None, 0, Some(record), "dead");
+        return (Outcome::Dead, None, Some(record));
     }
     let delay = policy.backoff.delay(lease.attempt, unit);
     let run_at = later(now, delay, Duration::from_secs(366 * 24 * 3600));
-    (Settle::Available, Some(run_at), 0, Some(record), "retried")
+    (Outcome::Retried, Some(run_at), Some(record))
 }
 
 /// The fields of a claimed job the ack needs once the handler has its payload.
@@ -341,9 +357,9 @@ pub async fn write(pool: &PgPool, batch: &[Ack]) -> sqlx::Result<Vec<i64>> {
     for ack in batch {
         ids.push(ack.id);
         tokens.push(ack.lease_token);
-        states.push(ack.settle.as_str());
+        states.push(ack.outcome.state());
         run_ats.push(ack.run_at);
-        refunds.push(ack.refund);
+        refunds.push(ack.outcome.refund());
         errors.push(ack.error.clone());
     }
     // Arrays with NULL elements (no new run_at, no error): checked by the statement's
@@ -352,7 +368,7 @@ pub async fn write(pool: &PgPool, batch: &[Ack]) -> sqlx::Result<Vec<i64>> {
         "src/sql/ack.sql",
         &ids,
         &tokens,
-        &states as _,
+        &states as &[JobState],
         &run_ats as _,
         &refunds,
         &errors as _
@@ -373,10 +389,12 @@ fn record(recorder: &Recorder, batch: &[Ack], accepted: &[i64]) {
                 "late ack of job {} refused: its lease was rescued or re-claimed",
                 ack.id
             );
-            *counts.entry((ack.job_name, "refused")).or_default() += 1.0;
+            *counts.entry((ack.job_name, REFUSED)).or_default() += 1.0;
             continue;
         }
-        *counts.entry((ack.job_name, ack.outcome)).or_default() += 1.0;
+        *counts
+            .entry((ack.job_name, ack.outcome.label()))
+            .or_default() += 1.0;
         if let Some(wait) = ack.wait_secs {
             recorder.observe("wait_seconds", ack.job_name, wait);
         }
@@ -438,7 +456,7 @@ fn settle(
 ) -> Ack {
     let now = Utc::now();
     let unit: f64 = rand::rng().random();
-    let (settle, run_at, refund, error, outcome) = classify(lease, result, policy, now, unit);
+    let (outcome, run_at, error) = classify(lease, result, policy, now, unit);
     let wait = (lease.claimed_at - lease.run_at)
         .to_std()
         .unwrap_or_default();
@@ -446,11 +464,9 @@ fn settle(
         id: lease.id,
         lease_token: lease.lease_token,
         job_name: lease.job_name,
-        settle,
-        run_at,
-        refund,
-        error,
         outcome,
+        run_at,
+        error,
         wait_secs: Some(wait.as_secs_f64()),
         run_secs: Some(run_secs),
     }
@@ -464,14 +480,12 @@ fn settle_after_panic(lease: &LeaseInfo, panic: &str) -> Ack {
         id: lease.id,
         lease_token: lease.lease_token,
         job_name: lease.job_name,
-        settle: Settle::Available,
+        outcome: Outcome::Retried,
         run_at: Some(later(now, Duration::from_secs(60), Duration::from_secs(60))),
-        refund: 0,
         error: Some(json!({
             "attempt": lease.attempt, "at": now, "kind": "internal",
             "error": storable(&format!("settling the attempt failed: {panic}")),
         })),
-        outcome: "retried",
         wait_secs: None,
         run_secs: None,
     }
@@ -554,7 +568,7 @@ where
                     job.id = lease.id,
                     job.name = lease.job_name,
                     job.attempt = lease.attempt,
-                    outcome = ack.outcome,
+                    outcome = ack.outcome.label(),
                     "job {} attempt {} failed: {e}",
                     lease.id,
                     lease.attempt
@@ -604,16 +618,16 @@ mod tests {
         let now = Utc::now();
         let e = err(AttemptFailure::Job(JobError::retryable("boom")));
         for (attempt, secs) in [(1, 2), (2, 4), (3, 8)] {
-            let (settle, run_at, refund, error, outcome) =
+            let (outcome, run_at, error) =
                 classify(&lease(attempt, 5), &Err(&e), &policy(), now, 0.5);
-            assert_eq!(settle, Settle::Available);
+            assert_eq!(outcome, Outcome::Retried);
+            assert_eq!(outcome.state(), JobState::Available);
             assert_eq!(run_at, Some(now + chrono::Duration::seconds(secs)));
-            assert_eq!(refund, 0);
-            assert_eq!(outcome, "retried");
+            assert_eq!(outcome.refund(), 0);
             assert_eq!(error.unwrap()["kind"], "retryable");
         }
-        let (settle, ..) = classify(&lease(5, 5), &Err(&e), &policy(), now, 0.5);
-        assert_eq!(settle, Settle::Dead);
+        let (outcome, ..) = classify(&lease(5, 5), &Err(&e), &policy(), now, 0.5);
+        assert_eq!(outcome, Outcome::Dead);
     }
 
     #[test]
@@ -622,11 +636,11 @@ mod tests {
         let e = err(AttemptFailure::Job(JobError::Snooze(Duration::from_secs(
             30,
         ))));
-        let (settle, run_at, refund, error, _) =
-            classify(&lease(5, 5), &Err(&e), &policy(), now, 0.5);
-        assert_eq!(settle, Settle::Available);
+        let (outcome, run_at, error) = classify(&lease(5, 5), &Err(&e), &policy(), now, 0.5);
+        assert_eq!(outcome, Outcome::Snoozed);
+        assert_eq!(outcome.state(), JobState::Available);
         assert_eq!(run_at, Some(now + chrono::Duration::seconds(30)));
-        assert_eq!(refund, 1);
+        assert_eq!(outcome.refund(), 1);
         assert!(error.is_none());
     }
 
@@ -637,18 +651,16 @@ mod tests {
         let now = Utc::now();
         for wait in [Duration::from_secs_f64(9e12), Duration::MAX] {
             let e = err(AttemptFailure::Job(JobError::Snooze(wait)));
-            let (settle, run_at, refund, _, _) =
-                classify(&lease(1, 5), &Err(&e), &policy(), now, 0.5);
-            assert_eq!(settle, Settle::Available);
+            let (outcome, run_at, _) = classify(&lease(1, 5), &Err(&e), &policy(), now, 0.5);
+            assert_eq!(outcome, Outcome::Snoozed);
             assert_eq!(run_at, Some(now + chrono::Duration::seconds(3600)));
-            assert_eq!(refund, 1);
         }
     }
 
     #[test]
     fn error_text_is_made_storable() {
         let e = err(AttemptFailure::Job(JobError::retryable("bad\0byte")));
-        let (_, _, _, error, _) = classify(&lease(1, 5), &Err(&e), &policy(), Utc::now(), 0.5);
+        let (_, _, error) = classify(&lease(1, 5), &Err(&e), &policy(), Utc::now(), 0.5);
         assert_eq!(error.unwrap()["error"], "bad\u{FFFD}byte");
         assert!(storable(&"x".repeat(10_000)).chars().count() <= MAX_ERROR_CHARS + 1);
     }
@@ -656,9 +668,8 @@ mod tests {
     #[test]
     fn a_permanent_failure_is_dead_at_once() {
         let e = err(AttemptFailure::Job(JobError::permanent("bad")));
-        let (settle, _, _, error, _) =
-            classify(&lease(1, 25), &Err(&e), &policy(), Utc::now(), 0.5);
-        assert_eq!(settle, Settle::Dead);
+        let (outcome, _, error) = classify(&lease(1, 25), &Err(&e), &policy(), Utc::now(), 0.5);
+        assert_eq!(outcome, Outcome::Dead);
         assert_eq!(error.unwrap()["error"], "bad");
     }
 
@@ -669,9 +680,8 @@ mod tests {
             AttemptFailure::Timeout(Duration::from_secs(1)),
         ] {
             let e = err(failure);
-            let (settle, _, _, error, _) =
-                classify(&lease(1, 3), &Err(&e), &policy(), Utc::now(), 0.5);
-            assert_eq!(settle, Settle::Available);
+            let (outcome, _, error) = classify(&lease(1, 3), &Err(&e), &policy(), Utc::now(), 0.5);
+            assert_eq!(outcome, Outcome::Retried);
             assert!(["panic", "timeout"].contains(&error.unwrap()["kind"].as_str().unwrap()));
         }
     }

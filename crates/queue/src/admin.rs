@@ -113,10 +113,10 @@ pub async fn retry(pool: &PgPool, selection: &Selection) -> Result<i64, AdminErr
              FROM old WHERE j.id = old.id
              RETURNING j.id, old.job_name, old.state AS was, j.state AS now
          ), counted AS (
-             SELECT fleet.count_moves(array_agg(job_name), array_agg(was), array_agg(now))
+             SELECT fleet.count_moves(array_agg(job_name), array_agg(was), array_agg(now)) AS moved
              FROM changed
          )
-         SELECT count(*) AS "moved!" FROM changed, counted"#,
+         SELECT count(*) AS "moved!" FROM changed WHERE (SELECT moved FROM counted) >= 0"#,
         &from[..] as &[JobState],
         &selection.ids,
         selection.name,
@@ -145,10 +145,10 @@ pub async fn cancel(pool: &PgPool, selection: &Selection) -> Result<i64, AdminEr
              FROM old WHERE j.id = old.id
              RETURNING j.id, old.job_name, old.state AS was, j.state AS now
          ), counted AS (
-             SELECT fleet.count_moves(array_agg(job_name), array_agg(was), array_agg(now))
+             SELECT fleet.count_moves(array_agg(job_name), array_agg(was), array_agg(now)) AS moved
              FROM changed
          )
-         SELECT count(*) AS "moved!" FROM changed, counted"#,
+         SELECT count(*) AS "moved!" FROM changed WHERE (SELECT moved FROM counted) >= 0"#,
         &from[..] as &[JobState],
         &selection.ids,
         selection.name,

@@ -115,10 +115,10 @@ pub async fn hand_back_all(pool: &PgPool, worker: Uuid) -> sqlx::Result<u64> {
              RETURNING id, job_name
          ), counted AS (
              SELECT fleet.count_moves(array_agg(job_name), array_agg('running'::fleet.job_state),
-                                      array_agg('available'::fleet.job_state))
+                                      array_agg('available'::fleet.job_state)) AS moved
              FROM handed
          )
-         SELECT id AS "id!" FROM handed, counted"#,
+         SELECT id AS "id!" FROM handed WHERE (SELECT moved FROM counted) >= 0"#,
         worker
     )
     .fetch_all(pool)

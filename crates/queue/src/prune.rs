@@ -93,10 +93,10 @@ async fn delete_finished(
                  RETURNING job_name, state
              ), counted AS (
                  SELECT fleet.count_moves(array_agg(job_name), array_agg(state),
-                                          array_agg(NULL::fleet.job_state))
+                                          array_agg(NULL::fleet.job_state)) AS moved
                  FROM gone
              )
-             SELECT count(*) AS "deleted!" FROM gone, counted"#,
+             SELECT count(*) AS "deleted!" FROM gone WHERE (SELECT moved FROM counted) >= 0"#,
             states as &[JobState],
             hours as i32,
             CHUNK,

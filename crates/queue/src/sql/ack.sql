@@ -26,7 +26,7 @@ WITH acks AS (
     RETURNING j.id, j.job_name, a.state
 ), counted AS (
     SELECT fleet.count_moves(array_agg(job_name), array_agg('running'::fleet.job_state),
-                             array_agg(state::fleet.job_state))
+                             array_agg(state::fleet.job_state)) AS moved
     FROM settled
 )
-SELECT id AS "id!" FROM settled, counted
+SELECT id AS "id!" FROM settled WHERE (SELECT moved FROM counted) >= 0

@@ -36,10 +36,10 @@ WITH candidates AS (
     RETURNING j.id, j.payload, j.attempts, j.max_attempts, j.lease_token, j.run_at, j.created_at, j.started_at
 ), counted AS (
     SELECT fleet.count_moves(array_agg($1::text), array_agg('available'::fleet.job_state),
-                             array_agg('running'::fleet.job_state))
+                             array_agg('running'::fleet.job_state)) AS moved
     FROM claimed
 )
 SELECT id AS "id!", payload AS "payload!", attempts AS "attempts!", max_attempts AS "max_attempts!",
        lease_token AS "lease_token!", run_at AS "run_at!", created_at AS "created_at!",
        started_at AS "started_at!"
-FROM claimed, counted
+FROM claimed WHERE (SELECT moved FROM counted) >= 0

@@ -40,10 +40,10 @@ WITH stale AS (
     RETURNING j.id, j.job_name, j.state
 ), counted AS (
     SELECT fleet.count_moves(array_agg(job_name), array_agg('running'::fleet.job_state),
-                             array_agg(state))
+                             array_agg(state)) AS moved
     FROM rescued
 ), rescues AS (
     INSERT INTO fleet.stat_deltas (metric, job_name, label, delta)
     SELECT 'rescued', job_name, '', count(*) FROM rescued GROUP BY job_name
 )
-SELECT id AS "id!", job_name AS "job_name!" FROM rescued, counted
+SELECT id AS "id!", job_name AS "job_name!" FROM rescued WHERE (SELECT moved FROM counted) >= 0
