@@ -6,7 +6,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 use pulse_contract::{Attempt, Backoff, JobError, JobSpec, RetentionHook};
 use pulse_domain::Services;
 use serde::{Serialize, de::DeserializeOwned};
-use sqlx::PgPool;
 
 use crate::execute_intent::IntentBatches;
 
@@ -51,20 +50,11 @@ impl Env {
 }
 
 /// What a handler gets besides its payload: the runtime's facts about the attempt
-/// and the process's shared clients.
+/// (through `Deref`: `ctx.pool`, `ctx.attempt`, `ctx.attempt_id`, ...) and the
+/// process's shared clients.
 #[derive(Clone)]
 pub struct JobContext {
-    /// The application's pool (not the queue's own connections).
-    pub pool: PgPool,
-    pub job_id: i64,
-    pub job_name: &'static str,
-    /// This attempt, 1-based.
-    pub attempt: i32,
-    /// This attempt's identity (the claim's fencing token), unique among all attempts.
-    pub attempt_id: uuid::Uuid,
-    pub max_attempts: i32,
-    /// When the job was enqueued (for end-to-end latency).
-    pub enqueued_at: chrono::DateTime<chrono::Utc>,
+    run: Attempt,
     pub services: Arc<Services>,
     pub intent_batches: Arc<IntentBatches>,
 }
@@ -72,16 +62,18 @@ pub struct JobContext {
 impl JobContext {
     pub fn new(attempt: Attempt, env: &Env) -> Self {
         Self {
-            pool: attempt.pool,
-            job_id: attempt.job_id,
-            job_name: attempt.job_name,
-            attempt: attempt.attempt,
-            attempt_id: attempt.attempt_id,
-            max_attempts: attempt.max_attempts,
-            enqueued_at: attempt.enqueued_at,
+            run: attempt,
             services: env.services.clone(),
             intent_batches: env.intent_batches.clone(),
         }
+    }
+}
+
+impl std::ops::Deref for JobContext {
+    type Target = Attempt;
+
+    fn deref(&self) -> &Attempt {
+        &self.run
     }
 }
 

@@ -98,7 +98,34 @@ pub enum AdminError {
 /// Dead or cancelled jobs run again with all their attempts. Returns how many.
 pub async fn retry(pool: &PgPool, selection: &Selection) -> Result<i64, AdminError> {
     let from = [JobState::Dead, JobState::Cancelled];
-    let state = check(selection, &from, JobState::Dead, JobState::Available)?;
+    move_jobs(pool, selection, &from, JobState::Dead, JobState::Available).await
+}
+
+/// Jobs not yet finished (and dead ones) are cancelled. Returns how many. A running
+/// attempt goes on, but its ack is refused (the row is no longer `running`), so it
+/// changes nothing in the queue.
+pub async fn cancel(pool: &PgPool, selection: &Selection) -> Result<i64, AdminError> {
+    let from = [JobState::Available, JobState::Running, JobState::Dead];
+    move_jobs(
+        pool,
+        selection,
+        &from,
+        JobState::Available,
+        JobState::Cancelled,
+    )
+    .await
+}
+
+/// An operator's move of the selected jobs that are in one of `from` to `to`:
+/// `available` means a fresh set of attempts, due now; anything else finishes the job.
+async fn move_jobs(
+    pool: &PgPool,
+    selection: &Selection,
+    from: &[JobState],
+    default: JobState,
+    to: JobState,
+) -> Result<i64, AdminError> {
+    let state = check(selection, from, default, to)?;
     Ok(sqlx::query_scalar!(
         r#"WITH old AS (
              SELECT id, job_name, state FROM fleet.jobs
@@ -108,7 +135,10 @@ pub async fn retry(pool: &PgPool, selection: &Selection) -> Result<i64, AdminErr
              FOR UPDATE
          ), changed AS (
              UPDATE fleet.jobs j
-             SET state = 'available', attempts = 0, run_at = now(), finished_at = NULL,
+             SET state = $5::fleet.job_state,
+                 attempts = CASE WHEN $5::fleet.job_state = 'available' THEN 0 ELSE j.attempts END,
+                 run_at = CASE WHEN $5::fleet.job_state = 'available' THEN now() ELSE j.run_at END,
+                 finished_at = CASE WHEN $5::fleet.job_state = 'available' THEN NULL ELSE now() END,
                  lease_owner = NULL
              FROM old WHERE j.id = old.id
              RETURNING j.id, old.job_name, old.state AS was, j.state AS now
@@ -117,42 +147,11 @@ pub async fn retry(pool: &PgPool, selection: &Selection) -> Result<i64, AdminErr
              FROM changed
          )
          SELECT count(*) AS "moved!" FROM changed WHERE (SELECT moved FROM counted) >= 0"#,
-        &from[..] as &[JobState],
+        from as &[JobState],
         &selection.ids,
         selection.name,
         state as JobState,
-    )
-    .fetch_one(pool)
-    .await?)
-}
-
-/// Jobs not yet finished (and dead ones) are cancelled. Returns how many. A running
-/// attempt goes on, but its ack is refused (the row is no longer `running`), so it
-/// changes nothing in the queue.
-pub async fn cancel(pool: &PgPool, selection: &Selection) -> Result<i64, AdminError> {
-    let from = [JobState::Available, JobState::Running, JobState::Dead];
-    let state = check(selection, &from, JobState::Available, JobState::Cancelled)?;
-    Ok(sqlx::query_scalar!(
-        r#"WITH old AS (
-             SELECT id, job_name, state FROM fleet.jobs
-             WHERE state = ANY($1)
-               AND (CASE WHEN cardinality($2::bigint[]) > 0 THEN id = ANY($2) ELSE
-                    ($3::text IS NULL OR job_name = $3) AND state = $4 END)
-             FOR UPDATE
-         ), changed AS (
-             UPDATE fleet.jobs j
-             SET state = 'cancelled', finished_at = now(), lease_owner = NULL
-             FROM old WHERE j.id = old.id
-             RETURNING j.id, old.job_name, old.state AS was, j.state AS now
-         ), counted AS (
-             SELECT fleet.count_moves(array_agg(job_name), array_agg(was), array_agg(now)) AS moved
-             FROM changed
-         )
-         SELECT count(*) AS "moved!" FROM changed WHERE (SELECT moved FROM counted) >= 0"#,
-        &from[..] as &[JobState],
-        &selection.ids,
-        selection.name,
-        state as JobState,
+        to as JobState,
     )
     .fetch_one(pool)
     .await?)

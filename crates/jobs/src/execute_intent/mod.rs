@@ -588,6 +588,22 @@ async fn resolve(venue: &VenueClient, order: &OrderRow) -> Result<LegOutcome, Jo
     }
 }
 
+/// Moves one order to `status` (a leg's answer that carries no venue order).
+async fn set_status(
+    tx: &mut Transaction<'_, Postgres>,
+    order: Uuid,
+    status: OrderStatus,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE orders SET status = $2, updated_at = now() WHERE id = $1",
+        order,
+        status as OrderStatus,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn record(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
@@ -598,31 +614,16 @@ async fn record(
     match outcome {
         LegOutcome::Accepted(v) => record_accepted(tx, &[(order.id, v)]).await?,
         LegOutcome::Rejected(reason) => {
-            sqlx::query!(
-                "UPDATE orders SET status = 'rejected', updated_at = now() WHERE id = $1",
-                order.id,
-            )
-            .execute(&mut **tx)
-            .await?;
+            set_status(tx, order.id, OrderStatus::Rejected).await?;
             release(tx, tenant, order).await?;
             let details = json!({"intent": intent, "leg": order.leg_index, "reason": reason});
             tenancy::audit(tx, "leg_rejected", "order", &order.id.to_string(), &details).await?;
         }
         LegOutcome::Unknown(_) => {
-            sqlx::query!(
-                "UPDATE orders SET status = 'submit_unknown', updated_at = now() WHERE id = $1",
-                order.id,
-            )
-            .execute(&mut **tx)
-            .await?;
+            set_status(tx, order.id, OrderStatus::SubmitUnknown).await?;
         }
         LegOutcome::NotPlaced => {
-            sqlx::query!(
-                "UPDATE orders SET status = 'cancelled', updated_at = now() WHERE id = $1",
-                order.id,
-            )
-            .execute(&mut **tx)
-            .await?;
+            set_status(tx, order.id, OrderStatus::Cancelled).await?;
             release(tx, tenant, order).await?;
             let details = json!({"intent": intent, "leg": order.leg_index});
             tenancy::audit(

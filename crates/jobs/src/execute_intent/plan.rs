@@ -434,12 +434,25 @@ enum BatchError {
     Db(#[from] sqlx::Error),
 }
 
-type Limits = (Option<Uuid>, Option<Decimal>, Option<Decimal>, Option<i32>);
+/// A row of `risk_limits`: the tenant's (no account) or one account's.
+#[derive(Debug, Clone)]
+struct Limits {
+    account_id: Option<Uuid>,
+    max_order_notional: Option<Decimal>,
+    max_intent_notional: Option<Decimal>,
+    max_open_intents: Option<i32>,
+}
 
 /// The risk limits an intent must fit; `open` is the tenant's open intents so far.
 fn check_limits(legs: &[Leg], limits: &[Limits], open: i64) -> Option<Verdict> {
     let total: Decimal = legs.iter().map(Leg::value).sum();
-    for (account, max_order, max_intent, max_open) in limits {
+    for Limits {
+        account_id: account,
+        max_order_notional: max_order,
+        max_intent_notional: max_intent,
+        max_open_intents: max_open,
+    } in limits
+    {
         let applies = |leg: &Leg| account.is_none_or(|a| a == leg.account_id);
         if let Some(max) = max_order
             && let Some((i, leg)) = legs
@@ -543,22 +556,16 @@ async fn plan_batch(
     .into_iter()
     .map(|r| (r.account_id, r.reason))
     .collect();
-    let limits: Vec<Limits> = sqlx::query!(
+    let limits = sqlx::query_as!(
+        Limits,
         "SELECT account_id, max_order_notional, max_intent_notional, max_open_intents FROM risk_limits",
     )
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|r| {
-        (
-            r.account_id,
-            r.max_order_notional,
-            r.max_intent_notional,
-            r.max_open_intents,
-        )
-    })
-    .collect();
-    let mut open: i64 = if limits.iter().any(|l| l.0.is_none() && l.3.is_some()) {
+    .await?;
+    let mut open: i64 = if limits
+        .iter()
+        .any(|l| l.account_id.is_none() && l.max_open_intents.is_some())
+    {
         sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM multi_leg_intents WHERE status IN ('submitted', 'partially_filled')"#)
         .fetch_one(&mut *tx)
         .await?
@@ -987,13 +994,23 @@ mod tests {
             Decimal::ZERO,
         )
         .unwrap();
-        let limits: Vec<Limits> = vec![(None, None, Some(Decimal::from(150)), Some(3))];
+        let limits = vec![Limits {
+            account_id: None,
+            max_order_notional: None,
+            max_intent_notional: Some(Decimal::from(150)),
+            max_open_intents: Some(3),
+        }];
         assert!(check_limits(&legs, &limits, 2).is_none());
         assert!(matches!(
             check_limits(&legs, &limits, 3),
             Some(Verdict::Refused { reason, .. }) if reason == "3 intents already open (limit 3)"
         ));
-        let per_order: Vec<Limits> = vec![(Some(account), Some(Decimal::from(99)), None, None)];
+        let per_order = vec![Limits {
+            account_id: Some(account),
+            max_order_notional: Some(Decimal::from(99)),
+            max_intent_notional: None,
+            max_open_intents: None,
+        }];
         assert!(matches!(
             check_limits(&legs, &per_order, 0),
             Some(Verdict::Refused { reason, .. }) if reason == "leg 0: notional 100 exceeds the order limit 99"
