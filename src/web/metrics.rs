@@ -17,7 +17,7 @@ use prometheus_client::{
     metrics::MetricType,
     registry::Registry,
 };
-use pulse_queue::stats::BUCKETS;
+use pulse_queue::{JobState, stats::BUCKETS};
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub stats: BTreeMap<(String, String, String), f64>,
     pub lags: Vec<(String, f64)>,
     pub live_workers: i64,
+    /// Jobs by name and state, every state of every job type (zeros included).
+    pub states: Vec<(String, JobState, i64)>,
 }
 
 impl Snapshot {
@@ -84,9 +86,9 @@ impl Collector for Snapshot {
             None,
             MetricType::Gauge,
         )?;
-        for (job, state, v) in self.of("jobs") {
-            jobs.encode_family(&[("job", job), ("state", state)])?
-                .encode_gauge(&(v as i64))?;
+        for (job, state, n) in &self.states {
+            jobs.encode_family(&[("job", job.as_str()), ("state", state.as_str())])?
+                .encode_gauge(n)?;
         }
         let mut lag = encoder.encode_descriptor(
             "fleet_oldest_available_job_age_seconds",

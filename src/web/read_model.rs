@@ -141,6 +141,20 @@ pub async fn metrics(pool: &PgPool, names: &[String], lease_secs: f64) -> sqlx::
     let stats = admin::stats(pool).await?;
     let lags = admin::queue_lags(pool, names).await?;
     let live = admin::live_workers(pool, std::time::Duration::from_secs_f64(lease_secs)).await?;
+    let counts = admin::state_counts(pool).await?;
+    let states = names
+        .iter()
+        .flat_map(|name| {
+            let counts = &counts;
+            JobState::ALL.into_iter().map(move |state| {
+                let n = counts
+                    .iter()
+                    .find(|c| c.job_name == *name && c.state == state)
+                    .map_or(0, |c| c.count);
+                (name.clone(), state, n)
+            })
+        })
+        .collect();
     Ok(Snapshot {
         stats: stats
             .into_iter()
@@ -148,6 +162,7 @@ pub async fn metrics(pool: &PgPool, names: &[String], lease_secs: f64) -> sqlx::
             .collect(),
         lags,
         live_workers: live.len() as i64,
+        states,
     })
 }
 
