@@ -11,11 +11,14 @@
 CREATE FUNCTION fleet.count_moves(job_names text[], was fleet.job_state[], now fleet.job_state[])
 RETURNS bigint
 -- PL/pgSQL, not SQL: it keeps its statement's plan for the session, where a SQL
--- function would plan it on every call (claim and ack call it once per batch).
+-- function would plan it on every call (claim and ack call it once per batch). No
+-- SET clause (each call would save and restore the setting): it is not a definer
+-- function, and it names its one table in full.
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Two passes over the arrays rather than a lateral join: the acker's connection
+    -- disables nested loops, and a lateral join is one.
     INSERT INTO fleet.stat_deltas (metric, job_name, label, delta)
     SELECT 'jobs', d.job_name, d.label, sum(d.d)
     FROM (
