@@ -96,14 +96,8 @@ async fn a_reused_client_order_id_is_rejected_and_unknown_ids_are_not_found() {
         .create_order(&order("pf-i2-0", 1, OrderType::Market, None))
         .await
         .unwrap_err();
-    assert_eq!(
-        again,
-        VenueError::Rejected {
-            status: 422,
-            code: 40010001,
-            message: "client_order_id must be unique".into()
-        }
-    );
+    // Alpaca's 422 "client_order_id must be unique", in the OMS's terms.
+    assert_eq!(again, VenueError::DuplicateClientOrderId);
     assert_eq!(venue.orders().len(), 1);
     assert_eq!(
         client.get_order_by_client_id("nope").await.unwrap_err(),
@@ -144,10 +138,7 @@ async fn open_limit_orders_are_listed_and_cancelable_and_filled_ones_are_not() {
         OrderStatus::Cancelled
     );
     let refused = client.cancel_order(&filled.id).await.unwrap_err();
-    assert!(
-        matches!(refused, VenueError::Rejected { status: 422, .. }),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, VenueError::NotCancelable), "{refused:?}");
 }
 
 #[tokio::test]
@@ -181,7 +172,7 @@ async fn an_accepted_order_whose_answer_is_lost_is_unknown_then_found_and_never_
         .create_order(&order("pf-i5-0", 2, OrderType::Market, None))
         .await
         .unwrap_err();
-    assert!(matches!(lost, VenueError::Unknown(_)), "{lost:?}");
+    assert!(matches!(lost, VenueError::Unavailable(_)), "{lost:?}");
     // The OMS looks it up instead of resending...
     let found = client.get_order_by_client_id("pf-i5-0").await.unwrap();
     assert_eq!(found.qty, Decimal::from(2));
@@ -191,7 +182,7 @@ async fn an_accepted_order_whose_answer_is_lost_is_unknown_then_found_and_never_
         .await
         .unwrap_err();
     assert!(
-        matches!(resend, VenueError::Rejected { status: 422, .. }),
+        matches!(resend, VenueError::DuplicateClientOrderId),
         "{resend:?}"
     );
     assert_eq!(venue.orders().len(), 1);
@@ -208,7 +199,7 @@ async fn a_5xx_does_nothing_and_is_unknown_and_bad_credentials_are_refused() {
         .create_order(&order("pf-i6-0", 1, OrderType::Market, None))
         .await
         .unwrap_err();
-    assert!(matches!(failed, VenueError::Unknown(_)), "{failed:?}");
+    assert!(matches!(failed, VenueError::Unavailable(_)), "{failed:?}");
     assert!(venue.orders().is_empty());
     let (_, _, base) = venue_at(PaperOptions::default()).await;
     let anonymous = AlpacaClient::new(reqwest::Client::new(), &base, "", secret(""));

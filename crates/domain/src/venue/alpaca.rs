@@ -10,6 +10,9 @@ use serde::{Deserialize, de::DeserializeOwned};
 use super::{FillActivity, OrderRequest, Quote, Venue, VenueError, VenueFuture, VenueOrder};
 use crate::secrets::Secret;
 
+/// Alpaca's 422 text for a client order id it already has.
+const DUPLICATE_CLIENT_ORDER_ID: &str = "client_order_id must be unique";
+
 #[derive(Clone)]
 pub struct AlpacaClient {
     http: reqwest::Client,
@@ -51,11 +54,6 @@ impl AlpacaClient {
         }
     }
 
-    /// The market data host (what a quote is cached under).
-    pub fn data_url(&self) -> &str {
-        &self.data_url
-    }
-
     /// Where market data (quotes) comes from, when not the trading host.
     pub fn with_data_url(mut self, data_url: &str) -> Self {
         self.data_url = data_url.trim_end_matches('/').to_owned();
@@ -79,7 +77,7 @@ impl AlpacaClient {
     async fn send(&self, request: RequestBuilder) -> Result<Response, VenueError> {
         let response = request.send().await.map_err(|e| {
             // Sent or not, we cannot tell: the caller must look it up.
-            VenueError::Unknown(e.without_url().to_string())
+            VenueError::Unavailable(e.without_url().to_string())
         })?;
         let status = response.status();
         if status.is_success() {
@@ -105,24 +103,31 @@ impl AlpacaClient {
             },
             StatusCode::UNAUTHORIZED => VenueError::Unauthorized,
             s if s.is_server_error() => {
-                VenueError::Unknown(format!("venue answered {s}: {}", body.message))
+                VenueError::Unavailable(format!("venue answered {s}: {}", body.message))
+            }
+            StatusCode::UNPROCESSABLE_ENTITY
+                if body.message.contains(DUPLICATE_CLIENT_ORDER_ID) =>
+            {
+                VenueError::DuplicateClientOrderId
             }
             s => VenueError::Rejected {
-                status: s.as_u16(),
-                code: body.code,
-                message: body.message,
+                reason: format!("{} {}: {}", s.as_u16(), body.code, body.message),
             },
         })
     }
 
     async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, VenueError> {
         self.send(request).await?.json().await.map_err(|e| {
-            VenueError::Unknown(format!("unreadable venue answer: {}", e.without_url()))
+            VenueError::Unavailable(format!("unreadable venue answer: {}", e.without_url()))
         })
     }
 }
 
 impl Venue for AlpacaClient {
+    fn quote_source(&self) -> &str {
+        &self.data_url
+    }
+
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder> {
         Box::pin(self.json(self.request(Method::POST, "/v2/orders").json(order)))
     }
@@ -145,9 +150,15 @@ impl Venue for AlpacaClient {
 
     fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()> {
         Box::pin(async move {
-            self.send(self.request(Method::DELETE, &format!("/v2/orders/{id}")))
+            match self
+                .send(self.request(Method::DELETE, &format!("/v2/orders/{id}")))
                 .await
-                .map(|_| ())
+            {
+                Ok(_) => Ok(()),
+                // Alpaca answers 422 to a cancel of an order that is filled or done.
+                Err(VenueError::Rejected { .. }) => Err(VenueError::NotCancelable),
+                Err(e) => Err(e),
+            }
         })
     }
 
@@ -165,9 +176,9 @@ impl Venue for AlpacaClient {
             // The symbol is one path segment, encoded: a client's symbol never
             // reaches another path of the API.
             let mut url = reqwest::Url::parse(&self.data_url)
-                .map_err(|e| VenueError::Unknown(format!("bad market data URL: {e}")))?;
+                .map_err(|e| VenueError::Unavailable(format!("bad market data URL: {e}")))?;
             url.path_segments_mut()
-                .map_err(|_| VenueError::Unknown("bad market data URL".into()))?
+                .map_err(|_| VenueError::Unavailable("bad market data URL".into()))?
                 .extend(["v2", "stocks", symbol, "quotes", "latest"]);
             let body: serde_json::Value = self.json(self.authorized(self.http.get(url))).await?;
             let quote = body.get("quote").ok_or(VenueError::NotFound)?;

@@ -166,34 +166,57 @@ impl Quote {
     }
 }
 
+/// What went wrong with a venue request, in the OMS's terms. Each client maps its
+/// venue's statuses, codes and texts here (Alpaca's in `alpaca.rs`); nothing above the
+/// clients reads a venue's own words to decide.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum VenueError {
-    /// The venue refused: nothing exists there (4xx other than 404/429).
-    #[error("venue rejected the request ({status} {code}): {message}")]
-    Rejected {
-        status: u16,
-        code: i64,
-        message: String,
-    },
+    /// The venue refused the request and nothing exists there; `reason` is its own
+    /// account of why, for people.
+    #[error("venue rejected the request: {reason}")]
+    Rejected { reason: String },
+    /// The venue already has an order with this client order id: an earlier
+    /// attempt's order, to be looked up and adopted.
+    #[error("the venue already has an order with this client order id")]
+    DuplicateClientOrderId,
+    /// The order can no longer be cancelled (filled, or already done).
+    #[error("the order is not cancelable")]
+    NotCancelable,
     #[error("not found at the venue")]
     NotFound,
-    /// 429: try again after `retry_after`.
+    /// Too many requests: try again after `retry_after`.
     #[error("venue rate limit hit; retry after {retry_after:?}")]
     RateLimited { retry_after: Duration },
-    /// Credentials refused (401/403 without a trading reason).
+    /// Credentials refused.
     #[error("venue refused the credentials")]
     Unauthorized,
-    /// The request may or may not have taken effect (timeout, connection lost, 5xx).
+    /// The venue could not be reached or failed (timeout, lost connection, 5xx, an
+    /// unreadable answer): the request may or may not have taken effect.
     #[error("outcome unknown: {0}")]
-    Unknown(String),
+    Unavailable(String),
 }
 
-impl VenueError {
-    /// The venue already has an order with this client order id (Alpaca: 422
-    /// "client_order_id must be unique"): an earlier attempt's order, to be adopted.
-    pub fn is_duplicate_client_order_id(&self) -> bool {
-        matches!(self, VenueError::Rejected { status: 422, message, .. }
-            if message.contains("client_order_id must be unique"))
+/// Where and how to reach one account at a venue.
+pub struct Connection<'a> {
+    pub http: reqwest::Client,
+    /// The trading API's base URL.
+    pub base_url: &'a str,
+    /// Market data's base URL (the trading URL where the venue has no other host).
+    pub data_url: &'a str,
+    pub key_id: &'a str,
+    pub secret: crate::secrets::Secret,
+}
+
+/// The client of venue `venue_id` (the `venues` row), chosen by the dialect the venue
+/// speaks: the one place that knows which venues there are. `paper` is the local
+/// simulator of Alpaca's dialect.
+pub fn connect(venue_id: &str, to: Connection<'_>) -> Result<std::sync::Arc<dyn Venue>, String> {
+    match venue_id {
+        "alpaca" | "paper" => Ok(std::sync::Arc::new(
+            alpaca::AlpacaClient::new(to.http, to.base_url, to.key_id, to.secret)
+                .with_data_url(to.data_url),
+        )),
+        other => Err(format!("no client speaks the dialect of venue {other}")),
     }
 }
 
@@ -201,6 +224,9 @@ pub type VenueFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, VenueError>>
 
 /// What the OMS and reconciliation need from a venue.
 pub trait Venue: Send + Sync {
+    /// Where this client's quotes come from (the market-data host): what the quote
+    /// cache keys them under, so every client of one host shares its quotes.
+    fn quote_source(&self) -> &str;
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder>;
     fn get_order_by_client_id<'a>(
         &'a self,

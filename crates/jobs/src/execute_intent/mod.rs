@@ -35,7 +35,7 @@ use pulse_domain::{
     Services, secrets,
     status::{IntentStatus, OrderStatus},
     tenancy,
-    venue::{OrderRequest, OrderType, Side, Venue, VenueError, VenueOrder, alpaca::AlpacaClient},
+    venue::{self, OrderRequest, OrderType, Side, Venue, VenueError, VenueOrder},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -294,7 +294,7 @@ async fn orders(ctx: &JobContext, tenant: Uuid, intent: Uuid) -> Result<Vec<Orde
 
 type Credentials = Vec<(Uuid, Option<String>, String)>;
 /// The client the OMS speaks to a venue with.
-pub(super) type VenueClient = AlpacaClient;
+pub(super) type VenueClient = std::sync::Arc<dyn Venue>;
 type Clients = HashMap<Uuid, Result<VenueClient, String>>;
 
 async fn load_credentials(
@@ -339,13 +339,16 @@ pub(super) fn venue_client(
         || key.ok_or(secrets::SecretError::NoKey),
     )
     .map_err(|e| format!("credential of account {account}: {e}"))?;
-    let client = AlpacaClient::new(
-        services.http.clone(),
-        base,
-        key_id.unwrap_or_default(),
-        secret,
-    );
-    Ok(client.with_data_url(services.market_data_url(venue_id).unwrap_or(base)))
+    venue::connect(
+        venue_id,
+        venue::Connection {
+            http: services.http.clone(),
+            base_url: base,
+            data_url: services.market_data_url(venue_id).unwrap_or(base),
+            key_id: key_id.unwrap_or_default(),
+            secret,
+        },
+    )
 }
 
 /// The venue clients of the legs' accounts; an account whose client cannot be built
@@ -562,7 +565,7 @@ async fn submit_one(
     match venue.create_order(&order.request()).await {
         Ok(accepted) => Ok(LegOutcome::Accepted(accepted)),
         // Sent by an attempt this one cannot know about (its record was lost): adopt it.
-        Err(e) if e.is_duplicate_client_order_id() => {
+        Err(VenueError::DuplicateClientOrderId) => {
             match venue.get_order_by_client_id(&order.client_order_id).await {
                 Ok(found) => Ok(LegOutcome::Accepted(found)),
                 Err(e) => snooze_or(e, |e| LegOutcome::Unknown(e.to_string())),
@@ -939,9 +942,7 @@ async fn unwind(
         };
         if !current.is_terminal() {
             match venue.cancel_order(venue_id).await {
-                Ok(())
-                | Err(VenueError::Rejected { status: 422, .. })
-                | Err(VenueError::NotFound) => {}
+                Ok(()) | Err(VenueError::NotCancelable) | Err(VenueError::NotFound) => {}
                 Err(VenueError::RateLimited { retry_after }) => {
                     return Err(JobError::Snooze(retry_after));
                 }

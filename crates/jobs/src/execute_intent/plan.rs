@@ -29,7 +29,7 @@ use pulse_domain::{
     Services,
     status::{IntentStatus, OrderStatus},
     tenancy,
-    venue::{MAX_TRUSTED_PRICE, OrderType, Side, Venue, VenueError},
+    venue::{MAX_TRUSTED_PRICE, OrderType, Side, VenueError},
 };
 
 #[derive(Debug, Clone)]
@@ -382,14 +382,16 @@ async fn fetch_quotes(services: &Services, wants: Vec<QuoteWant>) -> Quotes {
             Err(_) => Trusted::None,
             Ok(client) => match client.latest_quote(&w.symbol).await {
                 Ok(q) => {
-                    services.quotes.put(client.data_url(), &w.symbol, Some(q));
+                    services
+                        .quotes
+                        .put(client.quote_source(), &w.symbol, Some(q));
                     q.high().map_or(Trusted::None, Trusted::Price)
                 }
-                Err(VenueError::RateLimited { .. } | VenueError::Unknown(_)) => {
+                Err(VenueError::RateLimited { .. } | VenueError::Unavailable(_)) => {
                     Trusted::Unavailable(format!("no quote for {} just now", w.symbol))
                 }
                 Err(_) => {
-                    services.quotes.put(client.data_url(), &w.symbol, None);
+                    services.quotes.put(client.quote_source(), &w.symbol, None);
                     Trusted::None
                 }
             },
