@@ -70,14 +70,16 @@ async fn a_market_order_is_accepted_filled_and_found_by_its_client_order_id() {
         client.get_order(&placed.id).await.unwrap().client_order_id,
         "pf-i1-0"
     );
-    let fills = client.fill_activities(None).await.unwrap();
+    let fills = client.fills(None).await.unwrap();
     assert_eq!(fills.len(), 2, "two partial fills");
+    // Alpaca's `partial_fill` then `fill`, in the OMS's terms: the order's status after each.
     assert_eq!(
-        (fills[0].fill_type.as_str(), fills[1].fill_type.as_str()),
-        ("partial_fill", "fill")
+        (fills[0].order_status, fills[1].order_status),
+        (OrderStatus::PartiallyFilled, OrderStatus::Filled)
     );
+    assert_eq!(fills[0].order_id, placed.id);
     assert_eq!(fills[1].cum_qty, Decimal::from(10));
-    let after_first = client.fill_activities(Some(&fills[0].id)).await.unwrap();
+    let after_first = client.fills(Some(&fills[0].id)).await.unwrap();
     assert_eq!(
         after_first,
         vec![fills[1].clone()],

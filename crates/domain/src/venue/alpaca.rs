@@ -7,7 +7,13 @@ use std::time::Duration;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, de::DeserializeOwned};
 
-use super::{FillActivity, OrderRequest, Quote, Venue, VenueError, VenueFuture, VenueOrder};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::{
+    Fill, OrderRequest, OrderType, Quote, Side, Venue, VenueError, VenueFuture, VenueOrder,
+};
 use crate::secrets::Secret;
 
 /// Alpaca's 422 text for a client order id it already has.
@@ -129,23 +135,37 @@ impl Venue for AlpacaClient {
     }
 
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder> {
-        Box::pin(self.json(self.request(Method::POST, "/v2/orders").json(order)))
+        Box::pin(async move {
+            let body = OrderBody::from(order);
+            let placed: WireOrder = self
+                .json(self.request(Method::POST, "/v2/orders").json(&body))
+                .await?;
+            Ok(placed.into())
+        })
     }
 
     fn get_order_by_client_id<'a>(
         &'a self,
         client_order_id: &'a str,
     ) -> VenueFuture<'a, VenueOrder> {
-        Box::pin(
-            self.json(
-                self.request(Method::GET, "/v2/orders:by_client_order_id")
-                    .query(&[("client_order_id", client_order_id)]),
-            ),
-        )
+        Box::pin(async move {
+            let found: WireOrder = self
+                .json(
+                    self.request(Method::GET, "/v2/orders:by_client_order_id")
+                        .query(&[("client_order_id", client_order_id)]),
+                )
+                .await?;
+            Ok(found.into())
+        })
     }
 
     fn get_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, VenueOrder> {
-        Box::pin(self.json(self.request(Method::GET, &format!("/v2/orders/{id}"))))
+        Box::pin(async move {
+            let found: WireOrder = self
+                .json(self.request(Method::GET, &format!("/v2/orders/{id}")))
+                .await?;
+            Ok(found.into())
+        })
     }
 
     fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()> {
@@ -163,12 +183,15 @@ impl Venue for AlpacaClient {
     }
 
     fn list_open_orders(&self) -> VenueFuture<'_, Vec<VenueOrder>> {
-        Box::pin(
-            self.json(
-                self.request(Method::GET, "/v2/orders")
-                    .query(&[("status", "open"), ("limit", "500")]),
-            ),
-        )
+        Box::pin(async move {
+            let open: Vec<WireOrder> = self
+                .json(
+                    self.request(Method::GET, "/v2/orders")
+                        .query(&[("status", "open"), ("limit", "500")]),
+                )
+                .await?;
+            Ok(open.into_iter().map(VenueOrder::from).collect())
+        })
     }
 
     fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote> {
@@ -193,14 +216,129 @@ impl Venue for AlpacaClient {
         })
     }
 
-    fn fill_activities<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<FillActivity>> {
+    fn fills<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<Fill>> {
         let mut request = self
             .request(Method::GET, "/v2/account/activities/FILL")
             .query(&[("direction", "asc"), ("page_size", "100")]);
         if let Some(token) = after {
             request = request.query(&[("page_token", token)]);
         }
-        Box::pin(self.json(request))
+        Box::pin(async move {
+            let page: Vec<WireFill> = self.json(request).await?;
+            Ok(page.into_iter().map(Fill::from).collect())
+        })
+    }
+}
+
+/// Alpaca's `POST /v2/orders` body. Decimals go as strings, as Alpaca's documentation
+/// writes them.
+#[derive(Serialize)]
+struct OrderBody<'a> {
+    symbol: &'a str,
+    #[serde(with = "rust_decimal::serde::str")]
+    qty: Decimal,
+    side: Side,
+    #[serde(rename = "type")]
+    order_type: OrderType,
+    time_in_force: &'a str,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    limit_price: Option<Decimal>,
+    client_order_id: &'a str,
+}
+
+impl<'a> From<&'a OrderRequest> for OrderBody<'a> {
+    fn from(o: &'a OrderRequest) -> Self {
+        Self {
+            symbol: &o.symbol,
+            qty: o.qty,
+            side: o.side,
+            order_type: o.order_type,
+            time_in_force: &o.time_in_force,
+            limit_price: o.limit_price,
+            client_order_id: &o.client_order_id,
+        }
+    }
+}
+
+/// The fields of Alpaca's Order entity the fleet reads.
+#[derive(Deserialize)]
+struct WireOrder {
+    id: String,
+    client_order_id: String,
+    symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    filled_qty: Decimal,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    filled_avg_price: Option<Decimal>,
+    side: Side,
+    #[serde(rename = "type")]
+    order_type: OrderType,
+    time_in_force: String,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    limit_price: Option<Decimal>,
+    status: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<WireOrder> for VenueOrder {
+    fn from(o: WireOrder) -> Self {
+        Self {
+            status: wire_status::from_alpaca(&o.status),
+            id: o.id,
+            client_order_id: o.client_order_id,
+            symbol: o.symbol,
+            qty: o.qty,
+            filled_qty: o.filled_qty,
+            filled_avg_price: o.filled_avg_price,
+            side: o.side,
+            order_type: o.order_type,
+            time_in_force: o.time_in_force,
+            limit_price: o.limit_price,
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+        }
+    }
+}
+
+/// A FILL activity (`GET /v2/account/activities/FILL`): `id` is `<ts>::<uuid>`.
+#[derive(Deserialize)]
+struct WireFill {
+    id: String,
+    transaction_time: DateTime<Utc>,
+    #[serde(with = "rust_decimal::serde::str")]
+    price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    qty: Decimal,
+    side: Side,
+    symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    leaves_qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    cum_qty: Decimal,
+    order_id: String,
+    order_status: String,
+}
+
+impl From<WireFill> for Fill {
+    fn from(f: WireFill) -> Self {
+        Self {
+            order_status: wire_status::from_alpaca(&f.order_status),
+            id: f.id,
+            order_id: f.order_id,
+            symbol: f.symbol,
+            side: f.side,
+            qty: f.qty,
+            price: f.price,
+            at: f.transaction_time,
+            leaves_qty: f.leaves_qty,
+            cum_qty: f.cum_qty,
+        }
     }
 }
 
@@ -209,8 +347,6 @@ impl Venue for AlpacaClient {
 /// `replaced` (the order lives on under another id) are `cancelled`; `done_for_day` is
 /// `expired` (no fill comes today).
 pub mod wire_status {
-    use serde::{Deserialize, Deserializer, Serializer};
-
     use crate::status::OrderStatus;
 
     pub fn from_alpaca(status: &str) -> OrderStatus {
@@ -236,14 +372,5 @@ pub mod wire_status {
             OrderStatus::Expired => "expired",
             OrderStatus::Rejected => "rejected",
         }
-    }
-
-    pub fn serialize<S: Serializer>(status: &OrderStatus, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(to_alpaca(*status))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OrderStatus, D::Error> {
-        let status = String::deserialize(d)?;
-        Ok(from_alpaca(&status))
     }
 }

@@ -20,21 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::OrderStatus;
 
-/// An order as sent: Alpaca's `POST /v2/orders` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An order to send (each client writes it in its venue's dialect).
+#[derive(Debug, Clone, PartialEq)]
 pub struct OrderRequest {
     pub symbol: String,
-    #[serde(with = "rust_decimal::serde::str")]
     pub qty: Decimal,
     pub side: Side,
-    #[serde(rename = "type")]
     pub order_type: OrderType,
     pub time_in_force: String,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "rust_decimal::serde::str_option"
-    )]
     pub limit_price: Option<Decimal>,
     pub client_order_id: String,
 }
@@ -80,26 +73,20 @@ impl OrderType {
     }
 }
 
-/// An order as the venue reports it (the fields of Alpaca's Order entity we use).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An order as the venue reports it, in the OMS's terms.
+#[derive(Debug, Clone, PartialEq)]
 pub struct VenueOrder {
+    /// The venue's id of the order.
     pub id: String,
     pub client_order_id: String,
     pub symbol: String,
-    #[serde(with = "rust_decimal::serde::str")]
     pub qty: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
     pub filled_qty: Decimal,
-    #[serde(default, with = "rust_decimal::serde::str_option")]
     pub filled_avg_price: Option<Decimal>,
     pub side: Side,
-    #[serde(rename = "type")]
     pub order_type: OrderType,
     pub time_in_force: String,
-    #[serde(default, with = "rust_decimal::serde::str_option")]
     pub limit_price: Option<Decimal>,
-    /// Alpaca's spelling on the wire (`new`, `canceled`, ...), ours in Rust.
-    #[serde(with = "alpaca::wire_status")]
     pub status: OrderStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -112,28 +99,23 @@ impl VenueOrder {
     }
 }
 
-/// A fill activity (`GET /v2/account/activities/FILL`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FillActivity {
-    /// `<ts>::<uuid>`: unique, the dedupe key of fills.
+/// One fill of an order, as the venue reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fill {
+    /// The venue's id of the fill: unique, the dedupe key of fills.
     pub id: String,
-    pub activity_type: String,
-    pub transaction_time: DateTime<Utc>,
-    /// fill or partial_fill
-    #[serde(rename = "type")]
-    pub fill_type: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub price: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub qty: Decimal,
-    pub side: Side,
-    pub symbol: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub leaves_qty: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub cum_qty: Decimal,
+    /// The venue's id of the order filled.
     pub order_id: String,
-    pub order_status: String,
+    pub symbol: String,
+    pub side: Side,
+    pub qty: Decimal,
+    pub price: Decimal,
+    pub at: DateTime<Utc>,
+    /// The order's quantity still open after this fill, and filled so far.
+    pub leaves_qty: Decimal,
+    pub cum_qty: Decimal,
+    /// The order's status after this fill.
+    pub order_status: OrderStatus,
 }
 
 /// The venue's latest quote of a symbol, as far as it can be trusted: both sides
@@ -237,5 +219,6 @@ pub trait Venue: Send + Sync {
     fn list_open_orders(&self) -> VenueFuture<'_, Vec<VenueOrder>>;
     /// The latest quote (market data); [`VenueError::NotFound`] when it has none.
     fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote>;
-    fn fill_activities<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<FillActivity>>;
+    /// Fills after the one with id `after` (oldest first), one page.
+    fn fills<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<Fill>>;
 }
