@@ -1,0 +1,125 @@
+//! The venue clients of an intent's accounts (credentials resolved, one client per
+//! account) and the entry locks an intent renews while it runs.
+
+use super::*;
+
+pub(super) type Credentials = Vec<(Uuid, Option<String>, String)>;
+/// The client the OMS speaks to a venue with.
+pub(super) type VenueClient = std::sync::Arc<dyn Venue>;
+pub(super) type Clients = HashMap<Uuid, Result<VenueClient, String>>;
+
+pub(super) async fn load_credentials(
+    tx: &mut Transaction<'_, Postgres>,
+    legs: &[&OrderRow],
+) -> sqlx::Result<Credentials> {
+    let accounts: Vec<Uuid> = legs
+        .iter()
+        .map(|o| o.account_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rows = sqlx::query!(
+        "SELECT account_id, identifier, secret_ref FROM account_credentials
+         WHERE account_id = ANY($1) AND credential_type = 'api_key'",
+        &accounts,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.account_id, r.identifier, r.secret_ref))
+        .collect())
+}
+
+/// The venue client of one account, or why there is none.
+pub(super) fn venue_client(
+    services: &Services,
+    account: Uuid,
+    venue_id: &str,
+    key_id: Option<&str>,
+    secret_ref: &str,
+) -> Result<VenueClient, String> {
+    let base = services
+        .venue_urls
+        .get(venue_id)
+        .ok_or_else(|| format!("no URL configured for venue {venue_id}"))?;
+    let key = services.secrets_key;
+    let secret = secrets::resolve_with(
+        secret_ref,
+        |n| std::env::var(n).ok(),
+        || key.ok_or(secrets::SecretError::NoKey),
+    )
+    .map_err(|e| format!("credential of account {account}: {e}"))?;
+    venue::connect(
+        venue_id,
+        venue::Connection {
+            http: services.http.clone(),
+            base_url: base,
+            data_url: services.market_data_url(venue_id).unwrap_or(base),
+            key_id: key_id.unwrap_or_default(),
+            secret,
+        },
+    )
+}
+
+/// The venue clients of the legs' accounts; an account whose client cannot be built
+/// maps to the reason.
+pub(super) fn build_clients(
+    services: &Services,
+    creds: &Credentials,
+    legs: &[&OrderRow],
+) -> Clients {
+    let mut out = HashMap::new();
+    for leg in legs {
+        if out.contains_key(&leg.account_id) {
+            continue;
+        }
+        let client = creds
+            .iter()
+            .find(|c| c.0 == leg.account_id)
+            .ok_or_else(|| format!("account {} has no api_key credential", leg.account_id))
+            .and_then(|(_, key_id, secret_ref)| {
+                venue_client(
+                    services,
+                    leg.account_id,
+                    &leg.venue_id,
+                    key_id.as_deref(),
+                    secret_ref,
+                )
+            });
+        out.insert(leg.account_id, client);
+    }
+    out
+}
+
+/// The venue clients of `legs`, for an attempt that goes on with an intent planned
+/// earlier; the intent's entry locks are renewed in the same transaction.
+pub(super) async fn clients(
+    ctx: &JobContext,
+    tenant: Uuid,
+    intent: Uuid,
+    legs: &[&OrderRow],
+) -> Result<Clients, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    renew_locks(&mut tx, intent).await?;
+    let creds = load_credentials(&mut tx, legs).await?;
+    tx.commit().await?;
+    Ok(build_clients(&ctx.services, &creds, legs))
+}
+
+/// An intent holds its entry locks from planning until it settles, over any number
+/// of attempts; each attempt, and each `LOCK_TTL_SECS / 3` within a long one, pushes
+/// their expiry forward, so only a dead holder's locks expire.
+pub(super) async fn renew_locks(
+    tx: &mut Transaction<'_, Postgres>,
+    intent: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE entry_locks SET expires_at = now() + make_interval(secs => $2) WHERE owner_token = $1",
+        intent,
+        LOCK_TTL_SECS,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Unwinding a failed intent: legs still open are cancelled, filled ones are closed
+//! by an opposite order, and what they reserved is given back.
+
+use super::*;
+
+/// The intent fails (a leg was rejected, a kill switch was engaged, its locks were
+/// lost): every leg not rejected is first resolved at the venue by client order id
+/// (an attempt retries while any outcome is still unknown, so no leg is ever
+/// skipped); legs that never reached the venue give their reservation back; open ones
+/// are cancelled and the filled part of the others closed with opposite market
+/// orders (their own deterministic ids). Then the intent fails with `reason`.
+pub(super) async fn unwind(
+    ctx: &JobContext,
+    tenant: Uuid,
+    intent: Uuid,
+    event: &str,
+    reason: &str,
+) -> Result<(), JobError> {
+    let legs = orders(ctx, tenant, intent).await?;
+    let siblings: Vec<&OrderRow> = legs
+        .iter()
+        .filter(|o| o.leg_index < UNWIND_BASE && o.status != OrderStatus::Rejected)
+        .filter(|o| !(o.status == OrderStatus::Cancelled && o.venue_order_id.is_none()))
+        .collect();
+    let clients = clients(ctx, tenant, intent, &siblings).await?;
+    // 1. What became of every leg whose outcome this database does not know.
+    let unresolved: Vec<&OrderRow> = siblings
+        .iter()
+        .copied()
+        .filter(|o| o.venue_order_id.is_none())
+        .collect();
+    if !unresolved.is_empty() {
+        let mut resolved = vec![];
+        let mut still_unknown = None;
+        for leg in &unresolved {
+            if leg.may_exist_at_venue()
+                && let Some(wait) = take_budget(ctx, tenant, leg.account_id).await?
+            {
+                return Err(JobError::Snooze(wait));
+            }
+            let venue = clients[&leg.account_id]
+                .as_ref()
+                .map_err(|e| JobError::retryable(e.clone()))?;
+            let outcome = resolve(venue, leg).await?;
+            if let LegOutcome::Unknown(e) = &outcome {
+                still_unknown = Some(format!(
+                    "unwinding: leg {} outcome still unknown ({e}); looking it up again",
+                    leg.leg_index
+                ));
+            }
+            resolved.push((*leg, outcome));
+        }
+        let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+        for (leg, outcome) in &resolved {
+            record(&mut tx, tenant, intent, leg, outcome).await?;
+        }
+        tx.commit().await?;
+        if let Some(e) = still_unknown {
+            return Err(JobError::retryable(e));
+        }
+        // Start over with what is now known.
+        return Box::pin(unwind(ctx, tenant, intent, event, reason)).await;
+    }
+    // 2. Cancel or close what is at the venue.
+    for leg in siblings {
+        let venue = clients[&leg.account_id]
+            .as_ref()
+            .map_err(|e| JobError::retryable(e.clone()))?;
+        let Some(venue_id) = &leg.venue_order_id else {
+            continue;
+        };
+        if let Some(wait) = take_budget(ctx, tenant, leg.account_id).await? {
+            return Err(JobError::Snooze(wait));
+        }
+        let current = match venue.get_order(venue_id).await {
+            Ok(o) => o,
+            Err(VenueError::RateLimited { retry_after }) => {
+                return Err(JobError::Snooze(retry_after));
+            }
+            Err(e) => {
+                return Err(JobError::retryable(format!(
+                    "unwinding leg {}: {e}",
+                    leg.leg_index
+                )));
+            }
+        };
+        if !current.is_terminal() {
+            match venue.cancel_order(venue_id).await {
+                Ok(()) | Err(VenueError::NotCancelable) | Err(VenueError::NotFound) => {}
+                Err(VenueError::RateLimited { retry_after }) => {
+                    return Err(JobError::Snooze(retry_after));
+                }
+                Err(e) => {
+                    return Err(JobError::retryable(format!(
+                        "cancelling leg {}: {e}",
+                        leg.leg_index
+                    )));
+                }
+            }
+        }
+        let filled = venue
+            .get_order(venue_id)
+            .await
+            .map(|o| o.filled_qty)
+            .unwrap_or(current.filled_qty);
+        if filled > Decimal::ZERO {
+            close_filled(ctx, tenant, intent, leg, filled, venue).await?;
+        }
+        let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+        sqlx::query!(
+            "UPDATE orders SET status = 'cancelled', filled_quantity = $2, updated_at = now() WHERE id = $1",
+            leg.id,
+            filled,
+        )
+            .execute(&mut *tx)
+            .await?;
+        release(&mut tx, tenant, leg).await?;
+        tx.commit().await?;
+    }
+    fail(ctx, tenant, intent, event, reason).await
+}
+
+/// The opposite market order that closes a filled leg: an order row of its own (with
+/// its own deterministic id), submitted like any leg, always looked up first.
+pub(super) async fn close_filled(
+    ctx: &JobContext,
+    tenant: Uuid,
+    intent: Uuid,
+    leg: &OrderRow,
+    qty: Decimal,
+    venue: &VenueClient,
+) -> Result<(), JobError> {
+    let index = UNWIND_BASE + leg.leg_index;
+    let coid = client_order_id(tenant, intent, index);
+    let side = if leg.side == "buy" { "sell" } else { "buy" };
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    sqlx::query!(
+        "INSERT INTO orders (tenant_id, intent_id, leg_index, account_id, venue_id, symbol, side, quantity,
+                             order_type, time_in_force, client_order_id, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'market', 'day', $9, 'sent')
+         ON CONFLICT (tenant_id, intent_id, leg_index) DO NOTHING",
+        tenant,
+        intent,
+        index,
+        leg.account_id,
+        &leg.venue_id,
+        &leg.symbol,
+        side,
+        qty,
+        &coid,
+    )
+    .execute(&mut *tx)
+    .await?;
+    let closing = load_orders(&mut tx, intent)
+        .await?
+        .into_iter()
+        .find(|o| o.leg_index == index)
+        .ok_or_else(|| {
+            JobError::retryable(format!("closing order of leg {} vanished", leg.leg_index))
+        })?;
+    tx.commit().await?;
+    let placed = match submit_one(venue, true, &closing).await? {
+        accepted @ LegOutcome::Accepted(_) => accepted,
+        LegOutcome::Rejected(e) | LegOutcome::Unknown(e) => {
+            return Err(JobError::retryable(format!(
+                "closing leg {}: {e}",
+                leg.leg_index
+            )));
+        }
+        LegOutcome::NotPlaced => {
+            return Err(JobError::retryable(format!(
+                "closing leg {}: not placed",
+                leg.leg_index
+            )));
+        }
+    };
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    record(&mut tx, tenant, intent, &closing, &placed).await?;
+    tenancy::audit(
+        &mut tx,
+        "leg_unwound",
+        "order",
+        &leg.id.to_string(),
+        &json!({"intent": intent, "closed_qty": qty.to_string()}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
