@@ -74,3 +74,7 @@ BEGIN
     SELECT taken.used FROM taken;
 END
 $$;
+
+-- Times in force, one spelling (`TimeInForce`); each venue client writes its own.
+ALTER TABLE orders ADD CONSTRAINT orders_time_in_force_known
+    CHECK (time_in_force IN ('day', 'gtc', 'ioc', 'fok', 'opg', 'cls'));

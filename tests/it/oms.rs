@@ -214,7 +214,7 @@ async fn an_order_the_venue_already_has_is_adopted_not_sent_again() {
             qty: 2.into(),
             side: pulse_domain::venue::Side::Buy,
             order_type: pulse_domain::venue::OrderType::Market,
-            time_in_force: "day".into(),
+            time_in_force: pulse_domain::venue::TimeInForce::Day,
             limit_price: None,
             client_order_id: pulse_jobs::execute_intent::client_order_id(desk.tenant, id, 0),
         })

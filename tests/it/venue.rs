@@ -45,7 +45,7 @@ fn order(
         qty: Decimal::from(qty),
         side: Side::Buy,
         order_type,
-        time_in_force: "day".into(),
+        time_in_force: pulse_domain::venue::TimeInForce::Day,
         limit_price: limit,
         client_order_id: client_order_id.into(),
     }

@@ -12,7 +12,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::{
-    Fill, OrderRequest, OrderType, Quote, Side, Venue, VenueError, VenueFuture, VenueOrder,
+    Fill, OrderRequest, OrderType, Quote, Side, TimeInForce, Venue, VenueError, VenueFuture,
+    VenueOrder,
 };
 use crate::secrets::Secret;
 
@@ -240,7 +241,7 @@ struct OrderBody<'a> {
     side: Side,
     #[serde(rename = "type")]
     order_type: OrderType,
-    time_in_force: &'a str,
+    time_in_force: TimeInForce,
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "rust_decimal::serde::str_option"
@@ -256,7 +257,7 @@ impl<'a> From<&'a OrderRequest> for OrderBody<'a> {
             qty: o.qty,
             side: o.side,
             order_type: o.order_type,
-            time_in_force: &o.time_in_force,
+            time_in_force: o.time_in_force,
             limit_price: o.limit_price,
             client_order_id: &o.client_order_id,
         }
@@ -278,7 +279,7 @@ struct WireOrder {
     side: Side,
     #[serde(rename = "type")]
     order_type: OrderType,
-    time_in_force: String,
+    time_in_force: TimeInForce,
     #[serde(default, with = "rust_decimal::serde::str_option")]
     limit_price: Option<Decimal>,
     status: String,

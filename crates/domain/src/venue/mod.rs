@@ -27,7 +27,7 @@ pub struct OrderRequest {
     pub qty: Decimal,
     pub side: Side,
     pub order_type: OrderType,
-    pub time_in_force: String,
+    pub time_in_force: TimeInForce,
     pub limit_price: Option<Decimal>,
     pub client_order_id: String,
 }
@@ -73,6 +73,60 @@ impl OrderType {
     }
 }
 
+/// How long an order stays working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeInForce {
+    /// Until the end of the trading day.
+    Day,
+    /// Good till cancelled.
+    Gtc,
+    /// Immediate or cancel: what does not fill at once is cancelled.
+    Ioc,
+    /// Fill or kill: filled whole at once, or cancelled.
+    Fok,
+    /// At the market's opening auction.
+    Opg,
+    /// At the market's closing auction.
+    Cls,
+}
+
+impl TimeInForce {
+    pub const ALL: [TimeInForce; 6] = [
+        TimeInForce::Day,
+        TimeInForce::Gtc,
+        TimeInForce::Ioc,
+        TimeInForce::Fok,
+        TimeInForce::Opg,
+        TimeInForce::Cls,
+    ];
+
+    /// The spelling of intents' legs and of the `orders` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeInForce::Day => "day",
+            TimeInForce::Gtc => "gtc",
+            TimeInForce::Ioc => "ioc",
+            TimeInForce::Fok => "fok",
+            TimeInForce::Opg => "opg",
+            TimeInForce::Cls => "cls",
+        }
+    }
+}
+
+impl std::str::FromStr for TimeInForce {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        TimeInForce::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown time_in_force `{s}`"))
+    }
+}
+
+crate::text_column!(TimeInForce);
+
 /// An order as the venue reports it, in the OMS's terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VenueOrder {
@@ -85,7 +139,7 @@ pub struct VenueOrder {
     pub filled_avg_price: Option<Decimal>,
     pub side: Side,
     pub order_type: OrderType,
-    pub time_in_force: String,
+    pub time_in_force: TimeInForce,
     pub limit_price: Option<Decimal>,
     pub status: OrderStatus,
     pub created_at: DateTime<Utc>,

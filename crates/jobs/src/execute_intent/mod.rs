@@ -39,7 +39,7 @@ use pulse_domain::{
     Services, secrets,
     status::{IntentStatus, OrderStatus},
     tenancy,
-    venue::{self, OrderRequest, OrderType, Side, Venue, VenueError, VenueOrder},
+    venue::{self, OrderRequest, OrderType, Side, TimeInForce, Venue, VenueError, VenueOrder},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ struct OrderRow {
     quantity: Decimal,
     order_type: String,
     limit_price: Option<Decimal>,
-    time_in_force: String,
+    time_in_force: TimeInForce,
     client_order_id: String,
     venue_order_id: Option<String>,
     status: OrderStatus,
@@ -118,7 +118,7 @@ impl OrderRow {
             } else {
                 OrderType::Market
             },
-            time_in_force: self.time_in_force.clone(),
+            time_in_force: self.time_in_force,
             limit_price: self.limit_price,
             client_order_id: self.client_order_id.clone(),
         }

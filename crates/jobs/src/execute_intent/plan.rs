@@ -29,7 +29,7 @@ use pulse_domain::{
     Services,
     status::{IntentStatus, OrderStatus},
     tenancy,
-    venue::{MAX_TRUSTED_PRICE, OrderType, Side, VenueError},
+    venue::{MAX_TRUSTED_PRICE, OrderType, Side, TimeInForce, VenueError},
 };
 
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub(super) struct Leg {
     pub quantity: Decimal,
     pub order_type: OrderType,
     pub limit_price: Option<Decimal>,
-    pub time_in_force: String,
+    pub time_in_force: TimeInForce,
     /// What the client says the price is: used only when it is higher than what the
     /// fleet trusts (a client can make a leg look dearer, never cheaper).
     pub reference_price: Option<Decimal>,
@@ -155,14 +155,12 @@ pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
                 return Err(bad("a limit leg needs a positive limit_price"));
             }
             let reference_price = price("reference_price")?;
-            let time_in_force = l
+            let time_in_force: TimeInForce = l
                 .get("time_in_force")
                 .and_then(Value::as_str)
                 .unwrap_or("day")
-                .to_owned();
-            if !["day", "gtc", "ioc", "fok", "opg", "cls"].contains(&time_in_force.as_str()) {
-                return Err(bad("unknown time_in_force"));
-            }
+                .parse()
+                .map_err(|_| bad("unknown time_in_force"))?;
             Ok(Leg {
                 account_id,
                 symbol: symbol.to_owned(),
@@ -734,7 +732,7 @@ async fn plan_batch(
                      $10::text[], $11::numeric[], $12::text[], $13::text[], $14::numeric[])
               AS l(i, n, a, v, s, sd, q, ot, lp, tif, coid, r)
          RETURNING intent_id, id, leg_index, account_id, venue_id, symbol, side, quantity, order_type,
-                   limit_price, time_in_force, client_order_id, venue_order_id,
+                   limit_price, time_in_force AS "time_in_force: TimeInForce", client_order_id, venue_order_id,
                    status AS "status: OrderStatus", reserved_amount"#,
         tenant,
         planned.iter().map(|(i, _)| asks[*i]).collect::<Vec<_>>() as _,

@@ -112,7 +112,7 @@ pub(super) async fn load_orders(
     sqlx::query_as!(
         OrderRow,
         r#"SELECT intent_id, id, leg_index, account_id, venue_id, symbol, side, quantity, order_type,
-                  limit_price, time_in_force, client_order_id, venue_order_id,
+                  limit_price, time_in_force AS "time_in_force: TimeInForce", client_order_id, venue_order_id,
                   status AS "status: OrderStatus", reserved_amount
            FROM orders WHERE intent_id = $1 ORDER BY leg_index"#,
         intent,
