@@ -216,3 +216,43 @@ async fn the_client_never_prints_its_secret() {
     let (_, client) = venue(PaperOptions::default()).await;
     assert!(!format!("{client:?}").contains("paper-secret"));
 }
+
+#[tokio::test]
+async fn the_paper_venue_takes_decimals_as_numbers_or_strings_as_alpaca_does() {
+    // An official Alpaca client sent `"qty": 2` and got 422 "expected a Decimal".
+    let (venue, _, base) = venue_at(PaperOptions::default()).await;
+    let post = |body: serde_json::Value| {
+        reqwest::Client::new()
+            .post(format!("{base}/v2/orders"))
+            .header("APCA-API-KEY-ID", "PKTEST")
+            .header("APCA-API-SECRET-KEY", "paper-secret")
+            .json(&body)
+            .send()
+    };
+    for (coid, qty, limit) in [
+        ("num-0", serde_json::json!(2), serde_json::json!(150.25)),
+        ("str-0", serde_json::json!("2"), serde_json::json!("150.25")),
+        ("mix-0", serde_json::json!(1.5), serde_json::json!("150")),
+    ] {
+        let answer = post(serde_json::json!({
+            "symbol": "AAPL", "qty": qty, "side": "buy", "type": "limit",
+            "time_in_force": "day", "limit_price": limit, "client_order_id": coid,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(
+            answer.status(),
+            200,
+            "{coid}: {}",
+            answer.text().await.unwrap()
+        );
+    }
+    assert_eq!(venue.orders().len(), 3);
+    let refused = post(serde_json::json!({
+        "symbol": "AAPL", "qty": true, "side": "buy", "type": "market",
+        "time_in_force": "day", "client_order_id": "bad-0",
+    }))
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 422, "a boolean is no decimal");
+}

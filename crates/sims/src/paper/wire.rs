@@ -7,11 +7,13 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-/// An order as sent: Alpaca's `POST /v2/orders` body.
+/// An order as sent: Alpaca's `POST /v2/orders` body. Alpaca takes its decimal fields
+/// as JSON strings or numbers (official clients send either), and so does this.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderBody {
     pub symbol: String,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(serialize_with = "rust_decimal::serde::str::serialize")]
+    #[serde(deserialize_with = "decimal")]
     pub qty: Decimal,
     pub side: Side,
     #[serde(rename = "type")]
@@ -20,10 +22,31 @@ pub struct OrderBody {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "rust_decimal::serde::str_option"
+        serialize_with = "rust_decimal::serde::str_option::serialize",
+        deserialize_with = "optional_decimal"
     )]
     pub limit_price: Option<Decimal>,
     pub client_order_id: String,
+}
+
+/// A decimal sent as a JSON string (`"1.5"`) or number (`1.5`).
+fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    optional_decimal(d)?.ok_or_else(|| serde::de::Error::custom("expected a decimal"))
+}
+
+fn optional_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    use serde::de::Error;
+    let text = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => n.to_string(),
+        other => return Err(D::Error::custom(format!("expected a decimal, got {other}"))),
+    };
+    let value = text
+        .parse::<Decimal>()
+        .or_else(|_| Decimal::from_scientific(&text))
+        .map_err(|_| D::Error::custom(format!("`{text}` is not a decimal")))?;
+    Ok(Some(value))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
