@@ -256,3 +256,115 @@ async fn the_paper_venue_takes_decimals_as_numbers_or_strings_as_alpaca_does() {
     .unwrap();
     assert_eq!(refused.status(), 422, "a boolean is no decimal");
 }
+
+/// A GET on the paper venue with the key pair, as JSON.
+async fn get_json(base: &str, path_and_query: &str) -> (u16, serde_json::Value) {
+    let answer = reqwest::Client::new()
+        .get(format!("{base}{path_and_query}"))
+        .header("APCA-API-KEY-ID", "PKTEST")
+        .header("APCA-API-SECRET-KEY", "paper-secret")
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn positions_follow_the_fills_and_the_client_reads_them_in_the_oms_terms() {
+    let (venue, client, base) = venue_at(PaperOptions::default()).await;
+    venue.set_price("AAPL", Decimal::from(100));
+    client
+        .create_order(&order("pos-0", 10, OrderType::Market, None))
+        .await
+        .unwrap();
+    venue.set_price("AAPL", Decimal::from(110));
+    client
+        .create_order(&order("pos-1", 10, OrderType::Market, None))
+        .await
+        .unwrap();
+    let mut sell = order("pos-2", 5, OrderType::Market, None);
+    sell.side = Side::Sell;
+    client.create_order(&sell).await.unwrap();
+
+    let fills = client.fills(None).await.unwrap();
+    let bought: Decimal = fills
+        .iter()
+        .filter(|f| f.side == Side::Buy)
+        .map(|f| f.qty * f.price)
+        .sum();
+    let held = client.positions().await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].symbol, "AAPL");
+    assert_eq!(held[0].qty, Decimal::from(15), "20 bought, 5 sold");
+    // Average cost of what was bought; a sale does not move it.
+    assert_eq!(
+        held[0].avg_entry_price,
+        (bought / Decimal::from(20)).round_dp(6)
+    );
+
+    let (status, one) = get_json(&base, "/v2/positions/AAPL").await;
+    assert_eq!((status, one["side"].as_str()), (200, Some("long")));
+    let (status, none) = get_json(&base, "/v2/positions/MSFT").await;
+    assert_eq!((status, none["code"].as_i64()), (404, Some(40410000)));
+    let (status, account) = get_json(&base, "/v2/account").await;
+    assert_eq!((status, account["status"].as_str()), (200, Some("ACTIVE")));
+    let sold: Decimal = fills
+        .iter()
+        .filter(|f| f.side == Side::Sell)
+        .map(|f| f.qty * f.price)
+        .sum();
+    assert_eq!(
+        account["cash"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
+        Decimal::from(100_000) - bought + sold
+    );
+}
+
+#[tokio::test]
+async fn orders_and_fills_are_listed_with_alpacas_filters_and_newest_first() {
+    let (_, client, base) = venue_at(PaperOptions::default()).await;
+    client
+        .create_order(&order("list-0", 1, OrderType::Market, None))
+        .await
+        .unwrap();
+    let resting = client
+        .create_order(&order("list-1", 1, OrderType::Limit, Some(Decimal::ONE)))
+        .await
+        .unwrap();
+    client
+        .create_order(&order("list-2", 1, OrderType::Market, None))
+        .await
+        .unwrap();
+    let ids = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["client_order_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, open) = get_json(&base, "/v2/orders").await;
+    assert_eq!(ids(&open), vec!["list-1"], "open by default");
+    assert_eq!(open[0]["id"].as_str(), Some(resting.id.as_str()));
+    let (_, closed) = get_json(&base, "/v2/orders?status=closed").await;
+    assert_eq!(ids(&closed), vec!["list-2", "list-0"], "newest first");
+    let (_, all) = get_json(&base, "/v2/orders?status=all&direction=asc&limit=2").await;
+    assert_eq!(ids(&all), vec!["list-0", "list-1"]);
+    let (status, _) = get_json(&base, "/v2/orders?direction=sideways").await;
+    assert_eq!(status, 422);
+
+    let (_, newest_first) = get_json(&base, "/v2/account/activities/FILL").await;
+    let (_, oldest_first) = get_json(&base, "/v2/account/activities/FILL?direction=asc").await;
+    let first = |v: &serde_json::Value, i: usize| v[i]["id"].as_str().unwrap().to_string();
+    assert_eq!(newest_first.as_array().unwrap().len(), 2);
+    assert_eq!(first(&newest_first, 0), first(&oldest_first, 1));
+    let after = format!(
+        "/v2/account/activities/FILL?page_size=1&page_token={}",
+        first(&newest_first, 0)
+    );
+    let (_, next_page) = get_json(&base, &after).await;
+    assert_eq!(first(&next_page, 0), first(&newest_first, 1));
+}

@@ -12,8 +12,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::{
-    Fill, OrderRequest, OrderType, Quote, Side, TimeInForce, Venue, VenueError, VenueFuture,
-    VenueOrder,
+    Fill, OrderRequest, OrderType, Position, Quote, Side, TimeInForce, Venue, VenueError,
+    VenueFuture, VenueOrder,
 };
 use crate::secrets::Secret;
 
@@ -228,6 +228,35 @@ impl Venue for AlpacaClient {
             let page: Vec<WireFill> = self.json(request).await?;
             Ok(page.into_iter().map(Fill::from).collect())
         })
+    }
+
+    fn positions(&self) -> VenueFuture<'_, Vec<Position>> {
+        Box::pin(async move {
+            let held: Vec<WirePosition> = self
+                .json(self.request(Method::GET, "/v2/positions"))
+                .await?;
+            Ok(held.into_iter().map(Position::from).collect())
+        })
+    }
+}
+
+/// A position (`GET /v2/positions`): `qty` is negative for a short.
+#[derive(Deserialize)]
+struct WirePosition {
+    symbol: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    avg_entry_price: Decimal,
+}
+
+impl From<WirePosition> for Position {
+    fn from(p: WirePosition) -> Self {
+        Self {
+            symbol: p.symbol,
+            qty: p.qty,
+            avg_entry_price: p.avg_entry_price,
+        }
     }
 }
 

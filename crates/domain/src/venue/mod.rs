@@ -153,6 +153,15 @@ impl VenueOrder {
     }
 }
 
+/// What an account holds of one symbol at the venue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Position {
+    pub symbol: String,
+    /// Signed: negative is short.
+    pub qty: Decimal,
+    pub avg_entry_price: Decimal,
+}
+
 /// One fill of an order, as the venue reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fill {
@@ -275,4 +284,6 @@ pub trait Venue: Send + Sync {
     fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote>;
     /// Fills after the one with id `after` (oldest first), one page.
     fn fills<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<Fill>>;
+    /// Every position the account holds (none for a symbol it holds nothing of).
+    fn positions(&self) -> VenueFuture<'_, Vec<Position>>;
 }

@@ -152,6 +152,9 @@ impl PaperVenue {
             .route("/v2/orders:by_client_order_id", get(by_client_id))
             .route("/v2/orders/{id}", delete(cancel_order).get(get_order))
             .route("/v2/account/activities/FILL", get(fills))
+            .route("/v2/positions", get(list_positions))
+            .route("/v2/positions/{symbol}", get(get_position))
+            .route("/v2/account", get(account))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 admission,
@@ -549,44 +552,211 @@ async fn cancel_order(State(venue): State<PaperVenue>, Path(id): Path<String>) -
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// `GET /v2/orders`: `status` open (default), closed or all; `limit` (default 50, at
+/// most 500); `after` and `until` bound `created_at` (exclusive); `direction` desc
+/// (default) or asc by `created_at`; `nested` is accepted (no order here has legs).
 #[derive(Deserialize)]
 struct ListQuery {
     #[serde(default)]
     status: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<DateTime<Utc>>,
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    direction: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    nested: Option<bool>,
+}
+
+/// Alpaca's sort order: `asc` or `desc` (the default); `None` for anything else.
+fn ascending(direction: Option<&str>) -> Option<bool> {
+    match direction.unwrap_or("desc") {
+        "asc" => Some(true),
+        "desc" => Some(false),
+        _ => None,
+    }
+}
+
+/// Alpaca's 422 for a query parameter it does not know the value of.
+fn invalid(name: &str, value: Option<&str>) -> Response {
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        40010001,
+        &format!("invalid {name}: {}", value.unwrap_or_default()),
+    )
 }
 
 async fn list_orders(State(venue): State<PaperVenue>, Query(q): Query<ListQuery>) -> Response {
+    let Some(ascending) = ascending(q.direction.as_deref()) else {
+        return invalid("direction", q.direction.as_deref());
+    };
+    let wanted = q.status.as_deref().unwrap_or("open");
+    if !["open", "closed", "all"].contains(&wanted) {
+        return invalid("status", Some(wanted));
+    }
     let book = venue.book.lock().expect("book");
-    let want_open = q.status.as_deref().unwrap_or("open") == "open";
-    let list: Vec<Value> = book
+    let mut list: Vec<&Order> = book
         .orders
         .iter()
-        .filter(|o| q.status.as_deref() == Some("all") || o.is_terminal() != want_open)
-        .map(order_json)
+        .filter(|o| match wanted {
+            "open" => !o.is_terminal(),
+            "closed" => o.is_terminal(),
+            _ => true,
+        })
+        .filter(|o| q.after.is_none_or(|t| o.created_at > t))
+        .filter(|o| q.until.is_none_or(|t| o.created_at < t))
         .collect();
-    Json(list).into_response()
+    list.sort_by_key(|o| o.created_at);
+    if !ascending {
+        list.reverse();
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let page: Vec<Value> = list.into_iter().take(limit).map(order_json).collect();
+    Json(page).into_response()
 }
 
+/// FILL activities: newest first unless `direction=asc`; `page_size` (default 100, at
+/// most 100); `page_token` is the id of the last activity of the previous page;
+/// `after` and `until` bound `transaction_time`.
 #[derive(Deserialize)]
 struct FillQuery {
     #[serde(default)]
     page_token: Option<String>,
     #[serde(default)]
     page_size: Option<usize>,
+    #[serde(default)]
+    direction: Option<String>,
+    #[serde(default)]
+    after: Option<DateTime<Utc>>,
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
 }
 
 async fn fills(State(venue): State<PaperVenue>, Query(q): Query<FillQuery>) -> Response {
+    let Some(ascending) = ascending(q.direction.as_deref()) else {
+        return invalid("direction", q.direction.as_deref());
+    };
     let book = venue.book.lock().expect("book");
+    let mut all: Vec<&FillActivity> = book
+        .fills
+        .iter()
+        .filter(|f| q.after.is_none_or(|t| f.transaction_time > t))
+        .filter(|f| q.until.is_none_or(|t| f.transaction_time < t))
+        .collect();
+    if !ascending {
+        all.reverse();
+    }
     let start = q
         .page_token
         .as_ref()
-        .and_then(|t| book.fills.iter().position(|f| &f.id == t).map(|p| p + 1))
+        .and_then(|t| all.iter().position(|f| &f.id == t).map(|p| p + 1))
         .unwrap_or(0);
-    let page: Vec<&FillActivity> = book
-        .fills
-        .iter()
+    let page: Vec<&FillActivity> = all
+        .into_iter()
         .skip(start)
         .take(q.page_size.unwrap_or(100).clamp(1, 100))
         .collect();
     Json(page).into_response()
+}
+
+/// What the account holds of one symbol, from its fills: signed quantity and average
+/// entry price (a reduction keeps the average; crossing zero starts a new one).
+#[derive(Debug, Clone, Copy, Default)]
+struct Holding {
+    qty: Decimal,
+    avg_entry_price: Decimal,
+}
+
+fn holdings(book: &Book) -> std::collections::BTreeMap<String, Holding> {
+    let mut out: std::collections::BTreeMap<String, Holding> = Default::default();
+    for f in &book.fills {
+        let h = out.entry(f.symbol.clone()).or_default();
+        let signed = match f.side {
+            Side::Buy => f.qty,
+            Side::Sell => -f.qty,
+        };
+        let next = h.qty + signed;
+        if h.qty.is_zero() || (h.qty.is_sign_positive() == signed.is_sign_positive()) {
+            // Opening or adding: the average moves.
+            h.avg_entry_price =
+                ((h.avg_entry_price * h.qty.abs() + f.price * f.qty) / next.abs()).round_dp(6);
+        } else if !next.is_zero() && next.is_sign_positive() != h.qty.is_sign_positive() {
+            // Crossed zero: what is left was opened at this fill's price.
+            h.avg_entry_price = f.price;
+        }
+        h.qty = next;
+    }
+    out.retain(|_, h| !h.qty.is_zero());
+    out
+}
+
+fn position_json(book: &mut Book, symbol: &str, h: Holding) -> Value {
+    let price = PaperVenue::price(book, symbol);
+    let market_value = h.qty * price;
+    let cost_basis = h.qty * h.avg_entry_price;
+    json!({
+        "asset_id": format!("paper-{symbol}"), "symbol": symbol, "exchange": "PAPER",
+        "asset_class": "us_equity", "asset_marginable": false,
+        "qty": h.qty.to_string(), "qty_available": h.qty.to_string(),
+        "side": if h.qty.is_sign_positive() { "long" } else { "short" },
+        "avg_entry_price": h.avg_entry_price.to_string(),
+        "market_value": market_value.to_string(), "cost_basis": cost_basis.to_string(),
+        "unrealized_pl": (market_value - cost_basis).to_string(),
+        "current_price": price.to_string(),
+    })
+}
+
+async fn list_positions(State(venue): State<PaperVenue>) -> Response {
+    let mut book = venue.book.lock().expect("book");
+    let held = holdings(&book);
+    let list: Vec<Value> = held
+        .into_iter()
+        .map(|(symbol, h)| position_json(&mut book, &symbol, h))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn get_position(State(venue): State<PaperVenue>, Path(symbol): Path<String>) -> Response {
+    let mut book = venue.book.lock().expect("book");
+    match holdings(&book).remove(&symbol) {
+        Some(h) => Json(position_json(&mut book, &symbol, h)).into_response(),
+        None => error(StatusCode::NOT_FOUND, 40410000, "position does not exist"),
+    }
+}
+
+/// The paper account: 100,000 of cash at the start, moved by every fill.
+async fn account(State(venue): State<PaperVenue>) -> Response {
+    let mut book = venue.book.lock().expect("book");
+    let mut cash = Decimal::from(100_000);
+    for f in &book.fills {
+        match f.side {
+            Side::Buy => cash -= f.qty * f.price,
+            Side::Sell => cash += f.qty * f.price,
+        }
+    }
+    let held = holdings(&book);
+    let mut long = Decimal::ZERO;
+    let mut short = Decimal::ZERO;
+    for (symbol, h) in held {
+        let value = h.qty * PaperVenue::price(&mut book, &symbol);
+        if value.is_sign_positive() {
+            long += value;
+        } else {
+            short += value;
+        }
+    }
+    let equity = cash + long + short;
+    Json(json!({
+        "id": "paper-account", "account_number": "PA0000000", "status": "ACTIVE",
+        "currency": "USD", "cash": cash.to_string(), "buying_power": cash.max(Decimal::ZERO).to_string(),
+        "equity": equity.to_string(), "portfolio_value": equity.to_string(),
+        "long_market_value": long.to_string(), "short_market_value": short.to_string(),
+        "pattern_day_trader": false, "trading_blocked": false, "transfers_blocked": false,
+        "account_blocked": false, "shorting_enabled": true, "multiplier": "1",
+    }))
+    .into_response()
 }
