@@ -141,25 +141,25 @@ pub async fn metrics(pool: &PgPool, names: &[String], lease_secs: f64) -> sqlx::
     let stats = admin::stats(pool).await?;
     let lags = admin::queue_lags(pool, names).await?;
     let live = admin::live_workers(pool, std::time::Duration::from_secs_f64(lease_secs)).await?;
-    let counts = admin::state_counts(pool).await?;
+    let stats: std::collections::BTreeMap<_, _> = stats
+        .into_iter()
+        .map(|s| ((s.metric, s.job_name, s.label), s.value))
+        .collect();
+    // `admin::stats` has just folded the pending deltas: its `jobs` rows are the
+    // counts, so they are read from there rather than asked for again.
     let states = names
         .iter()
         .flat_map(|name| {
-            let counts = &counts;
+            let stats = &stats;
             JobState::ALL.into_iter().map(move |state| {
-                let n = counts
-                    .iter()
-                    .find(|c| c.job_name == *name && c.state == state)
-                    .map_or(0, |c| c.count);
+                let key = ("jobs".to_string(), name.clone(), state.as_str().to_string());
+                let n = stats.get(&key).copied().unwrap_or(0.0) as i64;
                 (name.clone(), state, n)
             })
         })
         .collect();
     Ok(Snapshot {
-        stats: stats
-            .into_iter()
-            .map(|s| ((s.metric, s.job_name, s.label), s.value))
-            .collect(),
+        stats,
         lags,
         live_workers: live.len() as i64,
         states,
