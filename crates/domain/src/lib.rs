@@ -17,12 +17,23 @@ pub mod watcher;
 
 pub use services::Services;
 
-/// Stores an enum with `as_str` and `FromStr` in a text column (the schema CHECKs the
-/// spellings): encoded and decoded as text, so a spelling the code does not know fails
-/// to decode instead of slipping through as a string.
+/// Stores an enum with `ALL` and `as_str` in a text column (the schema CHECKs the
+/// spellings): `FromStr` over `ALL`, and encoded and decoded as text, so a spelling the
+/// code does not know fails to decode instead of slipping through as a string.
 #[macro_export]
 macro_rules! text_column {
-    ($ty:ty) => {
+    ($ty:ty, $what:literal) => {
+        impl std::str::FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                <$ty>::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| format!(concat!("unknown ", $what, " `{}`"), s))
+            }
+        }
+
         impl sqlx::Type<sqlx::Postgres> for $ty {
             fn type_info() -> sqlx::postgres::PgTypeInfo {
                 <&str as sqlx::Type<sqlx::Postgres>>::type_info()

@@ -2,7 +2,7 @@
 //! (`orders.status` has a CHECK listing [`OrderStatus`]; `multi_leg_intents.status` is
 //! the `intent_status` enum). Venues' own spellings are mapped in their clients.
 
-use std::{fmt, str::FromStr};
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,18 +80,7 @@ impl fmt::Display for OrderStatus {
     }
 }
 
-impl FromStr for OrderStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| format!("unknown order status `{s}`"))
-    }
-}
-
-crate::text_column!(OrderStatus);
+crate::text_column!(OrderStatus, "order status");
 
 /// Where an intent is in its life (the `intent_status` enum of the schema).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]

@@ -1,7 +1,7 @@
 //! Watcher changes: the row operations of `user_symbols` that the watcher webhook
 //! carries (`type`) and `watcher_events` stores (CHECKed to these three spellings).
 
-use std::{fmt, str::FromStr};
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,8 @@ pub enum Operation {
 }
 
 impl Operation {
+    pub const ALL: [Operation; 3] = [Operation::Insert, Operation::Update, Operation::Delete];
+
     /// The spelling of the webhook and of the schema.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -24,21 +26,10 @@ impl Operation {
     }
 }
 
-crate::text_column!(Operation);
+crate::text_column!(Operation, "operation");
 
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Operation {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        [Operation::Insert, Operation::Update, Operation::Delete]
-            .into_iter()
-            .find(|op| op.as_str() == s)
-            .ok_or_else(|| format!("unknown operation `{s}`"))
     }
 }

@@ -114,18 +114,7 @@ impl TimeInForce {
     }
 }
 
-impl std::str::FromStr for TimeInForce {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        TimeInForce::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown time_in_force `{s}`"))
-    }
-}
-
-crate::text_column!(TimeInForce);
+crate::text_column!(TimeInForce, "time_in_force");
 
 /// An order as the venue reports it, in the OMS's terms.
 #[derive(Debug, Clone, PartialEq)]
