@@ -63,6 +63,21 @@ pub struct OmsSettings {
     /// limit or reference price). No quote, no market order.
     #[serde(default = "default_price_collar")]
     pub price_collar: rust_decimal::Decimal,
+    /// Worker processes follow the venues' order-update streams (one process at a
+    /// time leads). Off, orders are followed by the sync alone.
+    #[serde(default = "default_true")]
+    pub trade_streams: bool,
+    /// How often the stream leader looks for new accounts (and a follower for the lead).
+    #[serde(default = "default_stream_rescan_secs")]
+    pub stream_rescan_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_stream_rescan_secs() -> u64 {
+    10
 }
 
 fn default_price_collar() -> rust_decimal::Decimal {
@@ -74,6 +89,8 @@ impl Default for OmsSettings {
         Self {
             requests_per_minute_per_account: default_venue_rpm(),
             price_collar: default_price_collar(),
+            trade_streams: true,
+            stream_rescan_secs: default_stream_rescan_secs(),
         }
     }
 }
@@ -86,6 +103,19 @@ pub struct PaperSettings {
     /// Requests per minute per API key that the paper venue answers before its 429s.
     #[serde(default = "default_venue_rpm")]
     pub requests_per_minute: i32,
+    /// How long after acceptance a market order starts filling.
+    #[serde(default = "default_fill_delay_ms")]
+    pub fill_delay_ms: u64,
+    /// Orders larger than this fill in parts (0: at once).
+    #[serde(default)]
+    pub partial_fill_qty: u64,
+    /// Day orders still open expire at the end of each session of this length (0: never).
+    #[serde(default)]
+    pub session_secs: u64,
+}
+
+fn default_fill_delay_ms() -> u64 {
+    500
 }
 
 fn default_paper_bind() -> String {
@@ -101,6 +131,9 @@ impl Default for PaperSettings {
         Self {
             bind: default_paper_bind(),
             requests_per_minute: default_venue_rpm(),
+            fill_delay_ms: default_fill_delay_ms(),
+            partial_fill_qty: 0,
+            session_secs: 0,
         }
     }
 }

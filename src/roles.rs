@@ -112,6 +112,17 @@ pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
                 app_pool.clone(),
                 stop_rx.clone(),
             ));
+            if settings.oms.trade_streams {
+                tasks.spawn(pulse_domain::trade_streams::run(
+                    app_pool.clone(),
+                    env.services.clone(),
+                    pulse_domain::trade_streams::StreamSettings {
+                        rescan: Duration::from_secs(settings.oms.stream_rescan_secs.max(1)),
+                        ..Default::default()
+                    },
+                    stop_rx.clone(),
+                ));
+            }
             Some(worker::start(app_pool.clone(), pools, queues, &settings.worker).await?)
         }
         None => None,
@@ -164,6 +175,9 @@ async fn start_paper_venue(
     );
     let venue = pulse_sims::paper::PaperVenue::new(pulse_sims::paper::PaperOptions {
         rate_limit_per_minute: u32::try_from(settings.paper.requests_per_minute).unwrap_or(200),
+        fill_delay_ms: settings.paper.fill_delay_ms,
+        partial_fill_qty: settings.paper.partial_fill_qty,
+        session_secs: settings.paper.session_secs,
         ..Default::default()
     });
     spawn_until_stopped(tasks, "paper venue", venue.serve(listener), stop);

@@ -6,6 +6,7 @@ mod helpers;
 mod alerts;
 mod enqueue;
 mod failures;
+mod lifecycle;
 mod oms;
 mod payments;
 mod processes;

@@ -1105,6 +1105,8 @@ mod oms {
             PaperOptions {
                 drop_symbols: vec!["LOST".into()],
                 reject_symbols: vec!["HALTED".into()],
+                // Filled as accepted: the unwind finds it filled and closes it.
+                fill_delay_ms: 0,
                 ..PaperOptions::default()
             },
             10_000,
@@ -1121,8 +1123,14 @@ mod oms {
         assert!(reason.unwrap().starts_with("leg 1 was rejected"));
         // The lost leg was found at the venue (filled) and closed by an opposite order;
         // nothing is left unknown and no reservation leaked.
+        desk.settle().await;
         let rows = order_rows(&desk, id).await;
-        assert_eq!(rows[0].1, "cancelled", "{rows:?}");
+        assert_eq!(rows[0].1, "filled", "{rows:?}");
+        assert_eq!(
+            (rows[2].0, rows[2].1.as_str()),
+            (1000, "filled"),
+            "{rows:?}"
+        );
         assert!(rows[0].2.is_some(), "the lost leg was resolved: {rows:?}");
         assert_eq!(rows[1].1, "rejected");
         assert_eq!(rows.iter().filter(|r| r.1 == "submit_unknown").count(), 0);

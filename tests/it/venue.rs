@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::helpers::wait_until;
 use pulse_domain::{
     secrets::Secret,
     status::OrderStatus,
@@ -16,8 +17,13 @@ async fn venue(options: PaperOptions) -> (PaperVenue, AlpacaClient) {
     (venue, client)
 }
 
+/// A paper venue whose market orders fill as they are accepted (the answer still
+/// says `new`; the fill is in the order and the FILL activities right after).
 async fn venue_at(options: PaperOptions) -> (PaperVenue, AlpacaClient, String) {
-    let venue = PaperVenue::new(options);
+    let venue = PaperVenue::new(PaperOptions {
+        fill_delay_ms: 0,
+        ..options
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(venue.clone().serve(listener));
@@ -54,7 +60,8 @@ fn order(
 #[tokio::test]
 async fn a_market_order_is_accepted_filled_and_found_by_its_client_order_id() {
     let (_, client) = venue(PaperOptions {
-        partial_fills: true,
+        partial_fill_qty: 5,
+        fill_interval_ms: 10,
         ..Default::default()
     })
     .await;
@@ -62,15 +69,26 @@ async fn a_market_order_is_accepted_filled_and_found_by_its_client_order_id() {
         .create_order(&order("pf-i1-0", 10, OrderType::Market, None))
         .await
         .unwrap();
-    assert_eq!(placed.status, OrderStatus::Filled);
-    assert_eq!(placed.filled_qty, Decimal::from(10));
+    // Alpaca's answer: `new`, nothing filled yet; the fills come after.
+    assert_eq!(placed.status, OrderStatus::Accepted);
+    assert_eq!(placed.filled_qty, Decimal::ZERO);
+    wait_until("both parts fill", Duration::from_secs(5), || async {
+        client
+            .get_order_by_client_id("pf-i1-0")
+            .await
+            .unwrap()
+            .status
+            == OrderStatus::Filled
+    })
+    .await;
     let found = client.get_order_by_client_id("pf-i1-0").await.unwrap();
     assert_eq!(found.id, placed.id);
+    assert_eq!(found.filled_qty, Decimal::from(10));
     assert_eq!(
         client.get_order(&placed.id).await.unwrap().client_order_id,
         "pf-i1-0"
     );
-    let fills = client.fills(None).await.unwrap();
+    let fills = client.fills(None, None).await.unwrap();
     assert_eq!(fills.len(), 2, "two partial fills");
     // Alpaca's `partial_fill` then `fill`, in the OMS's terms: the order's status after each.
     assert_eq!(
@@ -79,7 +97,7 @@ async fn a_market_order_is_accepted_filled_and_found_by_its_client_order_id() {
     );
     assert_eq!(fills[0].order_id, placed.id);
     assert_eq!(fills[1].cum_qty, Decimal::from(10));
-    let after_first = client.fills(Some(&fills[0].id)).await.unwrap();
+    let after_first = client.fills(None, Some(&fills[0].id)).await.unwrap();
     assert_eq!(
         after_first,
         vec![fills[1].clone()],
@@ -287,7 +305,7 @@ async fn positions_follow_the_fills_and_the_client_reads_them_in_the_oms_terms()
     sell.side = Side::Sell;
     client.create_order(&sell).await.unwrap();
 
-    let fills = client.fills(None).await.unwrap();
+    let fills = client.fills(None, None).await.unwrap();
     let bought: Decimal = fills
         .iter()
         .filter(|f| f.side == Side::Buy)

@@ -7,11 +7,13 @@
 pub mod audit;
 pub mod bounds;
 pub mod discord;
+pub mod lifecycle;
 pub mod secrets;
 mod services;
 pub mod status;
 pub mod stripe;
 pub mod tenancy;
+pub mod trade_streams;
 pub mod venue;
 pub mod watcher;
 

@@ -49,6 +49,38 @@ impl Services {
             .map(String::as_str)
     }
 
+    /// The client of one account at its venue, from its credential (`key_id` and the
+    /// reference to its secret), or why there is none.
+    pub fn venue_client(
+        &self,
+        account: uuid::Uuid,
+        venue_id: &str,
+        key_id: Option<&str>,
+        secret_ref: &str,
+    ) -> Result<std::sync::Arc<dyn crate::venue::Venue>, String> {
+        let base = self
+            .venue_urls
+            .get(venue_id)
+            .ok_or_else(|| format!("no URL configured for venue {venue_id}"))?;
+        let key = self.secrets_key;
+        let secret = crate::secrets::resolve_with(
+            secret_ref,
+            |n| std::env::var(n).ok(),
+            || key.ok_or(crate::secrets::SecretError::NoKey),
+        )
+        .map_err(|e| format!("credential of account {account}: {e}"))?;
+        crate::venue::connect(
+            venue_id,
+            crate::venue::Connection {
+                http: self.http.clone(),
+                base_url: base,
+                data_url: self.market_data_url(venue_id).unwrap_or(base),
+                key_id: key_id.unwrap_or_default(),
+                secret,
+            },
+        )
+    }
+
     pub fn new(request_timeout: Duration, discord_fallback_url: Option<String>) -> Self {
         // No redirects: a vendor never needs one, and a tenant's URL could redirect
         // the request anywhere.

@@ -6,11 +6,15 @@
 
 mod job;
 mod registry;
+mod venue_budget;
 
+pub mod apply_venue_event;
 pub mod canary;
 pub mod execute_intent;
 pub mod process_payment;
 pub mod send_alert;
+pub mod sync_account;
+pub mod sync_accounts;
 pub mod sync_watcher;
 
 pub use job::{Env, Job, JobContext, spec};

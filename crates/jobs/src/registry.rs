@@ -3,16 +3,20 @@
 //! so that `fleet.enqueue` refuses names no code runs.
 
 use crate::{
-    Env, JobSpec, canary::Canary, execute_intent::ExecuteIntent, process_payment::ProcessPayment,
-    send_alert::SendAlert, spec, sync_watcher::SyncWatcher,
+    Env, JobSpec, apply_venue_event::ApplyVenueEvent, canary::Canary,
+    execute_intent::ExecuteIntent, process_payment::ProcessPayment, send_alert::SendAlert, spec,
+    sync_account::SyncAccount, sync_accounts::SyncAccounts, sync_watcher::SyncWatcher,
 };
 
 pub fn registry(env: &Env) -> Vec<JobSpec> {
     vec![
+        spec::<ApplyVenueEvent>(env),
         spec::<Canary>(env),
         spec::<ExecuteIntent>(env),
         spec::<ProcessPayment>(env),
         spec::<SendAlert>(env),
+        spec::<SyncAccount>(env),
+        spec::<SyncAccounts>(env),
         spec::<SyncWatcher>(env),
     ]
 }

@@ -217,17 +217,44 @@ impl Venue for AlpacaClient {
         })
     }
 
-    fn fills<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<Fill>> {
+    fn fills<'a>(
+        &'a self,
+        since: Option<DateTime<Utc>>,
+        page_token: Option<&'a str>,
+    ) -> VenueFuture<'a, Vec<Fill>> {
+        let page_size = super::FILL_PAGE.to_string();
         let mut request = self
             .request(Method::GET, "/v2/account/activities/FILL")
-            .query(&[("direction", "asc"), ("page_size", "100")]);
-        if let Some(token) = after {
+            .query(&[("direction", "asc"), ("page_size", page_size.as_str())]);
+        if let Some(since) = since {
+            request = request.query(&[("after", since.to_rfc3339())]);
+        }
+        if let Some(token) = page_token {
             request = request.query(&[("page_token", token)]);
         }
         Box::pin(async move {
             let page: Vec<WireFill> = self.json(request).await?;
             Ok(page.into_iter().map(Fill::from).collect())
         })
+    }
+
+    fn orders_after(&self, after: DateTime<Utc>) -> VenueFuture<'_, Vec<VenueOrder>> {
+        let limit = super::ORDER_PAGE.to_string();
+        let request = self.request(Method::GET, "/v2/orders").query(&[
+            ("status", "all"),
+            ("direction", "asc"),
+            ("nested", "false"),
+            ("limit", limit.as_str()),
+            ("after", after.to_rfc3339().as_str()),
+        ]);
+        Box::pin(async move {
+            let page: Vec<WireOrder> = self.json(request).await?;
+            Ok(page.into_iter().map(VenueOrder::from).collect())
+        })
+    }
+
+    fn stream_updates(&self, updates: super::UpdateSink) -> VenueFuture<'_, ()> {
+        Box::pin(stream::follow(self, updates))
     }
 
     fn positions(&self) -> VenueFuture<'_, Vec<Position>> {
@@ -237,6 +264,193 @@ impl Venue for AlpacaClient {
                 .await?;
             Ok(held.into_iter().map(Position::from).collect())
         })
+    }
+}
+
+/// The `trade_updates` stream: `wss://…/stream` (the trading host, ws for http),
+/// authenticate, listen, then one JSON message per update (text or binary frames: the
+/// paper stream sends binary).
+mod stream {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+    use crate::venue::{StreamSignal, TradeUpdate, UpdateKind, UpdateSink};
+
+    /// How long the venue has to answer the handshake's messages.
+    const HANDSHAKE: Duration = Duration::from_secs(10);
+
+    pub(super) async fn follow(
+        client: &AlpacaClient,
+        updates: UpdateSink,
+    ) -> Result<(), VenueError> {
+        let url = client
+            .base_url
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1)
+            + "/stream";
+        let down = |e: tokio_tungstenite::tungstenite::Error| {
+            VenueError::Unavailable(format!("trade stream: {e}"))
+        };
+        let (mut ws, _) = tokio::time::timeout(HANDSHAKE, tokio_tungstenite::connect_async(&url))
+            .await
+            .map_err(|_| VenueError::Unavailable("trade stream: connect timed out".into()))?
+            .map_err(down)?;
+        let auth =
+            json!({"action": "auth", "key": client.key_id, "secret": client.secret.expose()});
+        ws.send(Message::text(auth.to_string()))
+            .await
+            .map_err(down)?;
+        expect(&mut ws, "authorization").await?;
+        let listen = json!({"action": "listen", "data": {"streams": ["trade_updates"]}});
+        ws.send(Message::text(listen.to_string()))
+            .await
+            .map_err(down)?;
+        expect(&mut ws, "listening").await?;
+        if updates.send(StreamSignal::Connected).await.is_err() {
+            return Ok(());
+        }
+        while let Some(message) = ws.next().await {
+            let Some(body) = payload(message.map_err(down)?) else {
+                continue;
+            };
+            match parse(&body) {
+                Ok(Some(update)) => {
+                    if updates
+                        .send(StreamSignal::Update(Box::new(update)))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => {}
+                // One unreadable message is logged and skipped: the sync catches up on
+                // whatever it described.
+                Err(e) => tracing::warn!("trade stream: unreadable update skipped: {e}"),
+            }
+        }
+        Err(VenueError::Unavailable(
+            "trade stream closed by the venue".into(),
+        ))
+    }
+
+    fn payload(message: Message) -> Option<Vec<u8>> {
+        match message {
+            Message::Text(t) => Some(t.as_bytes().to_vec()),
+            Message::Binary(b) => Some(b.to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Waits for the handshake answer on `stream` (`authorization` must say
+    /// `authorized`).
+    async fn expect<S>(ws: &mut S, stream: &str) -> Result<(), VenueError>
+    where
+        S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    {
+        let deadline = tokio::time::Instant::now() + HANDSHAKE;
+        loop {
+            let next = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .map_err(|_| {
+                    VenueError::Unavailable(format!("trade stream: no {stream} answer"))
+                })?;
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(VenueError::Unavailable(format!("trade stream: {e}"))),
+                None => return Err(VenueError::Unavailable("trade stream closed".into())),
+            };
+            let Some(body) = payload(message) else {
+                continue;
+            };
+            let v: Value = serde_json::from_slice(&body)
+                .map_err(|e| VenueError::Unavailable(format!("trade stream: {e}")))?;
+            if v.get("stream").and_then(Value::as_str) != Some(stream) {
+                continue;
+            }
+            if stream == "authorization"
+                && v.pointer("/data/status").and_then(Value::as_str) != Some("authorized")
+            {
+                return Err(VenueError::Unauthorized);
+            }
+            return Ok(());
+        }
+    }
+
+    /// One `trade_updates` message as a [`TradeUpdate`]; `None` for other streams.
+    pub(super) fn parse(body: &[u8]) -> Result<Option<TradeUpdate>, String> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            stream: String,
+            data: Option<Value>,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            event: String,
+            order: WireOrder,
+            #[serde(default)]
+            execution_id: Option<String>,
+            #[serde(default)]
+            timestamp: Option<DateTime<Utc>>,
+            #[serde(default, deserialize_with = "loose_decimal")]
+            price: Option<Decimal>,
+            #[serde(default, deserialize_with = "loose_decimal")]
+            qty: Option<Decimal>,
+        }
+        let envelope: Envelope = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if envelope.stream != "trade_updates" {
+            return Ok(None);
+        }
+        let data: Data = serde_json::from_value(envelope.data.unwrap_or_default())
+            .map_err(|e| format!("trade update: {e}"))?;
+        let event = match data.event.as_str() {
+            "new" | "accepted" => UpdateKind::New,
+            "fill" => UpdateKind::Fill,
+            "partial_fill" => UpdateKind::PartialFill,
+            "canceled" => UpdateKind::Cancelled,
+            "expired" | "done_for_day" => UpdateKind::Expired,
+            "rejected" => UpdateKind::Rejected,
+            _ => UpdateKind::Other,
+        };
+        let order = VenueOrder::from(data.order);
+        let fill = match event {
+            UpdateKind::Fill | UpdateKind::PartialFill => {
+                let (Some(price), Some(qty)) = (data.price, data.qty) else {
+                    return Err(format!("{} event without price and qty", data.event));
+                };
+                Some(Fill {
+                    id: data.execution_id.unwrap_or_default(),
+                    order_id: order.id.clone(),
+                    symbol: order.symbol.clone(),
+                    side: order.side,
+                    qty,
+                    price,
+                    at: data.timestamp.unwrap_or(order.updated_at),
+                    leaves_qty: order.qty - order.filled_qty,
+                    cum_qty: order.filled_qty,
+                    order_status: order.status,
+                })
+            }
+            _ => None,
+        };
+        Ok(Some(TradeUpdate { event, order, fill }))
+    }
+
+    /// A decimal sent as a string or a number (Alpaca's stream sends both).
+    fn loose_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        let v: Option<Value> = Option::deserialize(d)?;
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => s.parse().map(Some).map_err(serde::de::Error::custom),
+            Some(Value::Number(n)) => n
+                .to_string()
+                .parse()
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            Some(other) => Err(serde::de::Error::custom(format!("not a decimal: {other}"))),
+        }
     }
 }
 

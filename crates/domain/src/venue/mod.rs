@@ -117,7 +117,7 @@ impl TimeInForce {
 crate::text_column!(TimeInForce, "time_in_force");
 
 /// An order as the venue reports it, in the OMS's terms.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VenueOrder {
     /// The venue's id of the order.
     pub id: String,
@@ -152,9 +152,10 @@ pub struct Position {
 }
 
 /// One fill of an order, as the venue reports it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fill {
-    /// The venue's id of the fill: unique, the dedupe key of fills.
+    /// The venue's own id of the fill (an activity id, an execution id): kept for
+    /// people; the dedupe key is [`Fill::key`].
     pub id: String,
     /// The venue's id of the order filled.
     pub order_id: String,
@@ -168,6 +169,51 @@ pub struct Fill {
     pub cum_qty: Decimal,
     /// The order's status after this fill.
     pub order_status: OrderStatus,
+}
+
+impl Fill {
+    /// The fill's key whatever path delivered it: the venue's order id and the order's
+    /// cumulative filled quantity after it. Alpaca's stream names a fill by an
+    /// `execution_id` and its FILL activities by an activity id, two ids for one fill;
+    /// both carry the order and `cum_qty` (the stream in the order's `filled_qty`), and
+    /// an order's cumulative quantity only grows, so this names one fill either way.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.order_id, self.cum_qty.normalize())
+    }
+}
+
+/// One event of a venue's order-update stream, normalised: what happened, the order
+/// as it stands after it, and the fill when it is one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TradeUpdate {
+    pub event: UpdateKind,
+    pub order: VenueOrder,
+    pub fill: Option<Fill>,
+}
+
+impl TradeUpdate {
+    /// The event's key in the inbox: a fill by [`Fill::key`], anything else by its
+    /// kind and order (a status is reached once).
+    pub fn key(&self) -> String {
+        match &self.fill {
+            Some(fill) => format!("fill:{}", fill.key()),
+            None => format!("{:?}:{}", self.event, self.order.id).to_lowercase(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateKind {
+    /// Accepted and working.
+    New,
+    Fill,
+    PartialFill,
+    Cancelled,
+    Expired,
+    Rejected,
+    /// Anything else the venue says (replace, pending states): the order is applied.
+    Other,
 }
 
 /// The venue's latest quote of a symbol, as far as it can be trusted: both sides
@@ -254,6 +300,23 @@ pub fn connect(venue_id: &str, to: Connection<'_>) -> Result<std::sync::Arc<dyn 
     }
 }
 
+/// The most fills one [`Venue::fills`] page holds (Alpaca's most).
+pub const FILL_PAGE: usize = 100;
+/// The most orders one [`Venue::orders_after`] page holds (Alpaca's most).
+pub const ORDER_PAGE: usize = 500;
+
+/// Where a stream listener puts the updates it reads (and learns of being connected).
+pub type UpdateSink = tokio::sync::mpsc::Sender<StreamSignal>;
+
+/// What a stream tells its listener.
+#[derive(Debug, Clone)]
+pub enum StreamSignal {
+    /// Authenticated and listening: updates from here on arrive (earlier ones are
+    /// for the sync to catch up on).
+    Connected,
+    Update(Box<TradeUpdate>),
+}
+
 pub type VenueFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, VenueError>> + Send + 'a>>;
 
 /// What the OMS and reconciliation need from a venue.
@@ -271,8 +334,21 @@ pub trait Venue: Send + Sync {
     fn list_open_orders(&self) -> VenueFuture<'_, Vec<VenueOrder>>;
     /// The latest quote (market data); [`VenueError::NotFound`] when it has none.
     fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote>;
-    /// Fills after the one with id `after` (oldest first), one page.
-    fn fills<'a>(&'a self, after: Option<&'a str>) -> VenueFuture<'a, Vec<Fill>>;
+    /// One page of fills, oldest first: those after `since` when given, continuing
+    /// after the fill `page_token` (a [`Fill::id`] of the previous page) when given.
+    /// A page shorter than [`FILL_PAGE`] is the last.
+    fn fills<'a>(
+        &'a self,
+        since: Option<DateTime<Utc>>,
+        page_token: Option<&'a str>,
+    ) -> VenueFuture<'a, Vec<Fill>>;
+    /// One page of orders created after `after`, open or closed, oldest first: what a
+    /// sync learns the fate of the account's working orders from. A page shorter than
+    /// [`ORDER_PAGE`] is the last.
+    fn orders_after(&self, after: DateTime<Utc>) -> VenueFuture<'_, Vec<VenueOrder>>;
+    /// Follows the account's order updates until the connection ends, sending each to
+    /// `updates`; returns why it ended. `Ok` only when `updates` was closed.
+    fn stream_updates(&self, updates: UpdateSink) -> VenueFuture<'_, ()>;
     /// Every position the account holds (none for a symbol it holds nothing of).
     fn positions(&self) -> VenueFuture<'_, Vec<Position>>;
 }

@@ -31,37 +31,6 @@ pub(super) async fn load_credentials(
         .collect())
 }
 
-/// The venue client of one account, or why there is none.
-pub(super) fn venue_client(
-    services: &Services,
-    account: Uuid,
-    venue_id: &str,
-    key_id: Option<&str>,
-    secret_ref: &str,
-) -> Result<VenueClient, String> {
-    let base = services
-        .venue_urls
-        .get(venue_id)
-        .ok_or_else(|| format!("no URL configured for venue {venue_id}"))?;
-    let key = services.secrets_key;
-    let secret = secrets::resolve_with(
-        secret_ref,
-        |n| std::env::var(n).ok(),
-        || key.ok_or(secrets::SecretError::NoKey),
-    )
-    .map_err(|e| format!("credential of account {account}: {e}"))?;
-    venue::connect(
-        venue_id,
-        venue::Connection {
-            http: services.http.clone(),
-            base_url: base,
-            data_url: services.market_data_url(venue_id).unwrap_or(base),
-            key_id: key_id.unwrap_or_default(),
-            secret,
-        },
-    )
-}
-
 /// The venue clients of the legs' accounts; an account whose client cannot be built
 /// maps to the reason.
 pub(super) fn build_clients(
@@ -79,13 +48,7 @@ pub(super) fn build_clients(
             .find(|c| c.0 == leg.account_id)
             .ok_or_else(|| format!("account {} has no api_key credential", leg.account_id))
             .and_then(|(_, key_id, secret_ref)| {
-                venue_client(
-                    services,
-                    leg.account_id,
-                    &leg.venue_id,
-                    key_id.as_deref(),
-                    secret_ref,
-                )
+                services.venue_client(leg.account_id, &leg.venue_id, key_id.as_deref(), secret_ref)
             });
         out.insert(leg.account_id, client);
     }

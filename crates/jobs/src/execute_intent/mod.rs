@@ -36,10 +36,10 @@ use uuid::Uuid;
 
 use crate::{Job, JobContext, JobError};
 use pulse_domain::{
-    Services, secrets,
+    Services, lifecycle,
     status::{IntentStatus, OrderStatus},
     tenancy,
-    venue::{self, OrderRequest, OrderType, Side, TimeInForce, Venue, VenueError, VenueOrder},
+    venue::{OrderRequest, OrderType, Side, TimeInForce, Venue, VenueError, VenueOrder},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -368,13 +368,7 @@ fn cached(services: &Services, venue: &str, symbol: &str) -> Option<Trusted> {
 /// Asks the venues for the quotes `wants`, all at once; every answer is cached.
 async fn fetch_quotes(services: &Services, wants: Vec<QuoteWant>) -> Quotes {
     let asked = wants.into_iter().map(|w| async move {
-        let client = super::venue_client(
-            services,
-            w.account,
-            &w.venue,
-            w.key_id.as_deref(),
-            &w.secret_ref,
-        );
+        let client = services.venue_client(w.account, &w.venue, w.key_id.as_deref(), &w.secret_ref);
         let trusted = match client {
             // No usable client: submission will refuse the intent for that reason.
             Err(_) => Trusted::None,

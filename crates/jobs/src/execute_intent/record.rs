@@ -26,7 +26,9 @@ pub(super) async fn settle_intents(
          settled AS (
              UPDATE multi_leg_intents i SET status = e.status,
                                             reason = coalesce(e.reason, i.reason), updated_at = now()
-             FROM e WHERE i.id = e.id AND i.id = ANY($1)),
+             FROM e WHERE i.id = e.id AND i.id = ANY($1)
+               -- Submission hands a pending intent over; the lifecycle moves it on.
+               AND (e.status <> 'submitted' OR i.status = 'pending')),
          unlocked AS (DELETE FROM entry_locks WHERE owner_token = ANY($1))
          SELECT audit_append(e.event, 'intent', e.id::text, e.details) FROM e",
         &ids,
@@ -45,23 +47,18 @@ pub(super) async fn settle_intents(
 pub(super) struct Settlement {
     pub(super) intent: Uuid,
     pub(super) accepted: Vec<(Uuid, VenueOrder)>,
-    pub(super) filled: bool,
     pub(super) legs: usize,
 }
 
-/// Records settlements in one transaction: the orders' venue answers, then the
-/// intents' endings.
+/// Records settlements in one transaction: the intents' endings (intents before
+/// orders, the lifecycle's lock order), the orders' venue answers, then each intent
+/// rolled up from its legs (a fill may have been recorded before this answer).
 pub(super) async fn settle_batch(
     pool: &sqlx::PgPool,
     tenant: Uuid,
     batch: &[Settlement],
 ) -> sqlx::Result<()> {
     let mut tx = tenancy::begin(pool, tenant).await?;
-    let accepted: Vec<(Uuid, &VenueOrder)> = batch
-        .iter()
-        .flat_map(|s| s.accepted.iter().map(|(id, v)| (*id, v)))
-        .collect();
-    record_accepted(&mut tx, &accepted).await?;
     // An intent run twice at once (a zombie and its rescuer) ends once.
     let mut seen = std::collections::HashSet::new();
     let endings: Vec<Ending> = batch
@@ -69,17 +66,20 @@ pub(super) async fn settle_batch(
         .filter(|s| seen.insert(s.intent))
         .map(|s| Ending {
             intent: s.intent,
-            status: if s.filled {
-                IntentStatus::Filled
-            } else {
-                IntentStatus::Submitted
-            },
+            status: IntentStatus::Submitted,
             reason: None,
             event: "intent_submitted",
-            details: json!({"legs": s.legs, "filled": s.filled}),
+            details: json!({"legs": s.legs}),
         })
         .collect();
     settle_intents(&mut tx, &endings).await?;
+    let accepted: Vec<(Uuid, &VenueOrder)> = batch
+        .iter()
+        .flat_map(|s| s.accepted.iter().map(|(id, v)| (*id, v)))
+        .collect();
+    record_accepted(&mut tx, &accepted).await?;
+    let intents: Vec<Uuid> = seen.into_iter().collect();
+    lifecycle::roll_up(&mut tx, &intents).await?;
     tx.commit().await
 }
 
@@ -183,7 +183,11 @@ pub(super) async fn record(
     Ok(())
 }
 
-/// Stores what the venue answered for accepted orders, in one statement.
+/// Stores what the venue answered for accepted orders, in one statement: the venue's
+/// id, and `accepted` for an order still in our submission states. Fills, and the
+/// statuses they bring, are the lifecycle's alone (an answer may arrive after the
+/// fills it reports); an answer that says the order already ended goes through the
+/// lifecycle.
 pub(super) async fn record_accepted(
     tx: &mut Transaction<'_, Postgres>,
     accepted: &[(Uuid, &VenueOrder)],
@@ -191,44 +195,39 @@ pub(super) async fn record_accepted(
     if accepted.is_empty() {
         return Ok(());
     }
-    sqlx::query!(
-        "UPDATE orders o SET venue_order_id = a.venue_id, status = a.status, filled_quantity = a.filled,
-                             average_price = a.avg, updated_at = now()
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
-              AS a(id, venue_id, status, filled, avg)
-         WHERE o.id = a.id AND o.id = ANY($1)",
+    let ended = sqlx::query!(
+        "UPDATE orders o SET venue_order_id = coalesce(o.venue_order_id, a.venue_id),
+                             status = CASE WHEN o.status IN ('pending_submit', 'sent', 'submit_unknown')
+                                           THEN 'accepted' ELSE o.status END,
+                             updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS a(id, venue_id, status)
+         WHERE o.id = a.id AND o.id = ANY($1)
+         RETURNING o.tenant_id, o.account_id, a.status IN ('cancelled', 'expired', 'rejected') AS \"ended!\", o.id",
         accepted.iter().map(|(id, _)| *id).collect::<Vec<_>>() as _,
         accepted.iter().map(|(_, v)| v.id.as_str()).collect::<Vec<_>>() as _,
         accepted.iter().map(|(_, v)| v.status).collect::<Vec<_>>() as _,
-        accepted.iter().map(|(_, v)| v.filled_qty).collect::<Vec<_>>() as _,
-        accepted.iter().map(|(_, v)| v.filled_avg_price).collect::<Vec<_>>() as _,
     )
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
+    for row in ended.into_iter().filter(|r| r.ended) {
+        if let Some((_, venue_order)) = accepted.iter().find(|(id, _)| *id == row.id) {
+            lifecycle::apply_order(tx, row.tenant_id, row.account_id, venue_order)
+                .await
+                .map_err(|e| match e {
+                    lifecycle::LifecycleError::Db(e) => e,
+                    other => sqlx::Error::Protocol(other.to_string()),
+                })?;
+        }
+    }
     Ok(())
 }
 
-/// Gives back what an order reserved (it will not fill).
+/// Gives back what an order reserved (it will not fill): a leg rejected at
+/// submission, or never placed.
 pub(super) async fn release(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
     order: &OrderRow,
 ) -> sqlx::Result<()> {
-    if order.reserved_amount.is_zero() {
-        return Ok(());
-    }
-    sqlx::query!(
-        "WITH released AS (
-             UPDATE orders SET reserved_amount = 0 WHERE id = $4 AND reserved_amount > 0
-             RETURNING reserved_amount)
-         INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
-         SELECT $1, $2, 'release_order', -($3::numeric), 'order', $4 WHERE EXISTS (SELECT 1 FROM released)",
-        tenant,
-        order.account_id,
-        order.reserved_amount,
-        order.id,
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    lifecycle::release_remainder(tx, tenant, order.account_id, order.id).await
 }

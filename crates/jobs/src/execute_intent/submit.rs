@@ -254,17 +254,9 @@ pub(super) async fn submit_all(
     }
     if halt.is_none() && unknown.is_none() {
         // Every leg accepted: recorded in a batch with the tenant's other intents.
-        let filled = legs.iter().all(|o| {
-            accepted
-                .iter()
-                .find(|(id, _)| *id == o.id)
-                .map(|(_, v)| v.status == OrderStatus::Filled)
-                .unwrap_or(o.status == OrderStatus::Filled)
-        });
         let settlement = Settlement {
             intent,
             accepted,
-            filled,
             legs: legs.len(),
         };
         let pool = ctx.pool.clone();

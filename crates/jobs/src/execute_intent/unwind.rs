@@ -1,5 +1,6 @@
 //! Unwinding a failed intent: legs still open are cancelled, filled ones are closed
-//! by an opposite order, and what they reserved is given back.
+//! by an opposite order, and what they reserved is given back (through the order
+//! lifecycle, once their fills are recorded).
 
 use super::*;
 
@@ -98,23 +99,35 @@ pub(super) async fn unwind(
                 }
             }
         }
-        let filled = venue
-            .get_order(venue_id)
-            .await
-            .map(|o| o.filled_qty)
-            .unwrap_or(current.filled_qty);
-        if filled > Decimal::ZERO {
-            close_filled(ctx, tenant, intent, leg, filled, venue).await?;
+        // What the leg came to: applied through the lifecycle like any venue report
+        // (its status, the quantity filled in the end; the fills themselves, and the
+        // release of the rest of its reservation once they are recorded, follow by the
+        // stream or the sync), and its filled part closed.
+        let ended = match venue.get_order(venue_id).await {
+            Ok(o) if o.is_terminal() => o,
+            Ok(_) => {
+                return Err(JobError::retryable(format!(
+                    "unwinding leg {}: the cancel is still pending at the venue",
+                    leg.leg_index
+                )));
+            }
+            Err(VenueError::RateLimited { retry_after }) => {
+                return Err(JobError::Snooze(retry_after));
+            }
+            Err(e) => {
+                return Err(JobError::retryable(format!(
+                    "unwinding leg {}: {e}",
+                    leg.leg_index
+                )));
+            }
+        };
+        if ended.filled_qty > Decimal::ZERO {
+            close_filled(ctx, tenant, intent, leg, ended.filled_qty, venue).await?;
         }
         let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
-        sqlx::query!(
-            "UPDATE orders SET status = 'cancelled', filled_quantity = $2, updated_at = now() WHERE id = $1",
-            leg.id,
-            filled,
-        )
-            .execute(&mut *tx)
-            .await?;
-        release(&mut tx, tenant, leg).await?;
+        lifecycle::apply_order(&mut tx, tenant, leg.account_id, &ended)
+            .await
+            .map_err(crate::apply_venue_event::lifecycle_failure)?;
         tx.commit().await?;
     }
     fail(ctx, tenant, intent, event, reason).await

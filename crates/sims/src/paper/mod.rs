@@ -1,28 +1,36 @@
 //! `pulse-fleet paper`: a venue that speaks the Alpaca Trading API v2 for the
-//! endpoints the OMS uses (paths, JSON fields, status strings, string decimals,
+//! endpoints the fleet uses (paths, JSON fields, status strings, string decimals,
 //! Alpaca's error bodies `{code, message}`), so that local runs and tests trade
 //! against it and production points the same client at Alpaca.
 //!
-//! - Orders: `POST /v2/orders` (422 on a reused `client_order_id`, on bad fields and
-//!   on symbols configured as not tradable), `GET /v2/orders?status=open`,
-//!   `GET /v2/orders/{id}`, `GET /v2/orders:by_client_order_id`, `DELETE /v2/orders/{id}`
-//!   (422 when no longer cancelable); 404 `order not found`.
-//! - Fills: `GET /v2/account/activities/FILL` (ascending, `page_token`).
-//! - Market data: `GET /v2/stocks/{symbol}/quotes/latest` (the price the OMS's risk
-//!   checks trust), outside the trading rate limit as at Alpaca.
-//! - Prices: a seeded random walk per symbol, one step per request. Market orders
-//!   fill at once (in two fills when `partial_fills`); limit orders fill when the
-//!   price crosses them.
+//! - Orders: `POST /v2/orders` answers `new` (422 on a reused `client_order_id`, on
+//!   bad fields and on symbols configured as not tradable), `GET /v2/orders` (`status`,
+//!   `limit`, `after`, `until`, `direction`, `nested`), `GET /v2/orders/{id}`,
+//!   `GET /v2/orders:by_client_order_id`, `DELETE /v2/orders/{id}` (422 when no longer
+//!   cancelable); 404 `order not found`. Each API key is an account of its own.
+//! - Fills come later, from the matching engine (`engine.rs`): market orders after a
+//!   delay at the ask (buys) or the bid (sells), large ones in parts over time; limit
+//!   orders rest until the price walk crosses them; day orders expire at the end of a
+//!   simulated session; orders may be rejected or cancelled by the venue. Tests can
+//!   hold every fill and drive them by hand (`hold_fills`, [`PaperVenue::fill`]).
+//! - `GET /v2/account/activities/FILL`, `GET /v2/positions`, `/v2/positions/{symbol}`,
+//!   `GET /v2/account`, and the `trade_updates` stream on `/stream` (`stream.rs`).
+//! - Market data: `GET /v2/stocks/{symbol}/quotes/latest`, outside the trading rate
+//!   limit as at Alpaca.
 //! - Limits and faults, chosen per run: requests per minute per key (429 with
 //!   `X-Ratelimit-Limit/Remaining/Reset` on every answer), latency, a 5xx rate
-//!   (nothing done), and accept-then-drop (the order is created, the answer is a 502).
+//!   (nothing done), accept-then-drop (the order is created, the answer is a 502), and
+//!   dropped streams ([`PaperVenue::drop_streams`]). Fills happen whether or not
+//!   anyone listens: the stream never replays.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+mod engine;
+mod stream;
 pub mod wire;
 
 use axum::{
@@ -37,6 +45,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
 
 pub use wire::{FillActivity, Order, OrderBody, OrderType, Side};
 
@@ -59,12 +68,31 @@ pub struct PaperOptions {
     /// Share of order submissions created and then answered 502 (the answer is lost).
     #[arg(long, default_value_t = 0.0)]
     pub drop_rate: f64,
-    /// Fill market orders in two fills.
+    /// How long after acceptance a market order starts filling (0: its first fill
+    /// happens as it is accepted, before the answer, which still says `new`, as
+    /// Alpaca's answers usually do).
+    #[arg(long, default_value_t = 50)]
+    pub fill_delay_ms: u64,
+    /// Orders larger than this fill in parts of at most this quantity, one part every
+    /// `fill_interval_ms` (0: in one fill).
+    #[arg(long, default_value_t = 0)]
+    pub partial_fill_qty: u64,
+    /// Between two parts of a large order, and between two looks at a resting limit.
+    #[arg(long, default_value_t = 200)]
+    pub fill_interval_ms: u64,
+    /// Nothing fills by itself: fills, cancels and expiries happen when a test says.
     #[arg(long)]
-    pub partial_fills: bool,
+    pub hold_fills: bool,
+    /// Length of a simulated trading session: day orders still open at its end
+    /// expire (0: sessions never end by themselves).
+    #[arg(long, default_value_t = 0)]
+    pub session_secs: u64,
     /// Symbols whose orders are rejected (422, not tradable).
     #[arg(long, value_delimiter = ',')]
     pub reject_symbols: Vec<String>,
+    /// Symbols whose orders are accepted and then rejected by the venue.
+    #[arg(long, value_delimiter = ',')]
+    pub late_reject_symbols: Vec<String>,
     /// Symbols whose order submissions are created and then answered 502 (the answer
     /// is lost), every time: `drop_rate` for one symbol, on cue.
     #[arg(long, value_delimiter = ',')]
@@ -72,7 +100,8 @@ pub struct PaperOptions {
     /// Largest step of the price walk, in cents (0: prices stand still).
     #[arg(long, default_value_t = 10)]
     pub price_step_cents: i64,
-    /// Quotes' distance from the price on each side, in cents.
+    /// Quotes' distance from the price on each side, in cents: market buys fill at
+    /// the ask, sells at the bid.
     #[arg(long, default_value_t = 1)]
     pub spread_cents: i64,
 }
@@ -86,8 +115,13 @@ impl Default for PaperOptions {
             latency_ms: 0,
             error_rate: 0.0,
             drop_rate: 0.0,
-            partial_fills: false,
+            fill_delay_ms: 50,
+            partial_fill_qty: 0,
+            fill_interval_ms: 200,
+            hold_fills: false,
+            session_secs: 0,
             reject_symbols: vec![],
+            late_reject_symbols: vec![],
             drop_symbols: vec![],
             price_step_cents: 10,
             spread_cents: 1,
@@ -95,17 +129,25 @@ impl Default for PaperOptions {
     }
 }
 
+/// Everything the venue holds, behind one lock.
 #[derive(Default)]
 struct Book {
     orders: Vec<Order>,
-    by_client_id: HashMap<String, usize>,
+    /// (api key, client order id) -> index: client order ids are unique per account.
+    by_client_id: HashMap<(String, String), usize>,
     by_id: HashMap<String, usize>,
     fills: Vec<FillActivity>,
     prices: HashMap<String, Decimal>,
-    /// Limit orders that may still fill (indexes into `orders`): all a tick looks at.
-    open_limits: Vec<usize>,
+    /// Orders not yet ended (indexes into `orders`): all the engine looks at.
+    working: Vec<usize>,
+    /// When each working order may next fill.
+    next_fill: HashMap<usize, tokio::time::Instant>,
+    /// (api key, symbol) -> signed quantity held.
+    held: HashMap<(String, String), Decimal>,
     /// api key -> (requests in the minute, minute start as unix seconds)
     rate: HashMap<String, (u32, i64)>,
+    /// api key -> requests admitted since the start.
+    requests: HashMap<String, u64>,
 }
 
 #[derive(Clone)]
@@ -113,6 +155,10 @@ pub struct PaperVenue {
     options: Arc<PaperOptions>,
     book: Arc<Mutex<Book>>,
     rng: Arc<Mutex<StdRng>>,
+    /// Every order update, for the streams: (api key, message).
+    updates: broadcast::Sender<Arc<(String, Value)>>,
+    /// Bumped to drop every open stream connection.
+    drops: Arc<watch::Sender<u64>>,
 }
 
 fn error(status: StatusCode, code: i64, message: &str) -> Response {
@@ -124,8 +170,9 @@ fn order_json(o: &Order) -> Value {
     json!({
         "id": o.id, "client_order_id": o.client_order_id,
         "created_at": o.created_at, "updated_at": o.updated_at, "submitted_at": o.created_at,
-        "filled_at": terminal_at("filled"), "expired_at": null, "canceled_at": terminal_at("canceled"),
-        "failed_at": null, "replaced_at": null, "replaced_by": null, "replaces": null,
+        "filled_at": terminal_at("filled"), "expired_at": terminal_at("expired"),
+        "canceled_at": terminal_at("canceled"), "failed_at": terminal_at("rejected"),
+        "replaced_at": null, "replaced_by": null, "replaces": null,
         "asset_id": format!("paper-{}", o.symbol), "symbol": o.symbol, "asset_class": "us_equity",
         "notional": null, "qty": o.qty.to_string(), "filled_qty": o.filled_qty.to_string(),
         "filled_avg_price": o.filled_avg_price.map(|p| p.to_string()),
@@ -143,6 +190,8 @@ impl PaperVenue {
             options: Arc::new(options),
             book: Arc::default(),
             rng: Arc::new(Mutex::new(rng)),
+            updates: broadcast::channel(65_536).0,
+            drops: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -160,9 +209,12 @@ impl PaperVenue {
                 admission,
             ));
         // Market data is another host with its own limits at Alpaca: not counted
-        // against the trading budget here either.
+        // against the trading budget here either. The stream authenticates in-band.
         let data = Router::new().route("/v2/stocks/{symbol}/quotes/latest", get(latest_quote));
-        trading.merge(data).with_state(self.clone())
+        trading
+            .merge(data)
+            .route("/stream", get(stream::upgrade))
+            .with_state(self.clone())
     }
 
     /// Sets a symbol's price (tests move the market on cue).
@@ -174,13 +226,100 @@ impl PaperVenue {
             .insert(symbol.to_owned(), price);
     }
 
+    /// Serves the API and runs the matching engine until the server stops.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).await
+        let engine = tokio::spawn(engine::run(self.clone()));
+        let served = axum::serve(listener, self.router()).await;
+        engine.abort();
+        served
     }
 
     /// Every order the venue holds (tests count them).
     pub fn orders(&self) -> Vec<Order> {
         self.book.lock().expect("book").orders.clone()
+    }
+
+    /// Every fill the venue has made (tests compare them with the database).
+    pub fn all_fills(&self) -> Vec<FillActivity> {
+        self.book.lock().expect("book").fills.clone()
+    }
+
+    /// Trading requests admitted for `api_key` since the start (market data and the
+    /// stream are not counted, as at Alpaca).
+    pub fn requests(&self, api_key: &str) -> u64 {
+        let book = self.book.lock().expect("book");
+        book.requests.get(api_key).copied().unwrap_or(0)
+    }
+
+    /// Fills `qty` of the order with this client order id at `price` now (tests and
+    /// benchmarks driving a held venue). False when there is no such working order or
+    /// `qty` is more than it has left.
+    pub fn fill(&self, client_order_id: &str, qty: Decimal, price: Decimal) -> bool {
+        let mut book = self.book.lock().expect("book");
+        let Some(i) = book.find_client_id(client_order_id) else {
+            return false;
+        };
+        let o = &book.orders[i];
+        if o.is_terminal() || qty <= Decimal::ZERO || qty > o.qty - o.filled_qty {
+            return false;
+        }
+        let update = book.fill(i, qty, price);
+        drop(book);
+        self.publish(update);
+        true
+    }
+
+    /// The venue cancels a working order on its own (a halt, a corporate action).
+    pub fn cancel_by_venue(&self, client_order_id: &str) -> bool {
+        self.end(client_order_id, "canceled")
+    }
+
+    /// The venue rejects an order it had accepted.
+    pub fn reject_by_venue(&self, client_order_id: &str) -> bool {
+        self.end(client_order_id, "rejected")
+    }
+
+    fn end(&self, client_order_id: &str, status: &str) -> bool {
+        let mut book = self.book.lock().expect("book");
+        let Some(i) = book.find_client_id(client_order_id) else {
+            return false;
+        };
+        if book.orders[i].is_terminal() {
+            return false;
+        }
+        let update = book.end(i, status);
+        drop(book);
+        self.publish(update);
+        true
+    }
+
+    /// The session ends: every working day order expires. Returns how many did.
+    pub fn end_session(&self) -> usize {
+        let mut book = self.book.lock().expect("book");
+        let day: Vec<usize> = book
+            .working
+            .iter()
+            .copied()
+            .filter(|i| book.orders[*i].time_in_force == "day")
+            .collect();
+        let updates: Vec<_> = day.into_iter().map(|i| book.end(i, "expired")).collect();
+        drop(book);
+        let n = updates.len();
+        updates.into_iter().for_each(|u| self.publish(u));
+        n
+    }
+
+    /// Drops every open stream connection (the fault of a lost stream); clients must
+    /// reconnect and catch up through REST, as the stream does not replay.
+    pub fn drop_streams(&self) {
+        self.drops.send_modify(|n| *n += 1);
+    }
+
+    /// Tells the stream listeners of `update`, whether or not anyone listens.
+    fn publish(&self, update: Update) {
+        let _ = self
+            .updates
+            .send(Arc::new((update.account.clone(), update.message())));
     }
 
     fn chance(&self, p: f64) -> bool {
@@ -203,6 +342,7 @@ impl PaperVenue {
         let now = Utc::now().timestamp();
         let (used, start) = {
             let mut book = self.book.lock().expect("book");
+            *book.requests.entry(key.clone()).or_default() += 1;
             let entry = book.rate.entry(key).or_insert((0, now));
             if now - entry.1 >= 60 {
                 *entry = (0, now);
@@ -233,89 +373,87 @@ impl PaperVenue {
                 "internal server error",
             ));
         }
-        self.tick();
         Ok(out)
     }
 
-    fn price(book: &mut Book, symbol: &str) -> Decimal {
-        *book
+    fn spread(&self) -> Decimal {
+        Decimal::new(self.options.spread_cents.max(0), 2)
+    }
+}
+
+/// One change of an order, as the stream tells it.
+struct Update {
+    account: String,
+    event: &'static str,
+    order: Value,
+    /// For fills: (execution id, price, qty, time, position after).
+    fill: Option<(String, Decimal, Decimal, DateTime<Utc>, Decimal)>,
+}
+
+impl Update {
+    /// Alpaca's `trade_updates` message.
+    fn message(&self) -> Value {
+        let mut data = json!({"event": self.event, "order": self.order});
+        if let Some((id, price, qty, at, position)) = &self.fill {
+            data["execution_id"] = json!(id);
+            data["price"] = json!(price.to_string());
+            data["qty"] = json!(qty.to_string());
+            data["timestamp"] = json!(at);
+            data["position_qty"] = json!(position.to_string());
+        } else {
+            data["timestamp"] = self.order["updated_at"].clone();
+        }
+        json!({"stream": "trade_updates", "data": data})
+    }
+}
+
+impl Book {
+    fn price(&mut self, symbol: &str) -> Decimal {
+        *self
             .prices
             .entry(symbol.to_owned())
             .or_insert_with(|| Decimal::new(10_000, 2))
     }
 
-    /// One step of the random walk of every symbol with an open limit order; those
-    /// orders fill when their limit is crossed. (Other symbols step when traded, so a
-    /// tick costs the open limit orders, not every symbol the venue has seen.)
-    fn tick(&self) {
-        let mut book = self.book.lock().expect("book");
-        if book.open_limits.is_empty() {
-            return;
-        }
-        let mut rng = self.rng.lock().expect("rng");
-        let open = std::mem::take(&mut book.open_limits);
-        let symbols: std::collections::BTreeSet<String> = open
-            .iter()
-            .map(|i| book.orders[*i].symbol.clone())
-            .collect();
-        for s in &symbols {
-            Self::step(&mut book, &mut rng, s, self.options.price_step_cents);
-        }
-        drop(rng);
-        for i in open {
-            if book.orders[i].is_terminal() {
-                continue;
-            }
-            let price = book.prices[&book.orders[i].symbol];
-            let o = &book.orders[i];
-            let limit = o.limit_price.unwrap_or_default();
-            if crosses(o.side, price, limit) {
-                let rest = o.qty - o.filled_qty;
-                Self::fill(&mut book, i, rest, limit);
-            } else {
-                book.open_limits.push(i);
-            }
-        }
-    }
-
     /// One step of a symbol's random walk (it starts at 100.00); its new price.
-    fn step(book: &mut Book, rng: &mut StdRng, symbol: &str, cents: i64) -> Decimal {
+    fn step(&mut self, rng: &mut StdRng, symbol: &str, cents: i64) -> Decimal {
         let cents = cents.max(0);
         let step = Decimal::new(rng.random_range(-cents..=cents), 2);
-        let p = Self::price(book, symbol);
+        let p = self.price(symbol);
         let next = (p + step).max(Decimal::new(1, 2));
-        book.prices.insert(symbol.to_owned(), next);
+        self.prices.insert(symbol.to_owned(), next);
         next
     }
 
-    fn fill(book: &mut Book, i: usize, qty: Decimal, price: Decimal) {
+    /// A client order id of any account (tests name orders by their client ids, which
+    /// the fleet makes unique across accounts).
+    fn find_client_id(&self, client_order_id: &str) -> Option<usize> {
+        self.by_client_id
+            .iter()
+            .find(|((_, c), _)| c == client_order_id)
+            .map(|(_, i)| *i)
+    }
+
+    fn fill(&mut self, i: usize, qty: Decimal, price: Decimal) -> Update {
         let now = Utc::now();
-        let o = &mut book.orders[i];
+        let o = &mut self.orders[i];
         let before = o.filled_qty;
         o.filled_qty += qty;
         let avg = o.filled_avg_price.unwrap_or(price);
         o.filled_avg_price = Some(((avg * before + price * qty) / o.filled_qty).round_dp(6));
-        o.status = if o.filled_qty >= o.qty {
-            "filled"
-        } else {
-            "partially_filled"
-        }
-        .into();
+        let done = o.filled_qty >= o.qty;
+        o.status = if done { "filled" } else { "partially_filled" }.into();
         o.updated_at = now;
+        let execution = uuid::Uuid::new_v4().to_string();
+        let signed = match o.side {
+            Side::Buy => qty,
+            Side::Sell => -qty,
+        };
         let fill = FillActivity {
-            id: format!(
-                "{}::{}",
-                now.format("%Y%m%d%H%M%S%6f"),
-                uuid::Uuid::new_v4()
-            ),
+            id: format!("{}::{execution}", now.format("%Y%m%d%H%M%S%6f")),
             activity_type: "FILL".into(),
             transaction_time: now,
-            fill_type: if o.status == "filled" {
-                "fill"
-            } else {
-                "partial_fill"
-            }
-            .into(),
+            fill_type: if done { "fill" } else { "partial_fill" }.into(),
             price,
             qty,
             side: o.side,
@@ -324,8 +462,47 @@ impl PaperVenue {
             cum_qty: o.filled_qty,
             order_id: o.id.clone(),
             order_status: o.status.clone(),
+            account: o.account.clone(),
         };
-        book.fills.push(fill);
+        let (account, symbol) = (o.account.clone(), o.symbol.clone());
+        let order = order_json(o);
+        self.fills.push(fill);
+        let held = self.held.entry((account.clone(), symbol)).or_default();
+        *held += signed;
+        let position = *held;
+        if done {
+            self.retire(i);
+        }
+        Update {
+            account,
+            event: if done { "fill" } else { "partial_fill" },
+            order,
+            fill: Some((execution, price, qty, now, position)),
+        }
+    }
+
+    /// Ends a working order: `canceled`, `expired` or `rejected`.
+    fn end(&mut self, i: usize, status: &str) -> Update {
+        let o = &mut self.orders[i];
+        o.status = status.into();
+        o.updated_at = Utc::now();
+        let update = Update {
+            account: o.account.clone(),
+            event: match status {
+                "canceled" => "canceled",
+                "expired" => "expired",
+                _ => "rejected",
+            },
+            order: order_json(o),
+            fill: None,
+        };
+        self.retire(i);
+        update
+    }
+
+    fn retire(&mut self, i: usize) {
+        self.working.retain(|w| *w != i);
+        self.next_fill.remove(&i);
     }
 }
 
@@ -339,6 +516,11 @@ fn api_key(headers: &HeaderMap) -> Option<String> {
         .get("apca-api-secret-key")
         .is_some_and(|v| !v.is_empty())
         .then(|| key.to_owned())
+}
+
+/// The account of an admitted request (admission has checked the key is there).
+fn account_of(headers: &HeaderMap) -> String {
+    api_key(headers).unwrap_or_default()
 }
 
 /// A limit order fills once the price reaches its limit: at or below it for a buy,
@@ -369,7 +551,11 @@ fn with_headers(headers: HeaderMap, response: impl IntoResponse) -> Response {
     r
 }
 
-async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) -> Response {
+async fn create_order(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let request: OrderBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -413,9 +599,11 @@ async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) 
             &format!("asset {} is not tradable", request.symbol),
         );
     }
+    let account = account_of(&headers);
     let created = {
         let mut book = venue.book.lock().expect("book");
-        if book.by_client_id.contains_key(&request.client_order_id) {
+        let key = (account.clone(), request.client_order_id.clone());
+        if book.by_client_id.contains_key(&key) {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 40010001,
@@ -437,39 +625,33 @@ async fn create_order(State(venue): State<PaperVenue>, body: axum::body::Bytes) 
             status: "new".into(),
             created_at: now,
             updated_at: now,
+            account: account.clone(),
         };
         let i = book.orders.len();
-        book.by_client_id.insert(order.client_order_id.clone(), i);
+        book.by_client_id.insert(key, i);
         book.by_id.insert(order.id.clone(), i);
         book.orders.push(order);
-        let price = PaperVenue::step(
-            &mut book,
-            &mut venue.rng.lock().expect("rng"),
-            &request.symbol,
-            venue.options.price_step_cents,
+        book.working.push(i);
+        book.next_fill.insert(
+            i,
+            tokio::time::Instant::now() + Duration::from_millis(venue.options.fill_delay_ms),
         );
-        match request.order_type {
-            OrderType::Market => {
-                let qty = request.qty;
-                if venue.options.partial_fills && qty > Decimal::ONE {
-                    let half = (qty / Decimal::TWO).floor();
-                    PaperVenue::fill(&mut book, i, half, price);
-                    PaperVenue::fill(&mut book, i, qty - half, price);
-                } else {
-                    PaperVenue::fill(&mut book, i, qty, price);
-                }
-            }
-            OrderType::Limit => {
-                let limit = request.limit_price.unwrap_or_default();
-                if crosses(request.side, price, limit) {
-                    PaperVenue::fill(&mut book, i, request.qty, limit);
-                } else {
-                    book.open_limits.push(i);
-                }
-            }
-        }
-        book.orders[i].clone()
+        let created = book.orders[i].clone();
+        let at_once = (venue.options.fill_delay_ms == 0 && !venue.options.hold_fills)
+            .then(|| engine::step_one(&venue, &mut book, i))
+            .flatten();
+        (created, at_once)
     };
+    let (created, at_once) = created;
+    venue.publish(Update {
+        account,
+        event: "new",
+        order: order_json(&created),
+        fill: None,
+    });
+    if let Some(update) = at_once {
+        venue.publish(update);
+    }
     if venue.options.drop_symbols.contains(&created.symbol) || venue.chance(venue.options.drop_rate)
     {
         // The order exists; the answer is lost on the way back.
@@ -496,8 +678,8 @@ async fn latest_quote(
         )
             .into_response();
     }
-    let price = PaperVenue::price(&mut venue.book.lock().expect("book"), &symbol);
-    let spread = Decimal::new(venue.options.spread_cents.max(0), 2);
+    let price = venue.book.lock().expect("book").price(&symbol);
+    let spread = venue.spread();
     let cent = Decimal::new(1, 2);
     let number = |d: Decimal| -> Value {
         serde_json::from_str(&d.normalize().to_string()).unwrap_or(Value::Null)
@@ -518,37 +700,62 @@ struct ClientIdQuery {
     client_order_id: String,
 }
 
-async fn by_client_id(State(venue): State<PaperVenue>, Query(q): Query<ClientIdQuery>) -> Response {
+async fn by_client_id(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    Query(q): Query<ClientIdQuery>,
+) -> Response {
     let book = venue.book.lock().expect("book");
-    match book.by_client_id.get(&q.client_order_id) {
+    match book
+        .by_client_id
+        .get(&(account_of(&headers), q.client_order_id))
+    {
         Some(i) => Json(order_json(&book.orders[*i])).into_response(),
         None => error(StatusCode::NOT_FOUND, 40410000, "order not found"),
     }
 }
 
-async fn get_order(State(venue): State<PaperVenue>, Path(id): Path<String>) -> Response {
+/// The index of the account's order with venue id `id` (another account's order is
+/// not found, as at Alpaca).
+fn own(book: &Book, headers: &HeaderMap, id: &str) -> Option<usize> {
+    let account = account_of(headers);
+    book.by_id
+        .get(id)
+        .copied()
+        .filter(|i| book.orders[*i].account == account)
+}
+
+async fn get_order(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let book = venue.book.lock().expect("book");
-    match book.by_id.get(&id) {
-        Some(i) => Json(order_json(&book.orders[*i])).into_response(),
+    match own(&book, &headers, &id) {
+        Some(i) => Json(order_json(&book.orders[i])).into_response(),
         None => error(StatusCode::NOT_FOUND, 40410000, "order not found"),
     }
 }
 
-async fn cancel_order(State(venue): State<PaperVenue>, Path(id): Path<String>) -> Response {
+async fn cancel_order(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let mut book = venue.book.lock().expect("book");
-    let Some(i) = book.by_id.get(&id).copied() else {
+    let Some(i) = own(&book, &headers, &id) else {
         return error(StatusCode::NOT_FOUND, 40410000, "order not found");
     };
-    let order = &mut book.orders[i];
-    if order.is_terminal() {
+    if book.orders[i].is_terminal() {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             42210000,
             "order is not cancelable",
         );
     }
-    order.status = "canceled".into();
-    order.updated_at = Utc::now();
+    let update = book.end(i, "canceled");
+    drop(book);
+    venue.publish(update);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -590,7 +797,12 @@ fn invalid(name: &str, value: Option<&str>) -> Response {
     )
 }
 
-async fn list_orders(State(venue): State<PaperVenue>, Query(q): Query<ListQuery>) -> Response {
+async fn list_orders(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let account = account_of(&headers);
     let Some(ascending) = ascending(q.direction.as_deref()) else {
         return invalid("direction", q.direction.as_deref());
     };
@@ -602,6 +814,7 @@ async fn list_orders(State(venue): State<PaperVenue>, Query(q): Query<ListQuery>
     let mut list: Vec<&Order> = book
         .orders
         .iter()
+        .filter(|o| o.account == account)
         .filter(|o| match wanted {
             "open" => !o.is_terminal(),
             "closed" => o.is_terminal(),
@@ -636,7 +849,12 @@ struct FillQuery {
     until: Option<DateTime<Utc>>,
 }
 
-async fn fills(State(venue): State<PaperVenue>, Query(q): Query<FillQuery>) -> Response {
+async fn fills(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    Query(q): Query<FillQuery>,
+) -> Response {
+    let account = account_of(&headers);
     let Some(ascending) = ascending(q.direction.as_deref()) else {
         return invalid("direction", q.direction.as_deref());
     };
@@ -644,6 +862,7 @@ async fn fills(State(venue): State<PaperVenue>, Query(q): Query<FillQuery>) -> R
     let mut all: Vec<&FillActivity> = book
         .fills
         .iter()
+        .filter(|f| f.account == account)
         .filter(|f| q.after.is_none_or(|t| f.transaction_time > t))
         .filter(|f| q.until.is_none_or(|t| f.transaction_time < t))
         .collect();
@@ -671,9 +890,9 @@ struct Holding {
     avg_entry_price: Decimal,
 }
 
-fn holdings(book: &Book) -> std::collections::BTreeMap<String, Holding> {
-    let mut out: std::collections::BTreeMap<String, Holding> = Default::default();
-    for f in &book.fills {
+fn holdings(book: &Book, account: &str) -> BTreeMap<String, Holding> {
+    let mut out: BTreeMap<String, Holding> = Default::default();
+    for f in book.fills.iter().filter(|f| f.account == account) {
         let h = out.entry(f.symbol.clone()).or_default();
         let signed = match f.side {
             Side::Buy => f.qty,
@@ -695,7 +914,7 @@ fn holdings(book: &Book) -> std::collections::BTreeMap<String, Holding> {
 }
 
 fn position_json(book: &mut Book, symbol: &str, h: Holding) -> Value {
-    let price = PaperVenue::price(book, symbol);
+    let price = book.price(symbol);
     let market_value = h.qty * price;
     let cost_basis = h.qty * h.avg_entry_price;
     json!({
@@ -710,9 +929,9 @@ fn position_json(book: &mut Book, symbol: &str, h: Holding) -> Value {
     })
 }
 
-async fn list_positions(State(venue): State<PaperVenue>) -> Response {
+async fn list_positions(State(venue): State<PaperVenue>, headers: HeaderMap) -> Response {
     let mut book = venue.book.lock().expect("book");
-    let held = holdings(&book);
+    let held = holdings(&book, &account_of(&headers));
     let list: Vec<Value> = held
         .into_iter()
         .map(|(symbol, h)| position_json(&mut book, &symbol, h))
@@ -720,29 +939,34 @@ async fn list_positions(State(venue): State<PaperVenue>) -> Response {
     Json(list).into_response()
 }
 
-async fn get_position(State(venue): State<PaperVenue>, Path(symbol): Path<String>) -> Response {
+async fn get_position(
+    State(venue): State<PaperVenue>,
+    headers: HeaderMap,
+    Path(symbol): Path<String>,
+) -> Response {
     let mut book = venue.book.lock().expect("book");
-    match holdings(&book).remove(&symbol) {
+    match holdings(&book, &account_of(&headers)).remove(&symbol) {
         Some(h) => Json(position_json(&mut book, &symbol, h)).into_response(),
         None => error(StatusCode::NOT_FOUND, 40410000, "position does not exist"),
     }
 }
 
 /// The paper account: 100,000 of cash at the start, moved by every fill.
-async fn account(State(venue): State<PaperVenue>) -> Response {
+async fn account(State(venue): State<PaperVenue>, headers: HeaderMap) -> Response {
+    let account = account_of(&headers);
     let mut book = venue.book.lock().expect("book");
     let mut cash = Decimal::from(100_000);
-    for f in &book.fills {
+    for f in book.fills.iter().filter(|f| f.account == account) {
         match f.side {
             Side::Buy => cash -= f.qty * f.price,
             Side::Sell => cash += f.qty * f.price,
         }
     }
-    let held = holdings(&book);
+    let held = holdings(&book, &account);
     let mut long = Decimal::ZERO;
     let mut short = Decimal::ZERO;
     for (symbol, h) in held {
-        let value = h.qty * PaperVenue::price(&mut book, &symbol);
+        let value = h.qty * book.price(&symbol);
         if value.is_sign_positive() {
             long += value;
         } else {

@@ -112,6 +112,9 @@ pub struct Order {
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The API key (account) the order belongs to: not part of Alpaca's entity.
+    #[serde(skip)]
+    pub account: String,
 }
 
 impl Order {
@@ -146,4 +149,7 @@ pub struct FillActivity {
     pub cum_qty: Decimal,
     pub order_id: String,
     pub order_status: String,
+    /// The API key (account) the fill belongs to: not part of Alpaca's entity.
+    #[serde(skip)]
+    pub account: String,
 }

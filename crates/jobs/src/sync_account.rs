@@ -1,0 +1,230 @@
+//! `sync_account`: brings one account's orders and fills up to the venue's truth, by
+//! account, not by order (Alpaca allows 200 requests a minute per account): the
+//! orders created since the oldest one still followed, open or closed, in pages of
+//! 500, then the FILL activities since the account's cursor, in pages of 100. Each
+//! order and each fill goes through the order lifecycle in a transaction of its own
+//! (idempotent: a fill the stream recorded already changes nothing). An account
+//! with nothing to follow costs no request.
+//!
+//! The fallback of the stream: enqueued a little after orders are accepted, when a
+//! stream (re)connects, and by the `sync_accounts` schedule; one at a time per account
+//! (the concurrency key `sync:<account>`), every request taken from the account's
+//! budget first.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    Job, JobContext, JobError, apply_venue_event::lifecycle_failure, venue_budget::take_budget,
+};
+use pulse_domain::{
+    lifecycle::{self, Applied, LifecycleError},
+    tenancy,
+    venue::{FILL_PAGE, ORDER_PAGE, Venue},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncAccount {
+    pub tenant_id: Uuid,
+    pub account_id: Uuid,
+}
+
+/// Most pages one sync reads of each list; the rest waits for the next sync.
+const MAX_PAGES: usize = 20;
+/// The venue's clocks and ours differ a little, and `after` is exclusive: lists are
+/// read from this much before the cursor (recording is idempotent).
+const MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+/// What one sync found and did (logged, and its request count stored).
+#[derive(Debug, Default)]
+struct Tally {
+    requests: i32,
+    orders: usize,
+    fills: usize,
+    recorded: usize,
+    unknown: usize,
+    implausible: usize,
+}
+
+impl Tally {
+    fn count(&mut self, applied: Result<Applied, LifecycleError>) -> Result<(), JobError> {
+        match applied {
+            Ok(a) => {
+                self.recorded += usize::from(a.fill_recorded);
+                self.unknown += usize::from(a.unknown_order);
+                Ok(())
+            }
+            // One impossible report does not hold up the others; it is logged, and
+            // recurs in the next sync until reconciliation deals with it.
+            Err(LifecycleError::Implausible(why)) => {
+                tracing::warn!("sync: skipped: {why}");
+                self.implausible += 1;
+                Ok(())
+            }
+            Err(e) => Err(lifecycle_failure(e)),
+        }
+    }
+}
+
+impl Job for SyncAccount {
+    const NAME: &'static str = "sync_account";
+    const MAX_ATTEMPTS: i32 = 10;
+    const TIMEOUT: Duration = Duration::from_secs(120);
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let (tenant, account) = (self.tenant_id, self.account_id);
+        let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+        let Some(state) = sqlx::query!(
+            r#"SELECT a.venue_id, c.identifier, c.secret_ref,
+                      (SELECT fills_after FROM venue_sync_state s WHERE s.account_id = a.id) AS fills_after,
+                      (SELECT min(o.created_at) FROM orders o
+                       WHERE o.account_id = a.id
+                         AND (o.status IN ('sent', 'submit_unknown', 'accepted', 'partially_filled')
+                              OR (o.final_filled_quantity IS NOT NULL
+                                  AND o.filled_quantity < o.final_filled_quantity))) AS oldest_followed
+               FROM trading_accounts a
+               LEFT JOIN account_credentials c ON c.account_id = a.id AND c.credential_type = 'api_key'
+               WHERE a.id = $1"#,
+            account
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(JobError::permanent(format!(
+                "no account {account} in tenant {tenant}"
+            )));
+        };
+        tx.commit().await?;
+        let Some(oldest) = state.oldest_followed else {
+            return finish(&ctx, tenant, account, None, &Tally::default()).await;
+        };
+        let secret_ref = state.secret_ref.ok_or_else(|| {
+            JobError::permanent(format!("account {account} has no api_key credential"))
+        })?;
+        let venue = ctx
+            .services
+            .venue_client(
+                account,
+                &state.venue_id,
+                state.identifier.as_deref(),
+                &secret_ref,
+            )
+            .map_err(JobError::permanent)?;
+        let mut tally = Tally::default();
+        // 1. What became of the orders followed: every order created since the oldest.
+        let mut after = oldest - MARGIN;
+        for _ in 0..MAX_PAGES {
+            spend(&ctx, tenant, account, &mut tally).await?;
+            let page = venue.orders_after(after).await.map_err(venue_failure)?;
+            for order in &page {
+                tally.orders += 1;
+                let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+                let applied = lifecycle::apply_order(&mut tx, tenant, account, order).await;
+                if applied.is_ok() {
+                    tx.commit().await?;
+                }
+                tally.count(applied)?;
+            }
+            match page.last() {
+                Some(last) if page.len() >= ORDER_PAGE && last.created_at > after => {
+                    after = last.created_at - chrono::TimeDelta::microseconds(1);
+                }
+                _ => break,
+            }
+        }
+        // 2. The fills since the cursor: fills before it were read already, and fills
+        //    before the oldest order followed are of no order followed.
+        let since = state.fills_after.map_or(oldest, |c| c.max(oldest)) - MARGIN;
+        let newest = sync_fills(&ctx, venue.as_ref(), tenant, account, since, &mut tally).await?;
+        finish(&ctx, tenant, account, newest.or(state.fills_after), &tally).await
+    }
+}
+
+/// Reads the fills since `since`, page after page, applying each; the newest fill's
+/// time, if any.
+async fn sync_fills(
+    ctx: &JobContext,
+    venue: &dyn Venue,
+    tenant: Uuid,
+    account: Uuid,
+    since: DateTime<Utc>,
+    tally: &mut Tally,
+) -> Result<Option<DateTime<Utc>>, JobError> {
+    let mut token: Option<String> = None;
+    let mut newest = None;
+    for _ in 0..MAX_PAGES {
+        spend(ctx, tenant, account, tally).await?;
+        let page = venue
+            .fills(Some(since), token.as_deref())
+            .await
+            .map_err(venue_failure)?;
+        for fill in &page {
+            tally.fills += 1;
+            newest = newest.max(Some(fill.at));
+            let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+            let applied = lifecycle::apply_fill(&mut tx, tenant, account, fill).await;
+            if applied.is_ok() {
+                tx.commit().await?;
+            }
+            tally.count(applied)?;
+        }
+        if page.len() < FILL_PAGE {
+            break;
+        }
+        token = page.last().map(|f| f.id.clone());
+    }
+    Ok(newest)
+}
+
+/// One request from the account's budget, or the job snoozes until the next window.
+async fn spend(
+    ctx: &JobContext,
+    tenant: Uuid,
+    account: Uuid,
+    tally: &mut Tally,
+) -> Result<(), JobError> {
+    if let Some(wait) = take_budget(ctx, tenant, account, 1).await? {
+        return Err(JobError::Snooze(wait));
+    }
+    tally.requests += 1;
+    Ok(())
+}
+
+fn venue_failure(e: pulse_domain::venue::VenueError) -> JobError {
+    match e {
+        pulse_domain::venue::VenueError::RateLimited { retry_after } => {
+            JobError::Snooze(retry_after)
+        }
+        e => JobError::retryable(format!("sync: {e}")),
+    }
+}
+
+/// Stores where the sync got to.
+async fn finish(
+    ctx: &JobContext,
+    tenant: Uuid,
+    account: Uuid,
+    fills_after: Option<DateTime<Utc>>,
+    tally: &Tally,
+) -> Result<(), JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    sqlx::query!(
+        "INSERT INTO venue_sync_state (tenant_id, account_id, fills_after, last_synced_at, last_requests)
+         VALUES ($1, $2, $3, now(), $4)
+         ON CONFLICT (tenant_id, account_id) DO UPDATE
+             SET fills_after = greatest(venue_sync_state.fills_after, $3), last_synced_at = now(),
+                 last_requests = $4",
+        tenant,
+        account,
+        fills_after,
+        tally.requests,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::debug!(account.id = %account, ?tally, "account synced");
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! The per-account venue request budget (Alpaca: 200 requests a minute per account),
+//! shared by every process and every job that speaks to a venue (the OMS, the order
+//! sync): `take_venue_budget` counts in the database.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::{JobContext, JobError};
+use pulse_domain::tenancy;
+
+/// Takes `n` requests from the account's per-minute budget, or says how long to wait.
+pub(crate) async fn take_budget(
+    ctx: &JobContext,
+    tenant: Uuid,
+    account: Uuid,
+    n: i32,
+) -> Result<Option<Duration>, JobError> {
+    take_budgets(ctx, tenant, &[(account, n)]).await
+}
+
+/// How long to wait for the next window when a budget is spent.
+pub(crate) fn over_budget(per_minute: i32, used: &[i32]) -> Option<Duration> {
+    if used.iter().any(|u| *u > per_minute) {
+        let secs_left = 60 - (chrono::Utc::now().timestamp() % 60);
+        return Some(Duration::from_secs(secs_left as u64));
+    }
+    None
+}
+
+pub(crate) async fn take_budgets(
+    ctx: &JobContext,
+    tenant: Uuid,
+    wants: &[(Uuid, i32)],
+) -> Result<Option<Duration>, JobError> {
+    let (accounts, counts): (Vec<Uuid>, Vec<i32>) = wants.iter().copied().unzip();
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    let used = sqlx::query_scalar!(
+        r#"SELECT used AS "used!" FROM take_venue_budget($1, $2, $3) AS used"#,
+        tenant,
+        &accounts,
+        &counts,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(over_budget(ctx.services.venue_requests_per_minute, &used))
+}
