@@ -171,6 +171,9 @@ pub enum BenchCommand {
     Queue(bench::queue::QueueBenchArgs),
     /// The OMS: two-leg intents traded on the paper venue.
     Intents(bench::intents::IntentBenchArgs),
+    /// The order lifecycle: fills to the database by the stream and by the sync, and
+    /// the requests an account with many working orders costs.
+    Lifecycle(bench::lifecycle::LifecycleBenchArgs),
     /// Worker for the shared peer harness (bench/peers/compare.sh).
     #[command(hide = true)]
     Peer(bench::peer::PeerArgs),
@@ -290,6 +293,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Queue(args)) => bench::queue::run(&settings, args).await?,
         Command::Bench(BenchCommand::Intents(args)) => bench::intents::run(&settings, args).await?,
+        Command::Bench(BenchCommand::Lifecycle(args)) => {
+            bench::lifecycle::run(&settings, args).await?
+        }
         Command::Bench(BenchCommand::Peer(args)) => bench::peer::run(&settings, args).await?,
     }
     Ok(())

@@ -72,7 +72,10 @@ pub async fn open_desk(
     tx.commit().await
 }
 
-/// The demo desk of local runs.
+/// The demo desk's capital: enough for a few entries at a time, so that a desk whose
+/// fills, exits and releases were not followed would run out within minutes.
+pub const DEMO_CAPITAL: i64 = 10_000;
+
 pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
     let secret_ref = format!("env:{SECRET_VAR}");
     open_desk(
@@ -81,13 +84,29 @@ pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
         "demo desk",
         ACCOUNT,
         &secret_ref,
-        Decimal::from(1_000_000),
+        Decimal::from(DEMO_CAPITAL),
     )
     .await?;
     Ok(())
 }
 
-/// Inserts a two-leg intent every `every` until `stop`.
+/// The demo's `n`th intent (from 1) on `account`: a pair trade entered (buy 1-3 AAPL,
+/// sell 1 MSFT) and, on the next, exited the other way, so the desk trades all day on
+/// the capital its exits give back.
+pub fn demo_legs(account: Uuid, n: u64) -> serde_json::Value {
+    let qty = 1 + (n / 2) % 3;
+    let (aapl, msft) = if n % 2 == 1 {
+        ("buy", "sell")
+    } else {
+        ("sell", "buy")
+    };
+    json!([
+        {"account_id": account, "symbol": "AAPL", "side": aapl, "quantity": qty, "type": "market", "reference_price": "100"},
+        {"account_id": account, "symbol": "MSFT", "side": msft, "quantity": 1, "type": "market", "reference_price": "100"},
+    ])
+}
+
+/// Inserts a two-leg intent every `every` until `stop` (entries and exits in turn).
 pub async fn run(pool: PgPool, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut n: u64 = 0;
     loop {
@@ -96,10 +115,7 @@ pub async fn run(pool: PgPool, every: Duration, mut stop: watch::Receiver<bool>)
             _ = stop.wait_for(|s| *s) => return,
         }
         n += 1;
-        let legs = json!([
-            {"account_id": ACCOUNT, "symbol": "AAPL", "side": "buy", "quantity": 1 + n % 3, "type": "market", "reference_price": "100"},
-            {"account_id": ACCOUNT, "symbol": "MSFT", "side": "sell", "quantity": 1, "type": "market", "reference_price": "100"},
-        ]);
+        let legs = demo_legs(ACCOUNT, n);
         let result = async {
             let mut tx = tenancy::begin(&pool, TENANT).await?;
             sqlx::query!(

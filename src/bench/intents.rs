@@ -9,14 +9,11 @@
 //! Audit events are sealed meanwhile, as every worker process does, and the chains
 //! are verified at the end.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use pulse_domain::{Services, tenancy};
+use pulse_domain::tenancy;
 use pulse_jobs::{Env, execute_intent::ExecuteIntent};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -24,7 +21,7 @@ use uuid::Uuid;
 
 use super::queue::{percentile, recreate_database};
 use pulse_queue::worker::{self, QueueSpec};
-use pulse_sims::paper::{PaperOptions, PaperVenue};
+use pulse_sims::paper::PaperOptions;
 
 use crate::{config::Settings, db};
 
@@ -125,17 +122,14 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     db::migrate(&pool, &crate::registry::registered(&settings)).await?;
     let desks = seed(&pool, args.tenants.max(1)).await?;
 
-    let venue = PaperVenue::new(PaperOptions {
-        rate_limit_per_minute: u32::MAX,
-        ..Default::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(venue.clone().serve(listener));
-    let mut services = Services::new(Duration::from_secs(10), None);
-    services.venue_urls = HashMap::from([("paper".to_string(), base)]);
-    services.venue_requests_per_minute = i32::MAX;
-    services.secrets_key = Some(KEY);
+    let (venue, services) = super::local_venue(
+        PaperOptions {
+            rate_limit_per_minute: u32::MAX,
+            ..Default::default()
+        },
+        KEY,
+    )
+    .await?;
     let pools = db::queue_pools(&settings, 1).await?;
     let mut worker_settings = settings.worker.clone();
     worker_settings.batch_size = args.concurrency;

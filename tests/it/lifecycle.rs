@@ -703,3 +703,59 @@ async fn random_case(seed: u64) {
         assert_eq!(ours, venue, "seed {seed}: positions of account {i}");
     }
 }
+
+/// The demo desk (`pulse-fleet all --demo`) inserts an intent every 5 s: an hour is
+/// 720 of them, run here one after the other against the paper venue with the
+/// demo's capital. None is refused for capital, and the ledger ends exact.
+#[tokio::test]
+async fn the_demo_desk_trades_an_hour_of_simulated_time_without_running_out_of_capital() {
+    // An hour of the demo in a minute or two: the venue's and the fleet's request
+    // limits (200 a minute, a real-time budget) are lifted for the compressed clock.
+    let mut desk = desk(
+        PaperOptions {
+            fill_delay_ms: 0,
+            rate_limit_per_minute: u32::MAX,
+            ..PaperOptions::default()
+        },
+        pulse_fleet::demo::DEMO_CAPITAL,
+    )
+    .await;
+    desk.halt().await;
+    let mut services = desk.services();
+    services.venue_requests_per_minute = i32::MAX;
+    desk.start_worker_with(services).await;
+    let mut most_held = Decimal::ZERO;
+    for n in 1..=720u64 {
+        let id = desk
+            .intent(
+                &format!("demo-{n}"),
+                pulse_fleet::demo::demo_legs(desk.account, n)
+                    .as_array()
+                    .unwrap()
+                    .clone(),
+            )
+            .await;
+        let (status, reason) = desk.wait_for(id, &["filled", "failed", "cancelled"]).await;
+        assert_eq!(status, "filled", "intent {n} at {}s: {reason:?}", n * 5);
+        if n % 60 == 0 {
+            desk.settle().await;
+            let (orders, positions, _) = ledger(&desk).await;
+            most_held = most_held.max(orders + positions);
+        }
+    }
+    desk.settle().await;
+    let (orders, _, _) = ledger(&desk).await;
+    assert_eq!(orders, Decimal::ZERO, "no reservation left behind");
+    assert!(
+        most_held < Decimal::from(pulse_fleet::demo::DEMO_CAPITAL / 4),
+        "exits give the capital back: at most {most_held} held at once"
+    );
+    assert_eq!(
+        desk.db
+            .count("SELECT count(*) FROM position_legs WHERE closed_at IS NULL")
+            .await,
+        0,
+        "every entry was exited"
+    );
+    no_drift(&desk).await;
+}

@@ -179,11 +179,20 @@ impl Desk {
     }
 
     pub async fn wait_for(&self, id: Uuid, statuses: &[&str]) -> (String, Option<String>) {
-        wait_until("the intent settles", Duration::from_secs(20), || async {
-            statuses.contains(&self.intent_state(id).await.0.as_str())
-        })
-        .await;
-        self.intent_state(id).await
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let state = self.intent_state(id).await;
+            if statuses.contains(&state.0.as_str()) {
+                return state;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "intent {id} is {state:?} after 20 s, not {statuses:?}: {}",
+                    self.lag().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn reserved(&self) -> String {

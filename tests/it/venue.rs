@@ -386,3 +386,122 @@ async fn orders_and_fills_are_listed_with_alpacas_filters_and_newest_first() {
     let (_, next_page) = get_json(&base, &after).await;
     assert_eq!(first(&next_page, 0), first(&newest_first, 1));
 }
+
+#[tokio::test]
+async fn a_resting_limit_fills_at_its_limit_once_the_market_crosses_it() {
+    let (venue, client) = venue(PaperOptions {
+        price_step_cents: 0,
+        fill_interval_ms: 10,
+        ..Default::default()
+    })
+    .await;
+    venue.set_price("AAPL", Decimal::from(100));
+    let resting = client
+        .create_order(&order(
+            "lim-0",
+            3,
+            OrderType::Limit,
+            Some(Decimal::from(99)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resting.status, OrderStatus::Accepted);
+    // It rests while the market is above its limit.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        client.get_order(&resting.id).await.unwrap().status,
+        OrderStatus::Accepted
+    );
+    venue.set_price("AAPL", Decimal::from(98));
+    wait_until("the limit fills", Duration::from_secs(5), || async {
+        client.get_order(&resting.id).await.unwrap().status == OrderStatus::Filled
+    })
+    .await;
+    let filled = client.get_order(&resting.id).await.unwrap();
+    assert_eq!(filled.filled_avg_price, Some(Decimal::from(99)));
+}
+
+#[tokio::test]
+async fn day_orders_expire_when_the_simulated_session_ends_and_gtc_orders_do_not() {
+    let (_, client) = venue(PaperOptions {
+        session_secs: 1,
+        hold_fills: true,
+        ..Default::default()
+    })
+    .await;
+    let day = client
+        .create_order(&order("day-0", 1, OrderType::Market, None))
+        .await
+        .unwrap();
+    let mut gtc = order("gtc-0", 1, OrderType::Limit, Some(Decimal::from(1)));
+    gtc.time_in_force = pulse_domain::venue::TimeInForce::Gtc;
+    let gtc = client.create_order(&gtc).await.unwrap();
+    wait_until("the session ends", Duration::from_secs(5), || async {
+        client.get_order(&day.id).await.unwrap().status == OrderStatus::Expired
+    })
+    .await;
+    assert_eq!(
+        client.get_order(&gtc.id).await.unwrap().status,
+        OrderStatus::Accepted
+    );
+}
+
+#[tokio::test]
+async fn the_trade_stream_authenticates_and_tells_each_account_only_its_own_updates() {
+    let (venue, client, base) = venue_at(PaperOptions {
+        hold_fills: true,
+        ..Default::default()
+    })
+    .await;
+    let other = AlpacaClient::new(reqwest::Client::new(), &base, "PKOTHER", secret("s"));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let listening = tokio::spawn(async move { client.stream_updates(tx).await });
+    assert!(matches!(
+        rx.recv().await,
+        Some(pulse_domain::venue::StreamSignal::Connected)
+    ));
+    let theirs = other
+        .create_order(&order("theirs-0", 1, OrderType::Market, None))
+        .await
+        .unwrap();
+    assert!(venue.fill("theirs-0", Decimal::ONE, Decimal::from(100)));
+    let mine = AlpacaClient::new(reqwest::Client::new(), &base, "PKTEST", secret("s"));
+    let placed = mine
+        .create_order(&order("mine-0", 2, OrderType::Market, None))
+        .await
+        .unwrap();
+    assert!(venue.fill("mine-0", Decimal::ONE, Decimal::new(10025, 2)));
+    let mut updates = vec![];
+    while updates.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(pulse_domain::venue::StreamSignal::Update(u))) => updates.push(*u),
+            other => panic!("no update: {other:?}"),
+        }
+    }
+    assert!(
+        updates.iter().all(|u| u.order.id == placed.id),
+        "{updates:?}"
+    );
+    assert_ne!(placed.id, theirs.id);
+    assert_eq!(updates[0].event, pulse_domain::venue::UpdateKind::New);
+    let fill = updates[1].fill.as_ref().expect("a fill");
+    assert_eq!(
+        updates[1].event,
+        pulse_domain::venue::UpdateKind::PartialFill
+    );
+    assert_eq!(
+        (fill.qty, fill.price),
+        (Decimal::ONE, Decimal::new(10025, 2))
+    );
+    assert_eq!(fill.key(), format!("{}:1", placed.id));
+    // A dropped stream ends the listener with an error, for it to reconnect.
+    venue.drop_streams();
+    let ended = tokio::time::timeout(Duration::from_secs(5), listening)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ended, Err(VenueError::Unavailable(_))),
+        "{ended:?}"
+    );
+}

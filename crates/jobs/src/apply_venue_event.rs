@@ -97,7 +97,7 @@ impl Job for ApplyVenueEvent {
             );
         }
         sqlx::query!(
-            "UPDATE venue_events SET applied_at = now() WHERE id = $1",
+            "UPDATE venue_events SET applied_at = clock_timestamp() WHERE id = $1",
             self.event_id
         )
         .execute(&mut *tx)

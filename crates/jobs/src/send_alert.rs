@@ -44,6 +44,11 @@ pub fn style(kind: &str) -> (u32, &'static str) {
 /// (a list of `{name, value, inline}` or an object), within Discord's limits.
 pub fn render(kind: &str, payload: &Value, created_at: DateTime<Utc>) -> Message {
     let (color, default_title) = style(kind);
+    // Executions are coloured by side: buys green, sells orange.
+    let color = match (kind, payload.get("side").and_then(Value::as_str)) {
+        ("order_execution", Some("sell")) => 0xE67E22,
+        _ => color,
+    };
     let fields = match payload.get("fields") {
         Some(Value::Array(items)) => items
             .iter()
@@ -324,4 +329,24 @@ async fn record_rate(
     .execute(&ctx.pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executions_are_coloured_by_side_and_carry_their_fields() {
+        let at = Utc::now();
+        let buy =
+            serde_json::json!({"side": "buy", "fields": [{"name": "Symbol", "value": "AAPL"}]});
+        let sell = serde_json::json!({"side": "sell"});
+        let bought = render("order_execution", &buy, at);
+        assert_eq!(bought.embeds[0].color, Some(0x2ECC71));
+        assert_eq!(bought.embeds[0].fields[0].value, "AAPL");
+        assert_eq!(
+            render("order_execution", &sell, at).embeds[0].color,
+            Some(0xE67E22)
+        );
+    }
 }

@@ -13,11 +13,14 @@
 //! - the **intent** rolls up from its legs (`rollup.rs`), and a filled order raises an
 //!   `order_execution` alert.
 //!
-//! Each event is one transaction that takes its locks in one order: the account's
-//! lifecycle lock (an advisory lock: fills of one account book capital one at a time),
-//! the intent, the order, the position leg, and the ledger row (through the journal
-//! trigger). The OMS, which also writes intents and orders, locks intents before
-//! orders too.
+//! Each event is one transaction that takes its locks in one order: the lifecycle
+//! lock of its (account, symbol) (an advisory lock: fills of one position apply one at
+//! a time), the intent, the order, the position leg, and last the ledger row (through
+//! the journal trigger), so fills of other symbols of the account run in parallel up
+//! to there. What a fill opens is booked as far as the ledger has room, read just
+//! before; two fills racing for the last of it cannot both book it (the ledger's CHECK
+//! refuses the second, whose job retries and reads again). The OMS, which also writes
+//! intents and orders, locks intents before orders too.
 
 mod position;
 mod rollup;
@@ -86,6 +89,7 @@ struct Order {
     average_price: Option<Decimal>,
     reserved_amount: Decimal,
     status: OrderStatus,
+    venue_order_id: Option<String>,
 }
 
 /// Applies one stream update: its fill (if any), then the order's new status.
@@ -168,8 +172,8 @@ pub async fn apply_fill(
 }
 
 /// Finds our order by the venue's id (or, before the OMS has recorded that, by
-/// client order id) and takes the locks in their order: the account's lifecycle lock,
-/// the intent, the order.
+/// client order id) and takes the locks in their order: the position's lifecycle lock
+/// (account and symbol), the intent, the order.
 async fn lock(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
@@ -177,7 +181,7 @@ async fn lock(
     client_order_id: Option<&str>,
 ) -> Result<Option<Order>, LifecycleError> {
     let found = sqlx::query!(
-        "SELECT id, intent_id FROM orders
+        "SELECT id, intent_id, symbol FROM orders
          WHERE account_id = $1 AND (venue_order_id = $2 OR client_order_id = $3)
          ORDER BY venue_order_id = $2 DESC LIMIT 1",
         account,
@@ -189,29 +193,37 @@ async fn lock(
     let Some(found) = found else {
         return Ok(None);
     };
+    // Fills of one (account, symbol) apply one at a time (they share a position leg,
+    // which the first may have to create); other symbols of the account go on in
+    // parallel up to the ledger row, which each fill's journal row updates last.
     sqlx::query!(
-        "SELECT pg_advisory_xact_lock(hashtextextended('lifecycle:' || $1::text, 0)) AS locked",
+        "SELECT pg_advisory_xact_lock(hashtextextended('lifecycle:' || $1::text || ':' || $2, 0)) AS locked",
         account.to_string(),
+        &found.symbol,
     )
     .fetch_one(&mut **tx)
-    .await?;
-    sqlx::query!(
-        "SELECT id FROM multi_leg_intents WHERE id = $1 FOR UPDATE",
-        found.intent_id
-    )
-    .fetch_optional(&mut **tx)
     .await?;
     let order = sqlx::query_as!(
         Order,
-        r#"UPDATE orders SET venue_order_id = coalesce(venue_order_id, $2)
-           WHERE id = $1
-           RETURNING id, intent_id, symbol, side, quantity, filled_quantity, average_price,
-                     reserved_amount, status AS "status: OrderStatus""#,
+        r#"WITH intent AS (SELECT id FROM multi_leg_intents WHERE id = $2 FOR UPDATE)
+           SELECT id, intent_id, symbol, side, quantity, filled_quantity, average_price,
+                  reserved_amount, status AS "status: OrderStatus", venue_order_id
+           FROM orders WHERE id = $1 AND EXISTS (SELECT 1 FROM intent) FOR UPDATE"#,
         found.id,
-        venue_order_id,
+        found.intent_id,
     )
     .fetch_one(&mut **tx)
     .await?;
+    if order.venue_order_id.is_none() {
+        // Reported before the OMS recorded the venue's answer: adopted here.
+        sqlx::query!(
+            "UPDATE orders SET venue_order_id = $2 WHERE id = $1 AND venue_order_id IS NULL",
+            order.id,
+            venue_order_id,
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(Some(order))
 }
 
@@ -482,7 +494,9 @@ async fn shortfall(
 /// Records the venue's status of a locked order: a working order moves out of our
 /// submission states; an ended one takes the venue's ending and the quantity it says
 /// was filled (its fills may still be on their way). Fill statuses are left to the
-/// fills themselves. True when the status changed.
+/// fills themselves, and the statement reads the status as it is now, not as `order`
+/// was locked: a fill of the same event may have just moved it. True when the
+/// status changed.
 async fn record_order(
     tx: &mut Transaction<'_, Postgres>,
     order: &Order,
@@ -512,7 +526,13 @@ async fn record_order(
     // What the venue says was filled in the end, for a terminal order.
     let last = venue.is_terminal().then_some(venue.filled_qty);
     let changed = sqlx::query_scalar!(
-        r#"UPDATE orders SET status = coalesce($2, status),
+        r#"UPDATE orders SET status = CASE
+                                 -- A fill of this same event may have moved it on already.
+                                 WHEN $2 = 'accepted' AND status NOT IN ('pending_submit', 'sent', 'submit_unknown')
+                                     THEN status
+                                 WHEN $2 IN ('cancelled', 'expired', 'rejected') AND status = 'filled'
+                                     THEN status
+                                 ELSE coalesce($2, status) END,
                              final_filled_quantity = coalesce(final_filled_quantity, $3),
                              updated_at = now()
            WHERE id = $1 AND ($2::text IS NOT NULL OR ($3::numeric IS NOT NULL AND final_filled_quantity IS NULL))

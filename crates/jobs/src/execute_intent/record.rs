@@ -51,8 +51,8 @@ pub(super) struct Settlement {
 }
 
 /// Records settlements in one transaction: the intents' endings (intents before
-/// orders, the lifecycle's lock order), the orders' venue answers, then each intent
-/// rolled up from its legs (a fill may have been recorded before this answer).
+/// orders, the lifecycle's lock order), the orders' venue answers, then the intents
+/// rolled up from their legs (the lifecycle may have got there first).
 pub(super) async fn settle_batch(
     pool: &sqlx::PgPool,
     tenant: Uuid,
@@ -78,6 +78,8 @@ pub(super) async fn settle_batch(
         .flat_map(|s| s.accepted.iter().map(|(id, v)| (*id, v)))
         .collect();
     record_accepted(&mut tx, &accepted).await?;
+    // A fill may have been recorded before this answer, or by an earlier attempt
+    // whose intent was still pending: every intent handed over rolls up.
     let intents: Vec<Uuid> = seen.into_iter().collect();
     lifecycle::roll_up(&mut tx, &intents).await?;
     tx.commit().await
@@ -209,7 +211,7 @@ pub(super) async fn record_accepted(
     )
     .fetch_all(&mut **tx)
     .await?;
-    for row in ended.into_iter().filter(|r| r.ended) {
+    for row in ended.iter().filter(|r| r.ended) {
         if let Some((_, venue_order)) = accepted.iter().find(|(id, _)| *id == row.id) {
             lifecycle::apply_order(tx, row.tenant_id, row.account_id, venue_order)
                 .await

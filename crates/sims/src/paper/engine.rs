@@ -45,10 +45,10 @@ fn step(venue: &PaperVenue) -> Vec<Update> {
     let now = Instant::now();
     let mut book = venue.book.lock().expect("book");
     let due: Vec<usize> = book
-        .working
+        .due
         .iter()
-        .copied()
-        .filter(|i| book.next_fill.get(i).is_some_and(|t| *t <= now))
+        .take_while(|(at, _)| *at <= now)
+        .map(|(_, i)| *i)
         .collect();
     due.into_iter()
         .filter_map(|i| step_one(venue, &mut book, i))
@@ -84,8 +84,9 @@ pub(super) fn step_one(venue: &PaperVenue, book: &mut Book, i: usize) -> Option<
             crosses(side, price, limit).then_some(limit)
         }
     };
-    if let Some(next) = book.next_fill.get_mut(&i) {
-        *next = Instant::now() + Duration::from_millis(options.fill_interval_ms);
-    }
+    book.schedule(
+        i,
+        Instant::now() + Duration::from_millis(options.fill_interval_ms),
+    );
     fill_at.map(|at| book.fill(i, part, at))
 }

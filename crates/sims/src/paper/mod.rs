@@ -138,10 +138,12 @@ struct Book {
     by_id: HashMap<String, usize>,
     fills: Vec<FillActivity>,
     prices: HashMap<String, Decimal>,
-    /// Orders not yet ended (indexes into `orders`): all the engine looks at.
-    working: Vec<usize>,
-    /// When each working order may next fill.
+    /// Orders not yet ended (indexes into `orders`).
+    working: std::collections::BTreeSet<usize>,
+    /// When each working order may next fill, and the same in time order: a tick of
+    /// the engine reads only the orders that are due.
     next_fill: HashMap<usize, tokio::time::Instant>,
+    due: std::collections::BTreeSet<(tokio::time::Instant, usize)>,
     /// (api key, symbol) -> signed quantity held.
     held: HashMap<(String, String), Decimal>,
     /// api key -> (requests in the minute, minute start as unix seconds)
@@ -159,6 +161,8 @@ pub struct PaperVenue {
     updates: broadcast::Sender<Arc<(String, Value)>>,
     /// Bumped to drop every open stream connection.
     drops: Arc<watch::Sender<u64>>,
+    /// Requests per minute per key, changeable while serving.
+    rate_limit: Arc<std::sync::atomic::AtomicU32>,
 }
 
 fn error(status: StatusCode, code: i64, message: &str) -> Response {
@@ -186,12 +190,14 @@ fn order_json(o: &Order) -> Value {
 impl PaperVenue {
     pub fn new(options: PaperOptions) -> Self {
         let rng = StdRng::seed_from_u64(options.seed);
+        let rate_limit = options.rate_limit_per_minute;
         Self {
             options: Arc::new(options),
             book: Arc::default(),
             rng: Arc::new(Mutex::new(rng)),
             updates: broadcast::channel(65_536).0,
             drops: Arc::new(watch::channel(0).0),
+            rate_limit: Arc::new(rate_limit.into()),
         }
     }
 
@@ -215,6 +221,15 @@ impl PaperVenue {
             .merge(data)
             .route("/stream", get(stream::upgrade))
             .with_state(self.clone())
+    }
+
+    /// Changes the requests per minute per key (a benchmark lifts the limit for its
+    /// setup, then puts Alpaca's back).
+    /// Every key starts a fresh minute.
+    pub fn set_rate_limit(&self, per_minute: u32) {
+        self.rate_limit
+            .store(per_minute, std::sync::atomic::Ordering::Relaxed);
+        self.book.lock().expect("book").rate.clear();
     }
 
     /// Sets a symbol's price (tests move the market on cue).
@@ -338,7 +353,7 @@ impl PaperVenue {
                 "request is not authorized",
             ));
         };
-        let limit = self.options.rate_limit_per_minute;
+        let limit = self.rate_limit.load(std::sync::atomic::Ordering::Relaxed);
         let now = Utc::now().timestamp();
         let (used, start) = {
             let mut book = self.book.lock().expect("book");
@@ -385,7 +400,8 @@ impl PaperVenue {
 struct Update {
     account: String,
     event: &'static str,
-    order: Value,
+    /// The order after the change (its JSON is made only for a stream that listens).
+    order: Order,
     /// For fills: (execution id, price, qty, time, position after).
     fill: Option<(String, Decimal, Decimal, DateTime<Utc>, Decimal)>,
 }
@@ -393,7 +409,7 @@ struct Update {
 impl Update {
     /// Alpaca's `trade_updates` message.
     fn message(&self) -> Value {
-        let mut data = json!({"event": self.event, "order": self.order});
+        let mut data = json!({"event": self.event, "order": order_json(&self.order)});
         if let Some((id, price, qty, at, position)) = &self.fill {
             data["execution_id"] = json!(id);
             data["price"] = json!(price.to_string());
@@ -401,7 +417,7 @@ impl Update {
             data["timestamp"] = json!(at);
             data["position_qty"] = json!(position.to_string());
         } else {
-            data["timestamp"] = self.order["updated_at"].clone();
+            data["timestamp"] = json!(self.order.updated_at);
         }
         json!({"stream": "trade_updates", "data": data})
     }
@@ -465,7 +481,7 @@ impl Book {
             account: o.account.clone(),
         };
         let (account, symbol) = (o.account.clone(), o.symbol.clone());
-        let order = order_json(o);
+        let order = o.clone();
         self.fills.push(fill);
         let held = self.held.entry((account.clone(), symbol)).or_default();
         *held += signed;
@@ -493,16 +509,26 @@ impl Book {
                 "expired" => "expired",
                 _ => "rejected",
             },
-            order: order_json(o),
+            order: o.clone(),
             fill: None,
         };
         self.retire(i);
         update
     }
 
+    /// When working order `i` is next looked at.
+    fn schedule(&mut self, i: usize, at: tokio::time::Instant) {
+        if let Some(before) = self.next_fill.insert(i, at) {
+            self.due.remove(&(before, i));
+        }
+        self.due.insert((at, i));
+    }
+
     fn retire(&mut self, i: usize) {
-        self.working.retain(|w| *w != i);
-        self.next_fill.remove(&i);
+        self.working.remove(&i);
+        if let Some(at) = self.next_fill.remove(&i) {
+            self.due.remove(&(at, i));
+        }
     }
 }
 
@@ -631,8 +657,8 @@ async fn create_order(
         book.by_client_id.insert(key, i);
         book.by_id.insert(order.id.clone(), i);
         book.orders.push(order);
-        book.working.push(i);
-        book.next_fill.insert(
+        book.working.insert(i);
+        book.schedule(
             i,
             tokio::time::Instant::now() + Duration::from_millis(venue.options.fill_delay_ms),
         );
@@ -646,7 +672,7 @@ async fn create_order(
     venue.publish(Update {
         account,
         event: "new",
-        order: order_json(&created),
+        order: created.clone(),
         fill: None,
     });
     if let Some(update) = at_once {
