@@ -76,6 +76,8 @@ pub fn services(settings: &Settings, discord_fallback: Option<String>) -> Servic
 
 /// Runs the chosen roles in this process until SIGTERM or Ctrl-C.
 pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let app_pool = db::app_pool(settings).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -149,10 +151,10 @@ pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
 
     match worker.as_mut() {
         Some(w) => tokio::select! {
-            _ = shutdown_signal() => {}
+            _ = &mut shutdown => {}
             _ = w.wait_for_failure() => anyhow::bail!("a queue worker died; exiting so the supervisor restarts us"),
         },
-        None => shutdown_signal().await,
+        None => shutdown.await,
     }
     let _ = stop.send(true);
     if let Some(w) = worker {
@@ -217,11 +219,18 @@ async fn start_discord_sink(
     Ok(format!("http://{addr}/api/webhooks/0/local-sink"))
 }
 
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called,
+/// not when it is first polled: a process calls it before it starts any work, so a
+/// SIGTERM that arrives while it is still starting up is a graceful stop, not the
+/// default action (death).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("interrupt received"),
+        }
     }
 }

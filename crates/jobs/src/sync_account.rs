@@ -3,15 +3,19 @@
 //! orders created since the oldest one still followed, open or closed, in pages of
 //! 500, then the FILL activities since the account's cursor, in pages of 100. Each
 //! order and each fill goes through the order lifecycle in a transaction of its own
-//! (idempotent: a fill the stream recorded already changes nothing). An account
-//! with nothing to follow costs no request.
+//! (idempotent: a fill the stream recorded already changes nothing); what the
+//! database knows already (a working order still working, a fill recorded) is
+//! skipped without a transaction. An account with nothing to follow costs no request.
 //!
 //! The fallback of the stream: enqueued a little after orders are accepted, when a
 //! stream (re)connects, and by the `sync_accounts` schedule; one at a time per account
 //! (the concurrency key `sync:<account>`), every request taken from the account's
 //! budget first.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -22,8 +26,9 @@ use crate::{
 };
 use pulse_domain::{
     lifecycle::{self, Applied, LifecycleError},
+    status::OrderStatus,
     tenancy,
-    venue::{FILL_PAGE, ORDER_PAGE, Venue},
+    venue::{FILL_PAGE, Fill, ORDER_PAGE, Venue, VenueOrder},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,12 +120,18 @@ impl Job for SyncAccount {
             .map_err(JobError::permanent)?;
         let mut tally = Tally::default();
         // 1. What became of the orders followed: every order created since the oldest.
+        //    Only what tells us something new is applied (a working order the venue
+        //    still calls working costs no transaction).
+        let known = known_orders(&ctx, tenant, account, oldest - MARGIN).await?;
         let mut after = oldest - MARGIN;
         for _ in 0..MAX_PAGES {
             spend(&ctx, tenant, account, &mut tally).await?;
             let page = venue.orders_after(after).await.map_err(venue_failure)?;
             for order in &page {
                 tally.orders += 1;
+                if !news(order, known.get(&order.client_order_id)) {
+                    continue;
+                }
                 let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
                 let applied = lifecycle::apply_order(&mut tx, tenant, account, order).await;
                 if applied.is_ok() {
@@ -161,9 +172,13 @@ async fn sync_fills(
             .fills(Some(since), token.as_deref())
             .await
             .map_err(venue_failure)?;
+        let recorded = recorded_fills(ctx, tenant, &page).await?;
         for fill in &page {
             tally.fills += 1;
             newest = newest.max(Some(fill.at));
+            if recorded.contains(&fill.key()) {
+                continue;
+            }
             let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
             let applied = lifecycle::apply_fill(&mut tx, tenant, account, fill).await;
             if applied.is_ok() {
@@ -177,6 +192,59 @@ async fn sync_fills(
         token = page.last().map(|f| f.id.clone());
     }
     Ok(newest)
+}
+
+/// What the database holds of the account's orders created since `since`, by client
+/// order id: their status and the quantity the venue said they ended with.
+async fn known_orders(
+    ctx: &JobContext,
+    tenant: Uuid,
+    account: Uuid,
+    since: DateTime<Utc>,
+) -> Result<HashMap<String, (OrderStatus, bool)>, JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    let rows = sqlx::query!(
+        r#"SELECT client_order_id, status AS "status: OrderStatus",
+                  final_filled_quantity IS NOT NULL AS "ended!"
+           FROM orders WHERE account_id = $1 AND created_at >= $2"#,
+        account,
+        since,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.client_order_id, (r.status, r.ended)))
+        .collect())
+}
+
+/// Whether the venue's account of an order tells the database something new: an
+/// order it does not know, one still in our submission states, or an end it has not
+/// recorded. (Fills come from the fill history.)
+fn news(order: &VenueOrder, ours: Option<&(OrderStatus, bool)>) -> bool {
+    match ours {
+        None => true,
+        Some((status, ended)) => !status.is_submitted() || (order.is_terminal() && !ended),
+    }
+}
+
+/// The keys of `page`'s fills the database has recorded already.
+async fn recorded_fills(
+    ctx: &JobContext,
+    tenant: Uuid,
+    page: &[Fill],
+) -> Result<HashSet<String>, JobError> {
+    let keys: Vec<String> = page.iter().map(Fill::key).collect();
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    let found = sqlx::query_scalar!(
+        "SELECT venue_fill_id FROM fills WHERE venue_fill_id = ANY($1)",
+        &keys
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(found.into_iter().collect())
 }
 
 /// One request from the account's budget, or the job snoozes until the next window.

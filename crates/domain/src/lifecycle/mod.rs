@@ -90,6 +90,7 @@ struct Order {
     reserved_amount: Decimal,
     status: OrderStatus,
     venue_order_id: Option<String>,
+    final_filled_quantity: Option<Decimal>,
 }
 
 /// Applies one stream update: its fill (if any), then the order's new status.
@@ -114,11 +115,21 @@ pub async fn apply_update(
         });
     };
     let mut applied = Applied::default();
+    let mut booking = None;
     if let Some(fill) = &update.fill {
-        applied.fill_recorded = record_fill(tx, tenant, account, &order, fill, source).await?;
+        booking = record_fill(tx, tenant, account, &order, fill, source).await?;
+        applied.fill_recorded = booking.is_some();
     }
     applied.status_changed = record_order(tx, &order, &update.order).await?;
-    finish(tx, tenant, account, order.id, order.intent_id).await?;
+    finish(
+        tx,
+        tenant,
+        account,
+        &order,
+        Some(update.order.status),
+        booking,
+    )
+    .await?;
     Ok(applied)
 }
 
@@ -143,7 +154,7 @@ pub async fn apply_order(
         });
     };
     let status_changed = record_order(tx, &order, venue_order).await?;
-    finish(tx, tenant, account, order.id, order.intent_id).await?;
+    finish(tx, tenant, account, &order, Some(venue_order.status), None).await?;
     Ok(Applied {
         status_changed,
         ..Applied::default()
@@ -163,8 +174,9 @@ pub async fn apply_fill(
             ..Applied::default()
         });
     };
-    let fill_recorded = record_fill(tx, tenant, account, &order, fill, Source::Sync).await?;
-    finish(tx, tenant, account, order.id, order.intent_id).await?;
+    let booking = record_fill(tx, tenant, account, &order, fill, Source::Sync).await?;
+    let fill_recorded = booking.is_some();
+    finish(tx, tenant, account, &order, None, booking).await?;
     Ok(Applied {
         fill_recorded,
         ..Applied::default()
@@ -207,7 +219,8 @@ async fn lock(
         Order,
         r#"WITH intent AS (SELECT id FROM multi_leg_intents WHERE id = $2 FOR UPDATE)
            SELECT id, intent_id, symbol, side, quantity, filled_quantity, average_price,
-                  reserved_amount, status AS "status: OrderStatus", venue_order_id
+                  reserved_amount, status AS "status: OrderStatus", venue_order_id,
+                  final_filled_quantity
            FROM orders WHERE id = $1 AND EXISTS (SELECT 1 FROM intent) FOR UPDATE"#,
         found.id,
         found.intent_id,
@@ -227,8 +240,20 @@ async fn lock(
     Ok(Some(order))
 }
 
-/// Records a fill on a locked order: the fill row (once), the order's quantities,
-/// the position and the ledger. False when it was recorded before.
+/// A fill's move of the ledger, written last in its transaction (see [`book`]).
+struct Booking {
+    fill_id: Uuid,
+    key: String,
+    /// Out of `reserved_for_orders`.
+    share: Decimal,
+    /// Into `reserved_for_positions` (what it opened, less what it released).
+    positions: Decimal,
+    pnl: Decimal,
+}
+
+/// Records a fill on a locked order: the fill row (once), the order's quantities
+/// and the position; the ledger move it makes is returned, to be booked last. None
+/// when it was recorded before.
 async fn record_fill(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
@@ -236,7 +261,7 @@ async fn record_fill(
     order: &Order,
     fill: &Fill,
     source: Source,
-) -> Result<bool, LifecycleError> {
+) -> Result<Option<Booking>, LifecycleError> {
     let implausible =
         |why: String| LifecycleError::Implausible(format!("order {}: {why}", order.id));
     if fill.qty <= Decimal::ZERO || fill.price <= Decimal::ZERO || fill.price > MAX_TRUSTED_PRICE {
@@ -271,7 +296,7 @@ async fn record_fill(
     .fetch_optional(&mut **tx)
     .await?;
     let Some(fill_id) = fill_id else {
-        return Ok(false);
+        return Ok(None);
     };
     let open = order.quantity - order.filled_quantity;
     if fill.qty > open {
@@ -304,14 +329,14 @@ async fn record_fill(
     )
     .execute(&mut **tx)
     .await?;
-    book_position(tx, tenant, account, order, fill, fill_id, &key, share).await?;
+    let booking = book_position(tx, tenant, account, order, fill, fill_id, key, share).await?;
     if complete {
         execution_alert(tx, tenant, account, order, filled, average).await?;
     }
-    Ok(true)
+    Ok(Some(booking))
 }
 
-/// The position side of a fill, and its one journal row.
+/// The position side of a fill, and the ledger move that goes with it.
 #[allow(clippy::too_many_arguments)]
 async fn book_position(
     tx: &mut Transaction<'_, Postgres>,
@@ -320,9 +345,9 @@ async fn book_position(
     order: &Order,
     fill: &Fill,
     fill_id: Uuid,
-    key: &str,
+    key: String,
     share: Decimal,
-) -> Result<(), LifecycleError> {
+) -> Result<Booking, LifecycleError> {
     let buy = fill.side == Side::Buy;
     let current = sqlx::query!(
         "SELECT id, position_id, side, quantity, cost_basis, reserved FROM position_legs
@@ -357,7 +382,7 @@ async fn book_position(
         let room = (available + share + e.released + e.pnl).max(Decimal::ZERO);
         if room < e.open_cost {
             booked = room;
-            shortfall(tx, account, key, e.open_cost - room).await?;
+            shortfall(tx, account, &key, e.open_cost - room).await?;
         }
     }
     if let Some(l) = &current
@@ -449,6 +474,24 @@ async fn book_position(
             }
         }
     }
+    Ok(Booking {
+        fill_id,
+        key,
+        share,
+        positions: booked - e.released,
+        pnl: e.pnl,
+    })
+}
+
+/// Writes a fill's ledger move: one journal row keyed `fill:<key>`, whose trigger
+/// updates the account's ledger row. Last in the transaction, because that row is
+/// every fill's of the account: it is held only from here to the commit.
+async fn book(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
+    account: Uuid,
+    b: &Booking,
+) -> Result<(), LifecycleError> {
     sqlx::query!(
         "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders,
                                       d_reserved_for_positions, d_realized_pnl, ref_type, ref_id, event_key)
@@ -456,11 +499,11 @@ async fn book_position(
          ON CONFLICT (tenant_id, event_key) DO NOTHING",
         tenant,
         account,
-        share,
-        booked - e.released,
-        e.pnl,
-        fill_id,
-        key,
+        b.share,
+        b.positions,
+        b.pnl,
+        b.fill_id,
+        &b.key,
     )
     .execute(&mut **tx)
     .await?;
@@ -525,6 +568,9 @@ async fn record_order(
     };
     // What the venue says was filled in the end, for a terminal order.
     let last = venue.is_terminal().then_some(venue.filled_qty);
+    if next.is_none() && (last.is_none() || order.final_filled_quantity.is_some()) {
+        return Ok(false);
+    }
     let changed = sqlx::query_scalar!(
         r#"UPDATE orders SET status = CASE
                                  -- A fill of this same event may have moved it on already.
@@ -547,16 +593,25 @@ async fn record_order(
 }
 
 /// After any change to an order: the remainder of its reservation goes back once it
-/// has ended and its fills are all recorded, and its intent rolls up.
+/// has ended and its fills are all recorded (only an order that has ended, or that
+/// the venue says has, is looked at), its intent rolls up, and last the fill's
+/// ledger move is booked.
 async fn finish(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
     account: Uuid,
-    order: Uuid,
-    intent: Uuid,
+    order: &Order,
+    venue_status: Option<OrderStatus>,
+    booking: Option<Booking>,
 ) -> Result<(), LifecycleError> {
-    release_remainder(tx, tenant, account, order).await?;
-    roll_up(tx, &[intent]).await?;
+    let unfilled_end = |s: OrderStatus| s.is_terminal() && s != OrderStatus::Filled;
+    if unfilled_end(order.status) || venue_status.is_some_and(unfilled_end) {
+        release_remainder(tx, tenant, account, order.id).await?;
+    }
+    roll_up(tx, &[order.intent_id]).await?;
+    if let Some(b) = booking {
+        book(tx, tenant, account, &b).await?;
+    }
     Ok(())
 }
 
