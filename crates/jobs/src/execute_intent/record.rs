@@ -52,7 +52,7 @@ pub(super) struct Settlement {
 
 /// Records settlements in one transaction: the intents' endings (intents before
 /// orders, the lifecycle's lock order), the orders' venue answers, then the intents
-/// rolled up from their legs (the lifecycle may have got there first).
+/// rolled up from their legs where the lifecycle may have got there first.
 pub(super) async fn settle_batch(
     pool: &sqlx::PgPool,
     tenant: Uuid,
@@ -77,11 +77,21 @@ pub(super) async fn settle_batch(
         .iter()
         .flat_map(|s| s.accepted.iter().map(|(id, v)| (*id, v)))
         .collect();
-    record_accepted(&mut tx, &accepted).await?;
-    // A fill may have been recorded before this answer, or by an earlier attempt
-    // whose intent was still pending: every intent handed over rolls up.
-    let intents: Vec<Uuid> = seen.into_iter().collect();
-    lifecycle::roll_up(&mut tx, &intents).await?;
+    let mut moved = record_accepted(&mut tx, &accepted).await?;
+    // An intent rolls up when the lifecycle got to one of its orders first: a fill or
+    // an end recorded before this answer, or before an earlier attempt's answer for a
+    // leg this attempt did not send.
+    moved.extend(
+        batch
+            .iter()
+            .filter(|s| s.accepted.len() < s.legs)
+            .map(|s| s.intent),
+    );
+    moved.sort();
+    moved.dedup();
+    if !moved.is_empty() {
+        lifecycle::roll_up(&mut tx, &moved).await?;
+    }
     tx.commit().await
 }
 
@@ -158,7 +168,9 @@ pub(super) async fn record(
     outcome: &LegOutcome,
 ) -> Result<(), JobError> {
     match outcome {
-        LegOutcome::Accepted(v) => record_accepted(tx, &[(order.id, v)]).await?,
+        LegOutcome::Accepted(v) => {
+            record_accepted(tx, &[(order.id, v)]).await?;
+        }
         LegOutcome::Rejected(reason) => {
             set_status(tx, order.id, OrderStatus::Rejected).await?;
             release(tx, tenant, order).await?;
@@ -189,13 +201,13 @@ pub(super) async fn record(
 /// id, and `accepted` for an order still in our submission states. Fills, and the
 /// statuses they bring, are the lifecycle's alone (an answer may arrive after the
 /// fills it reports); an answer that says the order already ended goes through the
-/// lifecycle.
+/// lifecycle. Returns the intents of orders the lifecycle had moved on already.
 pub(super) async fn record_accepted(
     tx: &mut Transaction<'_, Postgres>,
     accepted: &[(Uuid, &VenueOrder)],
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Vec<Uuid>> {
     if accepted.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
     let ended = sqlx::query!(
         "UPDATE orders o SET venue_order_id = coalesce(o.venue_order_id, a.venue_id),
@@ -204,13 +216,19 @@ pub(super) async fn record_accepted(
                              updated_at = now()
          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS a(id, venue_id, status)
          WHERE o.id = a.id AND o.id = ANY($1)
-         RETURNING o.tenant_id, o.account_id, a.status IN ('cancelled', 'expired', 'rejected') AS \"ended!\", o.id",
+         RETURNING o.tenant_id, o.account_id, a.status IN ('cancelled', 'expired', 'rejected') AS \"ended!\", o.id,
+                   o.intent_id, o.status <> 'accepted' AS \"moved!\"",
         accepted.iter().map(|(id, _)| *id).collect::<Vec<_>>() as _,
         accepted.iter().map(|(_, v)| v.id.as_str()).collect::<Vec<_>>() as _,
         accepted.iter().map(|(_, v)| v.status).collect::<Vec<_>>() as _,
     )
     .fetch_all(&mut **tx)
     .await?;
+    let moved: Vec<Uuid> = ended
+        .iter()
+        .filter(|r| r.moved || r.ended)
+        .map(|r| r.intent_id)
+        .collect();
     for row in ended.iter().filter(|r| r.ended) {
         if let Some((_, venue_order)) = accepted.iter().find(|(id, _)| *id == row.id) {
             lifecycle::apply_order(tx, row.tenant_id, row.account_id, venue_order)
@@ -221,7 +239,7 @@ pub(super) async fn record_accepted(
                 })?;
         }
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// Gives back what an order reserved (it will not fill): a leg rejected at
