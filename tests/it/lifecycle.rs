@@ -95,11 +95,16 @@ impl Desk {
 
     /// A client of the desk's account at the paper venue, as the fleet builds it.
     fn client(&self) -> std::sync::Arc<dyn Venue> {
+        self.client_of(self.account, "PKPAPER")
+    }
+
+    /// A client of `account`, whose API key is `key`, at the paper venue.
+    fn client_of(&self, account: Uuid, key: &str) -> std::sync::Arc<dyn Venue> {
         self.services()
             .venue_client(
-                self.account,
+                account,
                 "paper",
-                Some("PKPAPER"),
+                Some(key),
                 &pulse_domain::secrets::seal("paper-api-secret-do-not-log", &[42; 32]),
             )
             .unwrap()
@@ -676,15 +681,7 @@ async fn random_case(seed: u64) {
                 .await
                 .unwrap()
         };
-        let client = desk
-            .services()
-            .venue_client(
-                *account,
-                "paper",
-                Some(&key),
-                &pulse_domain::secrets::seal("paper-api-secret-do-not-log", &[42; 32]),
-            )
-            .unwrap();
+        let client = desk.client_of(*account, &key);
         let venue: Vec<(String, Decimal)> = client
             .positions()
             .await

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    Job, JobContext, JobError, apply_venue_event::lifecycle_failure, venue_budget::take_budget,
+    Job, JobContext, JobError,
+    apply_venue_event::lifecycle_failure,
+    venue_budget::{take_budget, venue_failure},
 };
 use pulse_domain::{
     lifecycle::{self, Applied, LifecycleError},
@@ -126,7 +128,10 @@ impl Job for SyncAccount {
         let mut after = oldest - MARGIN;
         for _ in 0..MAX_PAGES {
             spend(&ctx, tenant, account, &mut tally).await?;
-            let page = venue.orders_after(after).await.map_err(venue_failure)?;
+            let page = venue
+                .orders_after(after)
+                .await
+                .map_err(|e| venue_failure("sync", e))?;
             for order in &page {
                 tally.orders += 1;
                 if !news(order, known.get(&order.client_order_id)) {
@@ -171,7 +176,7 @@ async fn sync_fills(
         let page = venue
             .fills(Some(since), token.as_deref())
             .await
-            .map_err(venue_failure)?;
+            .map_err(|e| venue_failure("sync", e))?;
         let recorded = recorded_fills(ctx, tenant, &page).await?;
         for fill in &page {
             tally.fills += 1;
@@ -259,15 +264,6 @@ async fn spend(
     }
     tally.requests += 1;
     Ok(())
-}
-
-fn venue_failure(e: pulse_domain::venue::VenueError) -> JobError {
-    match e {
-        pulse_domain::venue::VenueError::RateLimited { retry_after } => {
-            JobError::Snooze(retry_after)
-        }
-        e => JobError::retryable(format!("sync: {e}")),
-    }
 }
 
 /// Stores where the sync got to.

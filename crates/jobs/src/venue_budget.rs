@@ -1,13 +1,23 @@
 //! The per-account venue request budget (Alpaca: 200 requests a minute per account),
 //! shared by every process and every job that speaks to a venue (the OMS, the order
-//! sync): `take_venue_budget` counts in the database.
+//! sync): `take_venue_budget` counts in the database. And what a failed request
+//! means for the job that made it.
 
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::{JobContext, JobError};
-use pulse_domain::tenancy;
+use pulse_domain::{tenancy, venue::VenueError};
+
+/// A venue request that failed, as the job's outcome: the venue's rate limit snoozes
+/// until it resets; anything else is retried, `doing` saying what failed.
+pub(crate) fn venue_failure(doing: impl std::fmt::Display, e: VenueError) -> JobError {
+    match e {
+        VenueError::RateLimited { retry_after } => JobError::Snooze(retry_after),
+        e => JobError::retryable(format!("{doing}: {e}")),
+    }
+}
 
 /// Takes `n` requests from the account's per-minute budget, or says how long to wait.
 pub(crate) async fn take_budget(

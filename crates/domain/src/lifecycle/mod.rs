@@ -121,12 +121,14 @@ pub async fn apply_update(
         applied.fill_recorded = booking.is_some();
     }
     applied.status_changed = record_order(tx, &order, &update.order).await?;
+    let changed = applied.fill_recorded || applied.status_changed;
     finish(
         tx,
         tenant,
         account,
         &order,
         Some(update.order.status),
+        changed,
         booking,
     )
     .await?;
@@ -154,7 +156,16 @@ pub async fn apply_order(
         });
     };
     let status_changed = record_order(tx, &order, venue_order).await?;
-    finish(tx, tenant, account, &order, Some(venue_order.status), None).await?;
+    finish(
+        tx,
+        tenant,
+        account,
+        &order,
+        Some(venue_order.status),
+        status_changed,
+        None,
+    )
+    .await?;
     Ok(Applied {
         status_changed,
         ..Applied::default()
@@ -176,7 +187,7 @@ pub async fn apply_fill(
     };
     let booking = record_fill(tx, tenant, account, &order, fill, Source::Sync).await?;
     let fill_recorded = booking.is_some();
-    finish(tx, tenant, account, &order, None, booking).await?;
+    finish(tx, tenant, account, &order, None, fill_recorded, booking).await?;
     Ok(Applied {
         fill_recorded,
         ..Applied::default()
@@ -592,23 +603,27 @@ async fn record_order(
     Ok(changed.is_some_and(|s| s != order.status))
 }
 
-/// After any change to an order: the remainder of its reservation goes back once it
+/// After an event on an order: the remainder of its reservation goes back once it
 /// has ended and its fills are all recorded (only an order that has ended, or that
-/// the venue says has, is looked at), its intent rolls up, and last the fill's
-/// ledger move is booked.
+/// the venue says has, is looked at), its intent rolls up if the order `changed` (a
+/// fill recorded, a new status; a replayed event changes nothing), and last the
+/// fill's ledger move is booked.
 async fn finish(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
     account: Uuid,
     order: &Order,
     venue_status: Option<OrderStatus>,
+    changed: bool,
     booking: Option<Booking>,
 ) -> Result<(), LifecycleError> {
     let unfilled_end = |s: OrderStatus| s.is_terminal() && s != OrderStatus::Filled;
     if unfilled_end(order.status) || venue_status.is_some_and(unfilled_end) {
         release_remainder(tx, tenant, account, order.id).await?;
     }
-    roll_up(tx, &[order.intent_id]).await?;
+    if changed {
+        roll_up(tx, &[order.intent_id]).await?;
+    }
     if let Some(b) = booking {
         book(tx, tenant, account, &b).await?;
     }

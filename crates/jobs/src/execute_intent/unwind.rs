@@ -3,6 +3,7 @@
 //! lifecycle, once their fills are recorded).
 
 use super::*;
+use crate::venue_budget::venue_failure;
 
 /// The intent fails (a leg was rejected, a kill switch was engaged, its locks were
 /// lost): every leg not rejected is first resolved at the venue by client order id
@@ -73,30 +74,15 @@ pub(super) async fn unwind(
         if let Some(wait) = take_budget(ctx, tenant, leg.account_id).await? {
             return Err(JobError::Snooze(wait));
         }
-        let current = match venue.get_order(venue_id).await {
-            Ok(o) => o,
-            Err(VenueError::RateLimited { retry_after }) => {
-                return Err(JobError::Snooze(retry_after));
-            }
+        // A leg that has ended already answers NotCancelable (or NotFound): either way
+        // it is looked up next.
+        match venue.cancel_order(venue_id).await {
+            Ok(()) | Err(VenueError::NotCancelable) | Err(VenueError::NotFound) => {}
             Err(e) => {
-                return Err(JobError::retryable(format!(
-                    "unwinding leg {}: {e}",
-                    leg.leg_index
-                )));
-            }
-        };
-        if !current.is_terminal() {
-            match venue.cancel_order(venue_id).await {
-                Ok(()) | Err(VenueError::NotCancelable) | Err(VenueError::NotFound) => {}
-                Err(VenueError::RateLimited { retry_after }) => {
-                    return Err(JobError::Snooze(retry_after));
-                }
-                Err(e) => {
-                    return Err(JobError::retryable(format!(
-                        "cancelling leg {}: {e}",
-                        leg.leg_index
-                    )));
-                }
+                return Err(venue_failure(
+                    format_args!("cancelling leg {}", leg.leg_index),
+                    e,
+                ));
             }
         }
         // What the leg came to: applied through the lifecycle like any venue report
@@ -111,14 +97,11 @@ pub(super) async fn unwind(
                     leg.leg_index
                 )));
             }
-            Err(VenueError::RateLimited { retry_after }) => {
-                return Err(JobError::Snooze(retry_after));
-            }
             Err(e) => {
-                return Err(JobError::retryable(format!(
-                    "unwinding leg {}: {e}",
-                    leg.leg_index
-                )));
+                return Err(venue_failure(
+                    format_args!("unwinding leg {}", leg.leg_index),
+                    e,
+                ));
             }
         };
         if ended.filled_qty > Decimal::ZERO {
