@@ -57,6 +57,9 @@ pub enum Command {
     /// The audit log: `verify` recomputes every tenant's hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Operators' actions on a trading account (see docs/runbooks/).
+    #[command(subcommand)]
+    Trading(TradingCommand),
     /// Print the signature header for a webhook body, with the configured secret
     /// (to send test webhooks: `curl -H "Stripe-Signature: $(pulse-fleet sign stripe "$BODY")"`).
     Sign {
@@ -166,6 +169,24 @@ pub enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TradingCommand {
+    /// Reconcile the account with its venue now.
+    Reconcile { account: uuid::Uuid },
+    /// Rewrite the account's ledger as the sum of its journal (after drift), audited.
+    RebuildLedger {
+        account: uuid::Uuid,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release the account's kill switch (after drift or a shortfall), audited.
+    Resume {
+        account: uuid::Uuid,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The queue: drain rate, idle latency, trigger enqueue cost.
     Queue(bench::queue::QueueBenchArgs),
@@ -267,6 +288,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             if !report.is_ok() {
                 std::process::exit(1);
+            }
+        }
+        Command::Trading(command) => {
+            let pool = db::app_pool(&settings).await?;
+            match command {
+                TradingCommand::Reconcile { account } => {
+                    let job = crate::trading_ops::reconcile(&pool, account).await?;
+                    println!("reconciliation of {account} asked for: job {job}");
+                }
+                TradingCommand::RebuildLedger { account, reason } => {
+                    let details =
+                        crate::trading_ops::rebuild_ledger(&pool, account, &reason).await?;
+                    println!("ledger of {account} rebuilt from its journal: {details}");
+                }
+                TradingCommand::Resume { account, reason } => {
+                    let was = crate::trading_ops::resume(&pool, account, &reason).await?;
+                    println!(
+                        "trading on {account} resumed (was paused: {})",
+                        was.unwrap_or_default()
+                    );
+                }
             }
         }
         Command::Audit(AuditCommand::Seal) => {

@@ -49,6 +49,59 @@ pub struct Settings {
     pub paper: PaperSettings,
     #[serde(default)]
     pub oms: OmsSettings,
+    #[serde(default)]
+    pub reconcile: ReconcileSettings,
+}
+
+/// Reconciliation (`reconcile_account`): its thresholds, and health's bound on its age.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ReconcileSettings {
+    /// An order sent and unanswered this long is looked up by client order id.
+    pub in_flight_after_secs: u64,
+    /// An order the venue does not find in this many look-ups, sent at least this
+    /// long ago, and whose intent the OMS is done with, was never received.
+    pub never_received_lookups: i32,
+    pub never_received_after_secs: u64,
+    /// Single-order look-ups per run at most.
+    pub max_lookups: usize,
+    /// How far back an account's first run reads orders and fills.
+    pub lookback_hours: u64,
+    /// `/internal/health` answers 503 when an active account's last successful
+    /// reconciliation is older than this.
+    pub max_age_secs: u64,
+    /// Worker processes ask for a reconciliation of every active account when they
+    /// start, and its new intents wait for it.
+    pub at_startup: bool,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        let d = pulse_jobs::reconcile_account::Settings::default();
+        Self {
+            in_flight_after_secs: d.in_flight_after.as_secs(),
+            never_received_lookups: d.never_received_lookups,
+            never_received_after_secs: d.never_received_after.as_secs(),
+            max_lookups: d.max_lookups,
+            lookback_hours: d.lookback.as_secs() / 3600,
+            max_age_secs: 300,
+            at_startup: true,
+        }
+    }
+}
+
+impl ReconcileSettings {
+    /// What the job reads.
+    pub fn job(&self) -> pulse_jobs::reconcile_account::Settings {
+        use std::time::Duration;
+        pulse_jobs::reconcile_account::Settings {
+            in_flight_after: Duration::from_secs(self.in_flight_after_secs),
+            never_received_lookups: self.never_received_lookups.max(1),
+            never_received_after: Duration::from_secs(self.never_received_after_secs),
+            max_lookups: self.max_lookups,
+            lookback: Duration::from_secs(self.lookback_hours * 3600),
+        }
+    }
 }
 
 /// The OMS (`execute_intent`).

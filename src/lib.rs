@@ -10,4 +10,5 @@ pub mod demo;
 pub mod registry;
 pub mod roles;
 pub mod telemetry;
+pub mod trading_ops;
 pub mod web;

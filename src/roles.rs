@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pulse_domain::{Services, bounds::WebhookPolicy};
-use pulse_jobs::Env;
+use pulse_jobs::{Env, Job};
 use pulse_queue::{scheduler, worker};
 use tokio::sync::watch;
 
@@ -92,7 +92,8 @@ pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
             if local {
                 start_paper_venue(settings, &mut tasks, stop_rx.clone()).await?;
             }
-            let env = Env::new(services(settings, fallback));
+            let mut env = Env::new(services(settings, fallback));
+            env.reconcile = std::sync::Arc::new(settings.reconcile.job());
             let specs = registry::all_specs(settings, &env);
             let queues = registry::select_queues(
                 &specs,
@@ -125,7 +126,25 @@ pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
                     stop_rx.clone(),
                 ));
             }
-            Some(worker::start(app_pool.clone(), pools, queues, &settings.worker).await?)
+            // Only a process that runs reconciliations closes the gates: one that
+            // cannot open them again could leave intents waiting with no one to
+            // reconcile (a fleet split by queues restarts its reconcilers too).
+            let reconciles = queues
+                .iter()
+                .any(|q| q.job.name == pulse_jobs::reconcile_account::ReconcileAccount::NAME);
+            if settings.reconcile.at_startup && reconciles {
+                reconcile_at_startup(&app_pool).await?;
+            }
+            Some(
+                worker::start_with(
+                    app_pool.clone(),
+                    pools,
+                    queues,
+                    &settings.worker,
+                    env.services.metrics.clone(),
+                )
+                .await?,
+            )
         }
         None => None,
     };
@@ -161,6 +180,18 @@ pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
         w.shutdown().await?;
     }
     while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Restart durability: before this process claims a job, every active account's
+/// gate closes and one reconciliation is asked for per closing (N processes starting
+/// at once ask once); the account's new intents wait in planning until it succeeds.
+/// Called by worker processes that run `reconcile_account`.
+pub async fn reconcile_at_startup(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let asked = sqlx::query_scalar!(r#"SELECT request_reconciliations('startup', 0) AS "asked!""#)
+        .fetch_one(pool)
+        .await?;
+    tracing::info!("start-up reconciliation asked for {asked} accounts");
     Ok(())
 }
 

@@ -21,6 +21,102 @@ pub struct Health {
     pub queues: Vec<QueueHealth>,
     pub workers: WorkersHealth,
     pub schedules: Vec<ScheduleHealth>,
+    /// Every active trading account: reconciliation, mismatches, pause, venue.
+    pub accounts: Vec<AccountHealth>,
+}
+
+/// One active trading account as health, metrics and the dashboard see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountHealth {
+    pub tenant: String,
+    pub account_id: uuid::Uuid,
+    pub label: String,
+    pub venue: String,
+    /// The last successful reconciliation and how long ago it ended.
+    pub last_reconciled_at: Option<DateTime<Utc>>,
+    pub reconciled_age_seconds: Option<f64>,
+    /// How long since the account's last reconciliation, or its creation if it has
+    /// none: what health bounds.
+    #[serde(skip)]
+    pub unreconciled_seconds: f64,
+    /// The last run, successful or not.
+    pub last_run_ok: Option<bool>,
+    pub last_run_error: Option<String>,
+    /// Open mismatches by kind.
+    pub mismatches: std::collections::BTreeMap<String, i64>,
+    /// The ledger's drift from its journal (sum of absolute differences), 0 if none.
+    pub ledger_drift: f64,
+    pub trading_paused: bool,
+    pub paused_reason: Option<String>,
+    /// New intents wait for its start-up reconciliation.
+    pub waiting_for_startup_reconciliation: bool,
+    /// The last reconciliation reached the venue, or its stream is connected (None:
+    /// neither has been tried).
+    pub venue_reachable: Option<bool>,
+    pub stream_connected: bool,
+    pub stream_connects: i64,
+}
+
+/// Every active trading account with venue credentials, across tenants.
+pub async fn accounts(pool: &PgPool) -> sqlx::Result<Vec<AccountHealth>> {
+    let rows = sqlx::query!(
+        r#"SELECT t.name AS tenant, a.id, a.label, a.venue_id, r.last_success_at,
+                  extract(epoch FROM now() - r.last_success_at)::float8 AS age,
+                  extract(epoch FROM now() - coalesce(r.last_success_at, a.created_at))::float8 AS "unreconciled!",
+                  lr.ok AS "last_ok?", lr.error AS "last_error?", r.gate_since IS NOT NULL AS "gated!",
+                  coalesce(s.stream_connected, false) AS "connected!", coalesce(s.stream_connects, 0) AS "connects!",
+                  k.reason AS "paused_reason?", k.id IS NOT NULL AS "paused!",
+                  (SELECT jsonb_object_agg(kind, n) FROM (
+                       SELECT m.kind, count(*) AS n FROM reconciliation_mismatches m
+                       WHERE m.account_id = a.id AND m.resolved_at IS NULL GROUP BY m.kind) x) AS mismatches,
+                  (SELECT (m.details->>'total')::float8 FROM reconciliation_mismatches m
+                   WHERE m.account_id = a.id AND m.kind = 'ledger_drift' AND m.resolved_at IS NULL) AS drift
+           FROM trading_accounts a
+           JOIN tenants t ON t.id = a.tenant_id
+           LEFT JOIN account_reconciliation r ON r.account_id = a.id
+           LEFT JOIN venue_sync_state s ON s.account_id = a.id
+           LEFT JOIN LATERAL (
+               SELECT x.ok, x.error FROM reconciliation_runs x WHERE x.account_id = a.id
+               ORDER BY x.started_at DESC LIMIT 1) lr ON true
+           LEFT JOIN LATERAL (
+               SELECT ks.id, ks.reason FROM kill_switches ks
+               WHERE ks.tenant_id = a.tenant_id AND ks.engaged AND (ks.account_id = a.id OR ks.account_id IS NULL)
+               ORDER BY ks.account_id NULLS LAST LIMIT 1) k ON true
+           WHERE a.active
+             AND EXISTS (SELECT 1 FROM account_credentials c WHERE c.account_id = a.id)
+           ORDER BY t.name, a.label"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| AccountHealth {
+            tenant: r.tenant,
+            account_id: r.id,
+            label: r.label,
+            venue: r.venue_id,
+            last_reconciled_at: r.last_success_at,
+            reconciled_age_seconds: r.age,
+            unreconciled_seconds: r.unreconciled,
+            venue_reachable: match (r.last_ok, r.connected) {
+                (_, true) => Some(true),
+                (Some(ok), false) => Some(ok || r.last_error.is_none()),
+                (None, false) => None,
+            },
+            last_run_ok: r.last_ok,
+            last_run_error: r.last_error,
+            mismatches: r
+                .mismatches
+                .and_then(|m| serde_json::from_value(m).ok())
+                .unwrap_or_default(),
+            ledger_drift: r.drift.unwrap_or(0.0),
+            trading_paused: r.paused,
+            paused_reason: r.paused_reason,
+            waiting_for_startup_reconciliation: r.gated,
+            stream_connected: r.connected,
+            stream_connects: r.connects,
+        })
+        .collect())
 }
 
 #[derive(Debug, Serialize)]
@@ -74,6 +170,7 @@ pub async fn health(state: &AppState) -> Health {
                 names: vec![],
             },
             schedules: vec![],
+            accounts: vec![],
         };
     }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -108,6 +205,33 @@ pub async fn health(state: &AppState) -> Health {
         .await
         .unwrap_or_default();
     let schedules = admin::schedule_ticks(&state.pool).await.unwrap_or_default();
+    let accounts = match accounts(&state.pool).await {
+        Ok(a) => a,
+        Err(error) => {
+            problems.push(format!("trading accounts unreadable: {error}"));
+            vec![]
+        }
+    };
+    let max_age = state.settings.reconcile.max_age_secs as f64;
+    for a in &accounts {
+        if a.unreconciled_seconds > max_age {
+            problems.push(format!(
+                "account {} ({}) last reconciled {} (limit {max_age:.0}s)",
+                a.label,
+                a.tenant,
+                match a.reconciled_age_seconds {
+                    Some(age) => format!("{age:.0}s ago"),
+                    None => "never".into(),
+                }
+            ));
+        }
+        if a.ledger_drift != 0.0 || a.mismatches.contains_key("ledger_drift") {
+            problems.push(format!(
+                "account {} ({}): capital invariant broken: the ledger drifts {} from its journal",
+                a.label, a.tenant, a.ledger_drift
+            ));
+        }
+    }
     Health {
         status: if problems.is_empty() {
             "ok"
@@ -133,6 +257,7 @@ pub async fn health(state: &AppState) -> Health {
                 last_tick_at: s.last_tick_at,
             })
             .collect(),
+        accounts,
     }
 }
 
@@ -163,6 +288,7 @@ pub async fn metrics(pool: &PgPool, names: &[String], lease_secs: f64) -> sqlx::
         lags,
         live_workers: live.len() as i64,
         states,
+        accounts: accounts(pool).await?,
     })
 }
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::oms::{Desk, desk};
 
-fn d(s: &str) -> Decimal {
+pub(crate) fn d(s: &str) -> Decimal {
     s.parse().unwrap()
 }
 
@@ -25,7 +25,7 @@ fn keyed(key: &str) -> pulse_queue::enqueue::EnqueueOptions {
     }
 }
 
-fn held() -> PaperOptions {
+pub(crate) fn held() -> PaperOptions {
     PaperOptions {
         hold_fills: true,
         ..PaperOptions::default()
@@ -33,7 +33,7 @@ fn held() -> PaperOptions {
 }
 
 /// (reserved_for_orders, reserved_for_positions, realized_pnl) of the desk's account.
-async fn ledger(desk: &Desk) -> (Decimal, Decimal, Decimal) {
+pub(crate) async fn ledger(desk: &Desk) -> (Decimal, Decimal, Decimal) {
     sqlx::query_as(
         "SELECT reserved_for_orders, reserved_for_positions, realized_pnl FROM capital_ledgers
          WHERE account_id = $1",
@@ -45,7 +45,7 @@ async fn ledger(desk: &Desk) -> (Decimal, Decimal, Decimal) {
 }
 
 /// (status, filled_quantity, reserved_amount) of leg `leg` of `intent`.
-async fn order(desk: &Desk, intent: Uuid, leg: i32) -> (String, Decimal, Decimal) {
+pub(crate) async fn order(desk: &Desk, intent: Uuid, leg: i32) -> (String, Decimal, Decimal) {
     sqlx::query_as(
         "SELECT status, filled_quantity, reserved_amount FROM orders WHERE intent_id = $1 AND leg_index = $2",
     )
@@ -57,7 +57,10 @@ async fn order(desk: &Desk, intent: Uuid, leg: i32) -> (String, Decimal, Decimal
 }
 
 /// The open position leg of `symbol`: (side, quantity, cost basis, reserved).
-async fn position(desk: &Desk, symbol: &str) -> Option<(String, Decimal, Decimal, Decimal)> {
+pub(crate) async fn position(
+    desk: &Desk,
+    symbol: &str,
+) -> Option<(String, Decimal, Decimal, Decimal)> {
     sqlx::query_as(
         "SELECT side, quantity, cost_basis, reserved FROM position_legs
          WHERE symbol = $1 AND closed_at IS NULL",
@@ -68,7 +71,7 @@ async fn position(desk: &Desk, symbol: &str) -> Option<(String, Decimal, Decimal
     .unwrap()
 }
 
-async fn no_drift(desk: &Desk) {
+pub(crate) async fn no_drift(desk: &Desk) {
     assert_eq!(
         desk.db
             .count("SELECT count(*) FROM capital_ledger_drift")
@@ -84,17 +87,17 @@ fn limit_leg(desk: &Desk, symbol: &str, side: &str, qty: i64, tif: &str) -> serd
 }
 
 impl Desk {
-    fn coid(&self, intent: Uuid, leg: i32) -> String {
+    pub(crate) fn coid(&self, intent: Uuid, leg: i32) -> String {
         client_order_id(self.tenant, intent, leg)
     }
 
-    async fn submitted(&self, intent: Uuid) {
+    pub(crate) async fn submitted(&self, intent: Uuid) {
         self.wait_for(intent, &["submitted"]).await;
         self.settle().await;
     }
 
     /// A client of the desk's account at the paper venue, as the fleet builds it.
-    fn client(&self) -> std::sync::Arc<dyn Venue> {
+    pub(crate) fn client(&self) -> std::sync::Arc<dyn Venue> {
         self.client_of(self.account, "PKPAPER")
     }
 

@@ -10,6 +10,7 @@ mod lifecycle;
 mod oms;
 mod payments;
 mod processes;
+mod reconcile;
 mod schedule;
 mod security;
 mod tenancy;

@@ -5,8 +5,8 @@ use std::{collections::HashMap, time::Duration};
 
 use pulse_domain::{Services, tenancy};
 use pulse_jobs::{
-    Env, apply_venue_event::ApplyVenueEvent, execute_intent::ExecuteIntent, send_alert::SendAlert,
-    sync_account::SyncAccount,
+    Env, apply_venue_event::ApplyVenueEvent, execute_intent::ExecuteIntent,
+    reconcile_account::ReconcileAccount, send_alert::SendAlert, sync_account::SyncAccount,
 };
 use pulse_queue::worker::WorkerHandle;
 use pulse_sims::paper::{PaperOptions, PaperVenue};
@@ -31,6 +31,8 @@ pub(crate) struct Desk {
     /// Held while the listener runs: the listener stops when it is dropped.
     stop_streams: Option<tokio::sync::watch::Sender<bool>>,
     pub follow_streams: bool,
+    /// Reconciliation's thresholds for the desk's workers.
+    pub reconcile: pulse_jobs::reconcile_account::Settings,
 }
 
 pub(crate) async fn desk(options: PaperOptions, allocated: i64) -> Desk {
@@ -81,6 +83,7 @@ pub(crate) async fn desk_on(db: TestDb, venue: PaperVenue, allocated: i64) -> De
         streams: None,
         stop_streams: None,
         follow_streams: true,
+        reconcile: Default::default(),
     };
     desk.start_worker().await;
     desk
@@ -95,7 +98,7 @@ impl Desk {
         services
     }
 
-    async fn start_worker(&mut self) {
+    pub async fn start_worker(&mut self) {
         let services = self.services();
         self.start_worker_with(services).await;
     }
@@ -104,9 +107,11 @@ impl Desk {
     /// trade-stream listener unless `follow_streams` is off.
     pub async fn start_worker_with(&mut self, services: Services) {
         let s = self.db.settings();
-        let env = Env::new(services);
+        let mut env = Env::new(services);
+        env.reconcile = std::sync::Arc::new(self.reconcile.clone());
         let queues: Vec<_> = [
             pulse_jobs::spec::<ExecuteIntent>(&env),
+            pulse_jobs::spec::<ReconcileAccount>(&env),
             pulse_jobs::spec::<ApplyVenueEvent>(&env),
             pulse_jobs::spec::<SyncAccount>(&env),
             pulse_jobs::spec::<SendAlert>(&env),
@@ -120,11 +125,12 @@ impl Desk {
         let pools = pulse_fleet::db::queue_pools(&s, queues.len())
             .await
             .unwrap();
-        let worker = pulse_queue::worker::start(
+        let worker = pulse_queue::worker::start_with(
             self.db.pool.clone(),
             pools,
             queues,
             &test_worker_settings(),
+            env.services.metrics.clone(),
         )
         .await
         .unwrap();

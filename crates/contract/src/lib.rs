@@ -4,6 +4,8 @@
 //! attempt can fail ([`JobError`]). It knows no job type, no table and no vendor: the
 //! queue crate and the jobs crate both depend on it, and not on each other.
 
+pub mod metrics;
+
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use serde::de::DeserializeOwned;

@@ -29,6 +29,9 @@ pub struct Services {
     pub max_external_wait: Duration,
     /// Where tenants' alert webhooks may point (Discord, plus configured origins).
     pub discord_webhooks: crate::bounds::WebhookPolicy,
+    /// The process's metrics (venue requests, fills, reconciliation, ...), flushed by
+    /// the queue runtime with its own.
+    pub metrics: pulse_contract::metrics::Recorder,
 }
 
 impl std::fmt::Debug for Services {
@@ -77,6 +80,7 @@ impl Services {
                 data_url: self.market_data_url(venue_id).unwrap_or(base),
                 key_id: key_id.unwrap_or_default(),
                 secret,
+                metrics: self.metrics.clone(),
             },
         )
     }
@@ -101,6 +105,7 @@ impl Services {
             secrets_key: crate::secrets::key_from_env().ok(),
             max_external_wait: crate::bounds::DEFAULT_MAX_EXTERNAL_WAIT,
             discord_webhooks: Default::default(),
+            metrics: Default::default(),
         }
     }
 }

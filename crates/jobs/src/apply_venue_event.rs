@@ -89,6 +89,9 @@ impl Job for ApplyVenueEvent {
         )
         .await
         .map_err(lifecycle_failure)?;
+        if let Some(fill) = &update.fill {
+            crate::trading_metrics::fill_applied(&ctx, "stream", fill, &applied);
+        }
         if applied.unknown_order {
             tracing::info!(
                 account.id = %event.account_id,

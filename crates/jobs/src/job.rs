@@ -38,6 +38,8 @@ pub struct Env {
     pub services: Arc<Services>,
     /// Concurrent intents of a tenant are planned and recorded in batches.
     pub intent_batches: Arc<IntentBatches>,
+    /// Reconciliation's thresholds.
+    pub reconcile: Arc<crate::reconcile_account::Settings>,
 }
 
 impl Env {
@@ -45,6 +47,7 @@ impl Env {
         Self {
             services: Arc::new(services),
             intent_batches: Default::default(),
+            reconcile: Default::default(),
         }
     }
 }
@@ -57,6 +60,7 @@ pub struct JobContext {
     run: Attempt,
     pub services: Arc<Services>,
     pub intent_batches: Arc<IntentBatches>,
+    pub reconcile: Arc<crate::reconcile_account::Settings>,
 }
 
 impl JobContext {
@@ -65,6 +69,7 @@ impl JobContext {
             run: attempt,
             services: env.services.clone(),
             intent_batches: env.intent_batches.clone(),
+            reconcile: env.reconcile.clone(),
         }
     }
 }

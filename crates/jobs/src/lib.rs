@@ -6,12 +6,15 @@
 
 mod job;
 mod registry;
+mod trading_metrics;
 mod venue_budget;
 
 pub mod apply_venue_event;
 pub mod canary;
 pub mod execute_intent;
 pub mod process_payment;
+pub mod reconcile_account;
+pub mod reconcile_accounts;
 pub mod send_alert;
 pub mod sync_account;
 pub mod sync_accounts;

@@ -4,8 +4,10 @@
 
 use crate::{
     Env, JobSpec, apply_venue_event::ApplyVenueEvent, canary::Canary,
-    execute_intent::ExecuteIntent, process_payment::ProcessPayment, send_alert::SendAlert, spec,
-    sync_account::SyncAccount, sync_accounts::SyncAccounts, sync_watcher::SyncWatcher,
+    execute_intent::ExecuteIntent, process_payment::ProcessPayment,
+    reconcile_account::ReconcileAccount, reconcile_accounts::ReconcileAccounts,
+    send_alert::SendAlert, spec, sync_account::SyncAccount, sync_accounts::SyncAccounts,
+    sync_watcher::SyncWatcher,
 };
 
 pub fn registry(env: &Env) -> Vec<JobSpec> {
@@ -14,6 +16,8 @@ pub fn registry(env: &Env) -> Vec<JobSpec> {
         spec::<Canary>(env),
         spec::<ExecuteIntent>(env),
         spec::<ProcessPayment>(env),
+        spec::<ReconcileAccount>(env),
+        spec::<ReconcileAccounts>(env),
         spec::<SendAlert>(env),
         spec::<SyncAccount>(env),
         spec::<SyncAccounts>(env),

@@ -254,10 +254,15 @@ impl SendAlert {
             ),
         )
         .await?;
+        // Deliveries and failures by outcome: sent, failed, skipped.
+        ctx.services.metrics.add("alerts", status, "", 1.0);
         Ok(())
     }
 
     async fn note_error(&self, ctx: &JobContext, error: &str) -> Result<(), JobError> {
+        ctx.services
+            .metrics
+            .add("alerts", "attempt_failed", "", 1.0);
         self.confined(
             ctx,
             sqlx::query!(

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::{
     Job, JobContext, JobError,
     apply_venue_event::lifecycle_failure,
-    venue_budget::{take_budget, venue_failure},
+    venue_budget::{spend, venue_failure},
 };
 use pulse_domain::{
     lifecycle::{self, Applied, LifecycleError},
@@ -127,7 +127,7 @@ impl Job for SyncAccount {
         let known = known_orders(&ctx, tenant, account, oldest - MARGIN).await?;
         let mut after = oldest - MARGIN;
         for _ in 0..MAX_PAGES {
-            spend(&ctx, tenant, account, &mut tally).await?;
+            spend(&ctx, tenant, account, &mut tally.requests).await?;
             let page = venue
                 .orders_after(after)
                 .await
@@ -172,7 +172,7 @@ async fn sync_fills(
     let mut token: Option<String> = None;
     let mut newest = None;
     for _ in 0..MAX_PAGES {
-        spend(ctx, tenant, account, tally).await?;
+        spend(ctx, tenant, account, &mut tally.requests).await?;
         let page = venue
             .fills(Some(since), token.as_deref())
             .await
@@ -186,8 +186,9 @@ async fn sync_fills(
             }
             let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
             let applied = lifecycle::apply_fill(&mut tx, tenant, account, fill).await;
-            if applied.is_ok() {
+            if let Ok(a) = &applied {
                 tx.commit().await?;
+                crate::trading_metrics::fill_applied(ctx, "sync", fill, a);
             }
             tally.count(applied)?;
         }
@@ -250,20 +251,6 @@ async fn recorded_fills(
     .await?;
     tx.commit().await?;
     Ok(found.into_iter().collect())
-}
-
-/// One request from the account's budget, or the job snoozes until the next window.
-async fn spend(
-    ctx: &JobContext,
-    tenant: Uuid,
-    account: Uuid,
-    tally: &mut Tally,
-) -> Result<(), JobError> {
-    if let Some(wait) = take_budget(ctx, tenant, account, 1).await? {
-        return Err(JobError::Snooze(wait));
-    }
-    tally.requests += 1;
-    Ok(())
 }
 
 /// Stores where the sync got to.

@@ -29,6 +29,21 @@ pub(crate) async fn take_budget(
     take_budgets(ctx, tenant, &[(account, n)]).await
 }
 
+/// One request from the account's budget before it is made (counted in `requests`),
+/// or the job snoozes until the next window.
+pub(crate) async fn spend(
+    ctx: &JobContext,
+    tenant: Uuid,
+    account: Uuid,
+    requests: &mut i32,
+) -> Result<(), JobError> {
+    if let Some(wait) = take_budget(ctx, tenant, account, 1).await? {
+        return Err(JobError::Snooze(wait));
+    }
+    *requests += 1;
+    Ok(())
+}
+
 /// How long to wait for the next window when a budget is spent.
 pub(crate) fn over_budget(per_minute: i32, used: &[i32]) -> Option<Duration> {
     if used.iter().any(|u| *u > per_minute) {

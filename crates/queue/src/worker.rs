@@ -57,6 +57,18 @@ pub async fn start(
     queues: Vec<QueueSpec>,
     settings: &WorkerSettings,
 ) -> anyhow::Result<WorkerHandle> {
+    start_with(app_pool, pools, queues, settings, Recorder::default()).await
+}
+
+/// [`start`], with the process's metrics `recorder`, which the jobs' own clients add
+/// to as well: the worker flushes it with its own counters.
+pub async fn start_with(
+    app_pool: PgPool,
+    pools: QueuePools,
+    queues: Vec<QueueSpec>,
+    settings: &WorkerSettings,
+    recorder: Recorder,
+) -> anyhow::Result<WorkerHandle> {
     anyhow::ensure!(!queues.is_empty(), "a worker needs at least one queue");
     let queue_pool = pools.queue;
     let identity = WorkerIdentity::new();
@@ -67,7 +79,6 @@ pub async fn start(
         .context("Failed to register the worker")?;
     tracing::info!(worker = %identity.name, queues = ?names, "worker starting");
 
-    let recorder = Recorder::default();
     let holdings = Holdings::new();
     let (acks, acker) = Acker::spawn(pools.ack, recorder.clone(), holdings.clone());
     let (stop, stop_rx) = watch::channel(false);
@@ -139,7 +150,8 @@ pub async fn start(
         holdings.clone(),
         stop_rx.clone(),
     ));
-    background.spawn(recorder.clone().run_flusher(
+    background.spawn(crate::stats::run_flusher(
+        recorder.clone(),
         queue_pool.clone(),
         settings.stats_flush(),
         stop_rx,
@@ -209,7 +221,7 @@ impl WorkerHandle {
         while self.background.join_next().await.is_some() {}
         drop(self.acks);
         let _ = self.acker.await;
-        let _ = self.recorder.flush(&self.queue_pool).await;
+        let _ = crate::stats::flush(&self.recorder, &self.queue_pool).await;
         self.identity.mark_stopped(&self.queue_pool).await?;
         tracing::info!(worker = %self.identity.name, "worker stopped");
         Ok(())

@@ -22,9 +22,11 @@
 //! refuses the second, whose job retries and reads again). The OMS, which also writes
 //! intents and orders, locks intents before orders too.
 
+mod adopt;
 mod position;
 mod rollup;
 
+pub use adopt::{import_external, resolve_never_received};
 pub use position::{Effect, Leg, effect, reservation_share};
 pub use rollup::roll_up;
 
@@ -59,6 +61,8 @@ pub struct Applied {
     pub fill_recorded: bool,
     /// The order's status changed.
     pub status_changed: bool,
+    /// The fill cost more than the account had: its kill switch engaged.
+    pub shortfall: bool,
 }
 
 /// Where the event came from (kept on the fill row).
@@ -119,6 +123,7 @@ pub async fn apply_update(
     if let Some(fill) = &update.fill {
         booking = record_fill(tx, tenant, account, &order, fill, source).await?;
         applied.fill_recorded = booking.is_some();
+        applied.shortfall = booking.as_ref().is_some_and(|b| b.shortfall);
     }
     applied.status_changed = record_order(tx, &order, &update.order).await?;
     let changed = applied.fill_recorded || applied.status_changed;
@@ -187,9 +192,11 @@ pub async fn apply_fill(
     };
     let booking = record_fill(tx, tenant, account, &order, fill, Source::Sync).await?;
     let fill_recorded = booking.is_some();
+    let shortfall = booking.as_ref().is_some_and(|b| b.shortfall);
     finish(tx, tenant, account, &order, None, fill_recorded, booking).await?;
     Ok(Applied {
         fill_recorded,
+        shortfall,
         ..Applied::default()
     })
 }
@@ -216,28 +223,7 @@ async fn lock(
     let Some(found) = found else {
         return Ok(None);
     };
-    // Fills of one (account, symbol) apply one at a time (they share a position leg,
-    // which the first may have to create); other symbols of the account go on in
-    // parallel up to the ledger row, which each fill's journal row updates last.
-    sqlx::query!(
-        "SELECT pg_advisory_xact_lock(hashtextextended('lifecycle:' || $1::text || ':' || $2, 0)) AS locked",
-        account.to_string(),
-        &found.symbol,
-    )
-    .fetch_one(&mut **tx)
-    .await?;
-    let order = sqlx::query_as!(
-        Order,
-        r#"WITH intent AS (SELECT id FROM multi_leg_intents WHERE id = $2 FOR UPDATE)
-           SELECT id, intent_id, symbol, side, quantity, filled_quantity, average_price,
-                  reserved_amount, status AS "status: OrderStatus", venue_order_id,
-                  final_filled_quantity
-           FROM orders WHERE id = $1 AND EXISTS (SELECT 1 FROM intent) FOR UPDATE"#,
-        found.id,
-        found.intent_id,
-    )
-    .fetch_one(&mut **tx)
-    .await?;
+    let order = lock_found(tx, account, found.id, found.intent_id, &found.symbol).await?;
     if order.venue_order_id.is_none() {
         // Reported before the OMS recorded the venue's answer: adopted here.
         sqlx::query!(
@@ -251,6 +237,40 @@ async fn lock(
     Ok(Some(order))
 }
 
+/// Takes the locks of an order found, in their order: the position's lifecycle lock
+/// (account and symbol), the intent, the order.
+async fn lock_found(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    id: Uuid,
+    intent_id: Uuid,
+    symbol: &str,
+) -> Result<Order, LifecycleError> {
+    // Fills of one (account, symbol) apply one at a time (they share a position leg,
+    // which the first may have to create); other symbols of the account go on in
+    // parallel up to the ledger row, which each fill's journal row updates last.
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('lifecycle:' || $1::text || ':' || $2, 0)) AS locked",
+        account.to_string(),
+        symbol,
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let order = sqlx::query_as!(
+        Order,
+        r#"WITH intent AS (SELECT id FROM multi_leg_intents WHERE id = $2 FOR UPDATE)
+           SELECT id, intent_id, symbol, side, quantity, filled_quantity, average_price,
+                  reserved_amount, status AS "status: OrderStatus", venue_order_id,
+                  final_filled_quantity
+           FROM orders WHERE id = $1 AND EXISTS (SELECT 1 FROM intent) FOR UPDATE"#,
+        id,
+        intent_id,
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(order)
+}
+
 /// A fill's move of the ledger, written last in its transaction (see [`book`]).
 struct Booking {
     fill_id: Uuid,
@@ -260,6 +280,8 @@ struct Booking {
     /// Into `reserved_for_positions` (what it opened, less what it released).
     positions: Decimal,
     pnl: Decimal,
+    /// It cost more than the account had (see [`shortfall`]).
+    shortfall: bool,
 }
 
 /// Records a fill on a locked order: the fill row (once), the order's quantities
@@ -381,6 +403,7 @@ async fn book_position(
     // recorded whatever it costs; one that costs more than the account has engages
     // the account's kill switch instead of breaking the ledger's invariant.
     let mut booked = e.open_cost;
+    let mut short = false;
     if e.open_cost > Decimal::ZERO {
         let available = sqlx::query_scalar!(
             r#"SELECT allocated - reserved_for_orders - reserved_for_positions + realized_pnl AS "available!"
@@ -393,6 +416,7 @@ async fn book_position(
         let room = (available + share + e.released + e.pnl).max(Decimal::ZERO);
         if room < e.open_cost {
             booked = room;
+            short = true;
             shortfall(tx, account, &key, e.open_cost - room).await?;
         }
     }
@@ -491,6 +515,7 @@ async fn book_position(
         share,
         positions: booked - e.released,
         pnl: e.pnl,
+        shortfall: short,
     })
 }
 
@@ -684,14 +709,28 @@ async fn execution_alert(
             {"name": "Order", "value": order.id.to_string(), "inline": false},
         ],
     });
+    account_alert(tx, tenant, account, "order_execution", payload).await?;
+    Ok(())
+}
+
+/// Raises an alert of `kind` (an `alert_kind`) to the account's owner, or the tenant's
+/// owner when the account names none.
+pub async fn account_alert(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
+    account: Uuid,
+    kind: &str,
+    payload: serde_json::Value,
+) -> sqlx::Result<()> {
     sqlx::query!(
         "INSERT INTO alerts (tenant_id, user_id, kind, payload)
          SELECT $1, coalesce(a.owner, (SELECT m.user_id FROM tenant_members m WHERE m.tenant_id = $1
                                        ORDER BY m.role = 'owner' DESC, m.user_id LIMIT 1)),
-                'order_execution', $3
+                $3::text::alert_kind, $4
          FROM trading_accounts a WHERE a.id = $2",
         tenant,
         account,
+        kind,
         payload,
     )
     .execute(&mut **tx)

@@ -29,6 +29,9 @@ pub struct AlpacaClient {
     data_url: String,
     key_id: String,
     secret: Secret,
+    /// The venue id requests are counted under, and where.
+    venue: String,
+    metrics: pulse_contract::metrics::Recorder,
 }
 
 impl std::fmt::Debug for AlpacaClient {
@@ -58,7 +61,16 @@ impl AlpacaClient {
             data_url: base_url.trim_end_matches('/').to_owned(),
             key_id: key_id.to_owned(),
             secret,
+            venue: "alpaca".to_owned(),
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts requests under venue id `venue` in `metrics`.
+    pub fn with_metrics(mut self, venue: &str, metrics: pulse_contract::metrics::Recorder) -> Self {
+        self.venue = venue.to_owned();
+        self.metrics = metrics;
+        self
     }
 
     /// Where market data (quotes) comes from, when not the trading host.
@@ -81,7 +93,30 @@ impl AlpacaClient {
             .header("APCA-API-SECRET-KEY", self.secret.expose())
     }
 
-    async fn send(&self, request: RequestBuilder) -> Result<Response, VenueError> {
+    /// Sends one request of `endpoint` (the metrics' label), counting it, and maps
+    /// a failure to the OMS's terms.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        request: RequestBuilder,
+    ) -> Result<Response, VenueError> {
+        let result = self.send_unmetered(request).await;
+        let m = &self.metrics;
+        m.add("venue_requests", &self.venue, endpoint, 1.0);
+        match &result {
+            Err(VenueError::RateLimited { .. }) => {
+                m.add("venue_rate_limited", &self.venue, endpoint, 1.0)
+            }
+            // A refusal of the request itself is the venue's answer, not its failure.
+            Err(VenueError::Unavailable(_) | VenueError::Unauthorized) => {
+                m.add("venue_errors", &self.venue, endpoint, 1.0)
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn send_unmetered(&self, request: RequestBuilder) -> Result<Response, VenueError> {
         let response = request.send().await.map_err(|e| {
             // Sent or not, we cannot tell: the caller must look it up.
             VenueError::Unavailable(e.without_url().to_string())
@@ -123,10 +158,18 @@ impl AlpacaClient {
         })
     }
 
-    async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, VenueError> {
-        self.send(request).await?.json().await.map_err(|e| {
-            VenueError::Unavailable(format!("unreadable venue answer: {}", e.without_url()))
-        })
+    async fn json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        request: RequestBuilder,
+    ) -> Result<T, VenueError> {
+        self.send(endpoint, request)
+            .await?
+            .json()
+            .await
+            .map_err(|e| {
+                VenueError::Unavailable(format!("unreadable venue answer: {}", e.without_url()))
+            })
     }
 }
 
@@ -139,7 +182,10 @@ impl Venue for AlpacaClient {
         Box::pin(async move {
             let body = OrderBody::from(order);
             let placed: WireOrder = self
-                .json(self.request(Method::POST, "/v2/orders").json(&body))
+                .json(
+                    "create_order",
+                    self.request(Method::POST, "/v2/orders").json(&body),
+                )
                 .await?;
             Ok(placed.into())
         })
@@ -152,6 +198,7 @@ impl Venue for AlpacaClient {
         Box::pin(async move {
             let found: WireOrder = self
                 .json(
+                    "order_by_client_id",
                     self.request(Method::GET, "/v2/orders:by_client_order_id")
                         .query(&[("client_order_id", client_order_id)]),
                 )
@@ -163,7 +210,10 @@ impl Venue for AlpacaClient {
     fn get_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, VenueOrder> {
         Box::pin(async move {
             let found: WireOrder = self
-                .json(self.request(Method::GET, &format!("/v2/orders/{id}")))
+                .json(
+                    "get_order",
+                    self.request(Method::GET, &format!("/v2/orders/{id}")),
+                )
                 .await?;
             Ok(found.into())
         })
@@ -172,7 +222,10 @@ impl Venue for AlpacaClient {
     fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()> {
         Box::pin(async move {
             match self
-                .send(self.request(Method::DELETE, &format!("/v2/orders/{id}")))
+                .send(
+                    "cancel_order",
+                    self.request(Method::DELETE, &format!("/v2/orders/{id}")),
+                )
                 .await
             {
                 Ok(_) => Ok(()),
@@ -187,6 +240,7 @@ impl Venue for AlpacaClient {
         Box::pin(async move {
             let open: Vec<WireOrder> = self
                 .json(
+                    "open_orders",
                     self.request(Method::GET, "/v2/orders")
                         .query(&[("status", "open"), ("limit", "500")]),
                 )
@@ -204,7 +258,9 @@ impl Venue for AlpacaClient {
             url.path_segments_mut()
                 .map_err(|_| VenueError::Unavailable("bad market data URL".into()))?
                 .extend(["v2", "stocks", symbol, "quotes", "latest"]);
-            let body: serde_json::Value = self.json(self.authorized(self.http.get(url))).await?;
+            let body: serde_json::Value = self
+                .json("latest_quote", self.authorized(self.http.get(url)))
+                .await?;
             let quote = body.get("quote").ok_or(VenueError::NotFound)?;
             let quote = Quote {
                 ask: Quote::side(quote.get("ap")),
@@ -233,7 +289,7 @@ impl Venue for AlpacaClient {
             request = request.query(&[("page_token", token)]);
         }
         Box::pin(async move {
-            let page: Vec<WireFill> = self.json(request).await?;
+            let page: Vec<WireFill> = self.json("fills", request).await?;
             Ok(page.into_iter().map(Fill::from).collect())
         })
     }
@@ -248,7 +304,7 @@ impl Venue for AlpacaClient {
             ("after", after.to_rfc3339().as_str()),
         ]);
         Box::pin(async move {
-            let page: Vec<WireOrder> = self.json(request).await?;
+            let page: Vec<WireOrder> = self.json("orders_after", request).await?;
             Ok(page.into_iter().map(VenueOrder::from).collect())
         })
     }
@@ -260,7 +316,7 @@ impl Venue for AlpacaClient {
     fn positions(&self) -> VenueFuture<'_, Vec<Position>> {
         Box::pin(async move {
             let held: Vec<WirePosition> = self
-                .json(self.request(Method::GET, "/v2/positions"))
+                .json("positions", self.request(Method::GET, "/v2/positions"))
                 .await?;
             Ok(held.into_iter().map(Position::from).collect())
         })

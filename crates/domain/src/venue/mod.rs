@@ -285,6 +285,8 @@ pub struct Connection<'a> {
     pub data_url: &'a str,
     pub key_id: &'a str,
     pub secret: crate::secrets::Secret,
+    /// Where the client counts its requests, errors and rate limits.
+    pub metrics: pulse_contract::metrics::Recorder,
 }
 
 /// The client of venue `venue_id` (the `venues` row), chosen by the dialect the venue
@@ -294,7 +296,8 @@ pub fn connect(venue_id: &str, to: Connection<'_>) -> Result<std::sync::Arc<dyn 
     match venue_id {
         "alpaca" | "paper" => Ok(std::sync::Arc::new(
             alpaca::AlpacaClient::new(to.http, to.base_url, to.key_id, to.secret)
-                .with_data_url(to.data_url),
+                .with_data_url(to.data_url)
+                .with_metrics(venue_id, to.metrics),
         )),
         other => Err(format!("no client speaks the dialect of venue {other}")),
     }

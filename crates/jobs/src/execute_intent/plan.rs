@@ -252,6 +252,9 @@ pub(super) enum Verdict {
     },
     /// Another intent holds one of its entry locks: try again shortly.
     Locked,
+    /// An account of its legs waits for its start-up reconciliation: the intent
+    /// waits too (it is not refused).
+    Gated,
     /// A venue could not be asked (for a quote) just now: retry with backoff.
     Retry(String),
 }
@@ -295,6 +298,7 @@ pub async fn plan_together(
         .map(|v| match v {
             Verdict::Planned(_) => "planned".to_string(),
             Verdict::Locked => "locked".to_string(),
+            Verdict::Gated => "gated".to_string(),
             Verdict::Refused { event, reason } => format!("refused {event}: {reason}"),
             Verdict::NotPending(status) => format!("not pending: {status}"),
             Verdict::Missing => "missing".to_string(),
@@ -499,16 +503,24 @@ async fn plan_batch(
 ) -> Result<Vec<Verdict>, BatchError> {
     let mut tx = tenancy::begin(pool, tenant).await?;
     // In id order, so two batches that share intents cannot deadlock.
-    let rows: Vec<(Uuid, IntentStatus, Value)> = sqlx::query!(
-        r#"SELECT id, status AS "status: IntentStatus", legs_json FROM multi_leg_intents
+    let found = sqlx::query!(
+        r#"SELECT id, status AS "status: IntentStatus", legs_json,
+                  extract(epoch FROM clock_timestamp() - lock_waited_since)::float8 AS lock_waited
+           FROM multi_leg_intents
            WHERE id = ANY($1) ORDER BY id FOR UPDATE"#,
         asks,
     )
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|r| (r.id, r.status, r.legs_json))
-    .collect();
+    .await?;
+    // How long each intent has waited for entry locks (the lock-wait histogram).
+    let waited: HashMap<Uuid, f64> = found
+        .iter()
+        .filter_map(|r| Some((r.id, r.lock_waited?)))
+        .collect();
+    let rows: Vec<(Uuid, IntentStatus, Value)> = found
+        .into_iter()
+        .map(|r| (r.id, r.status, r.legs_json))
+        .collect();
     let mut verdicts: Vec<Option<Verdict>> = asks.iter().map(|_| None).collect();
     let mut candidates: Vec<(usize, Vec<Leg>)> = vec![];
     for (i, intent) in asks.iter().enumerate() {
@@ -540,6 +552,13 @@ async fn plan_batch(
         .into_iter()
         .collect();
     let known = known_accounts(&mut tx, &accounts).await?;
+    // Accounts whose start-up reconciliation has not succeeded yet: their intents wait.
+    let gated: Vec<Uuid> = sqlx::query_scalar!(
+        "SELECT account_id FROM account_reconciliation WHERE account_id = ANY($1) AND gate_since IS NOT NULL",
+        &accounts,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let engaged: Vec<(Option<Uuid>, Option<String>)> = sqlx::query!(
         "SELECT account_id, reason FROM kill_switches
          WHERE engaged AND (account_id IS NULL OR account_id = ANY($1))",
@@ -606,7 +625,9 @@ async fn plan_batch(
     }
     let mut passed: Vec<(usize, Vec<Leg>)> = vec![];
     for (i, mut legs) in candidates {
-        let verdict = if legs
+        let verdict = if legs.iter().any(|l| gated.contains(&l.account_id)) {
+            Some(Verdict::Gated)
+        } else if legs
             .iter()
             .any(|l| !known.iter().any(|k| k.0 == l.account_id))
         {
@@ -662,14 +683,15 @@ async fn plan_batch(
         lockable.push((*i, legs, keys.len()));
     }
     wanted.sort();
-    let taken: Vec<Uuid> = sqlx::query_scalar!(
+    let took = sqlx::query!(
         "INSERT INTO entry_locks AS l (tenant_id, account_id, symbol, owner_token, expires_at)
          SELECT $1, a, s, o, now() + make_interval(secs => $5)
          FROM unnest($2::uuid[], $3::text[], $4::uuid[]) WITH ORDINALITY AS k(a, s, o, ord) ORDER BY ord
          ON CONFLICT (tenant_id, account_id, symbol) DO UPDATE
              SET owner_token = excluded.owner_token, expires_at = excluded.expires_at
              WHERE l.expires_at < now() OR l.owner_token = excluded.owner_token
-         RETURNING owner_token",
+         -- xmax is set on a row taken over: a lock whose holder let it expire.
+         RETURNING owner_token AS \"owner!\", xmax <> 0 AS \"took_over!\"",
         tenant,
         wanted.iter().map(|w| w.0).collect::<Vec<_>>() as _,
         wanted.iter().map(|w| w.1).collect::<Vec<_>>() as _,
@@ -678,6 +700,12 @@ async fn plan_batch(
     )
     .fetch_all(&mut *tx)
     .await?;
+    let metrics = &services.metrics;
+    let expiries = took.iter().filter(|t| t.took_over).count();
+    if expiries > 0 {
+        metrics.add("entry_lock_ttl_expiries", "", "", expiries as f64);
+    }
+    let taken: Vec<Uuid> = took.into_iter().map(|t| t.owner).collect();
     let mut planned: Vec<(usize, &Vec<Leg>)> = vec![];
     let mut blocked: Vec<Uuid> = vec![];
     for (i, legs, keys) in lockable {
@@ -687,6 +715,29 @@ async fn plan_batch(
         } else {
             verdicts[i] = Some(Verdict::Locked);
             blocked.push(intent);
+        }
+    }
+    // Contention: intents that found a lock taken wait (their first wait is kept);
+    // intents planned now after waiting say how long they waited.
+    let locked: Vec<Uuid> = asks
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| matches!(v, Some(Verdict::Locked)))
+        .map(|(a, _)| *a)
+        .collect();
+    if !locked.is_empty() {
+        metrics.add("entry_lock_contention", "", "", locked.len() as f64);
+        sqlx::query!(
+            "UPDATE multi_leg_intents SET lock_waited_since = clock_timestamp()
+             WHERE id = ANY($1) AND lock_waited_since IS NULL",
+            &locked,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (i, _) in &planned {
+        if let Some(secs) = waited.get(&asks[*i]) {
+            metrics.observe("entry_lock_wait_seconds", "", *secs);
         }
     }
     if !blocked.is_empty() {

@@ -97,6 +97,10 @@ pub struct PaperOptions {
     /// is lost), every time: `drop_rate` for one symbol, on cue.
     #[arg(long, value_delimiter = ',')]
     pub drop_symbols: Vec<String>,
+    /// Symbols whose order submissions never reach the venue: answered 504 (a
+    /// gateway timeout) and nothing is created, every time.
+    #[arg(long, value_delimiter = ',')]
+    pub lose_symbols: Vec<String>,
     /// Largest step of the price walk, in cents (0: prices stand still).
     #[arg(long, default_value_t = 10)]
     pub price_step_cents: i64,
@@ -123,6 +127,7 @@ impl Default for PaperOptions {
             reject_symbols: vec![],
             late_reject_symbols: vec![],
             drop_symbols: vec![],
+            lose_symbols: vec![],
             price_step_cents: 10,
             spread_cents: 1,
         }
@@ -146,6 +151,9 @@ struct Book {
     due: std::collections::BTreeSet<(tokio::time::Instant, usize)>,
     /// (api key, symbol) -> signed quantity held.
     held: HashMap<(String, String), Decimal>,
+    /// Position changes that are not fills (a transfer, a correction by the broker):
+    /// (api key, symbol, signed quantity).
+    adjustments: Vec<(String, String, Decimal)>,
     /// api key -> (requests in the minute, minute start as unix seconds)
     rate: HashMap<String, (u32, i64)>,
     /// api key -> requests admitted since the start.
@@ -282,6 +290,16 @@ impl PaperVenue {
         drop(book);
         self.publish(update);
         true
+    }
+
+    /// The broker changes a position by hand (a transfer in or out, a correction):
+    /// no order and no fill, only the position moves.
+    pub fn adjust_position(&self, api_key: &str, symbol: &str, qty: Decimal) {
+        self.book.lock().expect("book").adjustments.push((
+            api_key.to_owned(),
+            symbol.to_owned(),
+            qty,
+        ));
     }
 
     /// The venue cancels a working order on its own (a halt, a corporate action).
@@ -592,6 +610,10 @@ async fn create_order(
             );
         }
     };
+    if venue.options.lose_symbols.contains(&request.symbol) {
+        // Lost on the way in: the venue never sees it.
+        return error(StatusCode::GATEWAY_TIMEOUT, 50400000, "gateway timeout");
+    }
     if request.qty <= Decimal::ZERO {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -934,6 +956,11 @@ fn holdings(book: &Book, account: &str) -> BTreeMap<String, Holding> {
             h.avg_entry_price = f.price;
         }
         h.qty = next;
+    }
+    for (key, symbol, qty) in &book.adjustments {
+        if key == account {
+            out.entry(symbol.clone()).or_default().qty += *qty;
+        }
     }
     out.retain(|_, h| !h.qty.is_zero());
     out
