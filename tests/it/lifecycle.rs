@@ -759,3 +759,37 @@ async fn the_demo_desk_trades_an_hour_of_simulated_time_without_running_out_of_c
     );
     no_drift(&desk).await;
 }
+
+#[tokio::test]
+async fn an_intent_the_lifecycle_ends_before_its_job_does_gives_its_entry_locks_back() {
+    // Every answer for DROP is lost after the order is made, and the order fills as it
+    // is accepted: the stream fills the intent while its job waits to retry. The retry
+    // finds the intent ended; its entry locks must go with it, or every intent on the
+    // symbol waits for their expiry (found by the chaos test).
+    let desk = desk(
+        PaperOptions {
+            drop_symbols: vec!["DROP".into()],
+            ..crate::oms::desk_options()
+        },
+        10_000,
+    )
+    .await;
+    let id = desk
+        .intent("dropped", vec![desk.leg("DROP", "buy", 1)])
+        .await;
+    desk.wait_for(id, &["filled"]).await;
+    let job: i64 = sqlx::query_scalar("SELECT id FROM fleet.jobs WHERE idempotency_key = $1")
+        .bind(format!("intent:{id}"))
+        .fetch_one(&desk.db.pool)
+        .await
+        .unwrap();
+    let row = desk
+        .db
+        .wait_for_state(job, "completed", Duration::from_secs(20))
+        .await;
+    assert_eq!(row.attempts, 2, "{row:?}");
+    assert_eq!(desk.db.count("SELECT count(*) FROM entry_locks").await, 0);
+    // The next intent on the symbol is planned at once.
+    let next = desk.intent("next", vec![desk.leg("DROP", "sell", 1)]).await;
+    desk.wait_for(next, &["filled"]).await;
+}

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod alerts;
+mod chaos;
 mod enqueue;
 mod failures;
 mod lifecycle;

@@ -22,7 +22,7 @@ const API_SECRET: &str = "paper-api-secret-do-not-log";
 pub(crate) struct Desk {
     pub db: TestDb,
     pub venue: PaperVenue,
-    base: String,
+    pub base: String,
     pub tenant: Uuid,
     pub account: Uuid,
     pub worker: Option<WorkerHandle>,

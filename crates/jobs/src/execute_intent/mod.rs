@@ -157,7 +157,12 @@ impl Job for ExecuteIntent {
             Verdict::Missing => Err(JobError::permanent(format!(
                 "no intent {intent} in tenant {tenant}"
             ))),
-            Verdict::NotPending(status) if status.is_final() => Ok(()),
+            // Ended already: the lifecycle may have rolled it up (its legs filled)
+            // while this job still held its entry locks; they go now, or every
+            // other intent on those symbols would wait for their expiry.
+            Verdict::NotPending(status) if status.is_final() => {
+                release_locks(&ctx, tenant, intent).await
+            }
             Verdict::NotPending(_) => submit_all(&ctx, tenant, intent, None).await,
             Verdict::Planned(Planned {
                 orders,

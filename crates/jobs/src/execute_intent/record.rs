@@ -42,6 +42,20 @@ pub(super) async fn settle_intents(
     Ok(())
 }
 
+/// Releases an ended intent's entry locks (any left: normally its ending took them).
+pub(super) async fn release_locks(
+    ctx: &JobContext,
+    tenant: Uuid,
+    intent: Uuid,
+) -> Result<(), JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    sqlx::query!("DELETE FROM entry_locks WHERE owner_token = $1", intent)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// What the venue answered for an intent all of whose legs were accepted, to be
 /// recorded together with other intents of the tenant (see `IntentBatches`).
 pub(super) struct Settlement {
