@@ -153,8 +153,8 @@ async fn the_fleet_killed_mid_trading_and_restarted_converges_to_the_venue() {
             .fetch_all(&desk.db.pool)
             .await
             .unwrap();
-            let orders: Vec<(String, String, Decimal, Option<Decimal>, Option<String>)> = sqlx::query_as(
-                "SELECT client_order_id, status, filled_quantity, final_filled_quantity, venue_order_id FROM orders
+            let orders: Vec<(String, String, Decimal)> = sqlx::query_as(
+                "SELECT client_order_id, status, filled_quantity FROM orders
                  WHERE status NOT IN ('filled', 'cancelled', 'expired', 'rejected') LIMIT 10",
             )
             .fetch_all(&desk.db.pool)
