@@ -195,6 +195,8 @@ pub enum BenchCommand {
     /// The order lifecycle: fills to the database by the stream and by the sync, and
     /// the requests an account with many working orders costs.
     Lifecycle(bench::lifecycle::LifecycleBenchArgs),
+    /// Reconciliation: one pass over many accounts with diverged orders.
+    Reconcile(bench::reconcile::ReconcileBenchArgs),
     /// Worker for the shared peer harness (bench/peers/compare.sh).
     #[command(hide = true)]
     Peer(bench::peer::PeerArgs),
@@ -337,6 +339,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Intents(args)) => bench::intents::run(&settings, args).await?,
         Command::Bench(BenchCommand::Lifecycle(args)) => {
             bench::lifecycle::run(&settings, args).await?
+        }
+        Command::Bench(BenchCommand::Reconcile(args)) => {
+            bench::reconcile::run(&settings, args).await?
         }
         Command::Bench(BenchCommand::Peer(args)) => bench::peer::run(&settings, args).await?,
     }

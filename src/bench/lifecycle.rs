@@ -39,7 +39,10 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::queue::{percentile, recreate_database};
+use super::{
+    queue::{percentile, recreate_database},
+    wait_for,
+};
 use crate::{config::Settings, db};
 
 #[derive(Debug, Clone, Args)]
@@ -387,27 +390,6 @@ async fn wait_recorded(pool: &PgPool, venue: &PaperVenue) -> anyhow::Result<()> 
         "SELECT count(*) FROM fills",
     )
     .await
-}
-
-async fn wait_for(
-    pool: &PgPool,
-    what: &str,
-    within: Duration,
-    n: i64,
-    count: &'static str,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let have: i64 = sqlx::query_scalar(count).fetch_one(pool).await?;
-        if have >= n {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{what}: {have} of {n} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn print(r: &LifecycleBenchResult, json: bool) -> anyhow::Result<()> {

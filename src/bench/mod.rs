@@ -4,6 +4,7 @@ pub mod intents;
 pub mod lifecycle;
 pub mod peer;
 pub mod queue;
+pub mod reconcile;
 
 /// The paper venue served in this process (on a free port), and the clients jobs get
 /// to reach it: credentials sealed under `key`, no request budget of the fleet's own
@@ -21,4 +22,26 @@ pub(crate) async fn local_venue(
     services.venue_requests_per_minute = i32::MAX;
     services.secrets_key = Some(key);
     Ok((venue, services))
+}
+
+/// Waits until `count` (a `SELECT count(*) ...`) reaches `n`, or fails saying `what`.
+pub(crate) async fn wait_for(
+    pool: &sqlx::PgPool,
+    what: &str,
+    within: std::time::Duration,
+    n: i64,
+    count: &'static str,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let have: i64 = sqlx::query_scalar(count).fetch_one(pool).await?;
+        if have >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{what}: {have} of {n} after {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
