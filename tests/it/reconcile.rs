@@ -625,6 +625,19 @@ async fn metrics_and_health_report_trading_and_return_to_zero_when_fixed() {
     assert_eq!(a["trading_paused"], false);
     assert_eq!(a["venue_reachable"], true);
     assert!(a["reconciled_age_seconds"].as_f64().unwrap() < 60.0);
+    let page = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .bearer_auth("operator")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<td>desk</td><td>main</td><td>paper</td>") && page.contains("position: 1"),
+        "{page}"
+    );
 
     // Fixed at the venue: the gauge returns to zero, the counter of those found stays.
     desk.venue.adjust_position("PKPAPER", "AAPL", d("-2"));
