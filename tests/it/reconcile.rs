@@ -716,3 +716,53 @@ async fn metrics_and_health_report_trading_and_return_to_zero_when_fixed() {
         .is_some_and(|v| v >= 1.0)
     );
 }
+
+#[tokio::test]
+async fn prune_keeps_open_mismatches_and_each_accounts_latest_run() {
+    let desk = quiet_desk(desk_options()).await;
+    let old = "now() - interval '40 days'";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO reconciliation_runs (tenant_id, account_id, reason, started_at, finished_at, duration_ms, requests, ok)
+         VALUES ('{t}', '{a}', 'schedule', {old}, {old}, 1, 4, true),
+                ('{t}', '{a}', 'schedule', {old} + interval '1 minute', {old} + interval '1 minute', 1, 4, true);
+         INSERT INTO reconciliation_mismatches (tenant_id, account_id, kind, subject, details, found_at, resolved_at)
+         VALUES ('{t}', '{a}', 'missing_fill', 'old-and-fixed', '{{}}', {old}, {old}),
+                ('{t}', '{a}', 'position', 'OPEN', '{{}}', {old}, NULL),
+                ('{t}', '{a}', 'missing_fill', 'recent', '{{}}', now(), now());",
+        t = desk.tenant,
+        a = desk.account,
+    )))
+    .execute(&desk.db.pool)
+    .await
+    .unwrap();
+    let settings = desk.db.settings();
+    let specs = pulse_jobs::registry(&pulse_jobs::Env::default());
+    let prune = pulse_queue::prune::spec(settings.retention.clone(), &specs);
+    (prune.handler)(
+        serde_json::json!({}),
+        pulse_contract::Attempt {
+            pool: desk.db.pool.clone(),
+            job_id: 0,
+            job_name: "prune",
+            attempt: 1,
+            attempt_id: Uuid::new_v4(),
+            max_attempts: 3,
+            enqueued_at: chrono::Utc::now(),
+        },
+    )
+    .await
+    .unwrap();
+    let subjects: Vec<String> =
+        sqlx::query_scalar("SELECT subject FROM reconciliation_mismatches ORDER BY subject")
+            .fetch_all(&desk.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(subjects, vec!["OPEN".to_string(), "recent".to_string()]);
+    assert_eq!(
+        desk.db
+            .count("SELECT count(*) FROM reconciliation_runs")
+            .await,
+        1,
+        "the account's latest run stays, however old"
+    );
+}

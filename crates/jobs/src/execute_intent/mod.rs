@@ -185,7 +185,7 @@ impl Job for ExecuteIntent {
             }
             Verdict::Refused { event, reason } => fail(&ctx, tenant, intent, event, &reason).await,
             Verdict::Locked => Err(JobError::Snooze(Duration::from_millis(100))),
-            Verdict::Gated => Err(JobError::Snooze(Duration::from_millis(250))),
+            Verdict::Gated => Err(JobError::Snooze(Duration::from_millis(500))),
             Verdict::Retry(why) => Err(JobError::retryable(why)),
         }
     }

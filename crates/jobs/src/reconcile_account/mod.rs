@@ -40,6 +40,7 @@ use uuid::Uuid;
 
 use crate::{Job, JobContext, JobError};
 use findings::{Findings, Kind};
+use pulse_contract::{RetentionHook, retention_hook};
 use pulse_domain::{tenancy, venue::Venue};
 
 pub use findings::Kind as MismatchKind;
@@ -124,6 +125,33 @@ impl Job for ReconcileAccount {
     const NAME: &'static str = "reconcile_account";
     const MAX_ATTEMPTS: i32 = 10;
     const TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// Runs and resolved mismatches older than `keep` go (open mismatches stay, and
+    /// every account's latest run).
+    fn retention() -> Option<RetentionHook> {
+        Some(retention_hook(|pool, keep| async move {
+            let secs = keep.as_secs_f64();
+            let mismatches = sqlx::query!(
+                "DELETE FROM reconciliation_mismatches
+                 WHERE resolved_at < now() - make_interval(secs => $1)",
+                secs,
+            )
+            .execute(&pool)
+            .await?
+            .rows_affected();
+            let runs = sqlx::query!(
+                "DELETE FROM reconciliation_runs r
+                 WHERE finished_at < now() - make_interval(secs => $1)
+                   AND EXISTS (SELECT 1 FROM reconciliation_runs n
+                               WHERE n.account_id = r.account_id AND n.started_at > r.started_at)",
+                secs,
+            )
+            .execute(&pool)
+            .await?
+            .rows_affected();
+            Ok(mismatches + runs)
+        }))
+    }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let (tenant, account) = (self.tenant_id, self.account_id);
