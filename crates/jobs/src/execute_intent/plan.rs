@@ -402,13 +402,16 @@ async fn fetch_quotes(services: &Services, wants: Vec<QuoteWant>) -> Quotes {
 
 type Known = Vec<(Uuid, String, Option<String>, Option<String>)>;
 
-/// The accounts among `accounts` that the tenant has, with their venue and API key.
+/// The accounts among `accounts` that the tenant has, with their venue and API key,
+/// and which of them wait for their start-up reconciliation.
 async fn known_accounts(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     accounts: &[Uuid],
-) -> sqlx::Result<Known> {
+) -> sqlx::Result<(Known, Vec<Uuid>)> {
     let rows = sqlx::query!(
-        r#"SELECT a.id, a.venue_id, c.identifier AS "identifier?", c.secret_ref AS "secret_ref?"
+        r#"SELECT a.id, a.venue_id, c.identifier AS "identifier?", c.secret_ref AS "secret_ref?",
+                  EXISTS (SELECT 1 FROM account_reconciliation r
+                          WHERE r.account_id = a.id AND r.gate_since IS NOT NULL) AS "gated!"
            FROM trading_accounts a
            LEFT JOIN account_credentials c ON c.account_id = a.id AND c.credential_type = 'api_key'
            WHERE a.id = ANY($1)"#,
@@ -416,10 +419,13 @@ async fn known_accounts(
     )
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.id, r.venue_id, r.identifier, r.secret_ref))
-        .collect())
+    let gated = rows.iter().filter(|r| r.gated).map(|r| r.id).collect();
+    Ok((
+        rows.into_iter()
+            .map(|r| (r.id, r.venue_id, r.identifier, r.secret_ref))
+            .collect(),
+        gated,
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -551,14 +557,9 @@ async fn plan_batch(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let known = known_accounts(&mut tx, &accounts).await?;
-    // Accounts whose start-up reconciliation has not succeeded yet: their intents wait.
-    let gated: Vec<Uuid> = sqlx::query_scalar!(
-        "SELECT account_id FROM account_reconciliation WHERE account_id = ANY($1) AND gate_since IS NOT NULL",
-        &accounts,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    // With the accounts whose start-up reconciliation has not succeeded yet: their
+    // intents wait.
+    let (known, gated) = known_accounts(&mut tx, &accounts).await?;
     let engaged: Vec<(Option<Uuid>, Option<String>)> = sqlx::query!(
         "SELECT account_id, reason FROM kill_switches
          WHERE engaged AND (account_id IS NULL OR account_id = ANY($1))",
