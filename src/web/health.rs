@@ -1,5 +1,7 @@
-//! `/internal/health`: 200 when the database answers and no queue lags past
-//! `web.max_queue_lag_secs`, 503 otherwise. Everyone gets the status; operators get
+//! `/internal/health`: 200 when the database answers, no queue lags past
+//! `web.max_queue_lag_secs`, every queue with work or a schedule has a live worker,
+//! every schedule ticks, and every active account is reconciled and its ledger equals
+//! its journal; 503 with the reasons otherwise. Everyone gets the status; operators get
 //! the reasons, queues, workers and schedules.
 
 use axum::{

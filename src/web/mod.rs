@@ -27,6 +27,9 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub job_names: Arc<Vec<String>>,
+    /// When this process started: a schedule that has never ticked is overdue only
+    /// once two of its ticks have passed since.
+    pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl AppState {
@@ -35,6 +38,7 @@ impl AppState {
             pool,
             settings: Arc::new(settings),
             job_names: Arc::new(specs.iter().map(|s| s.name.to_string()).collect()),
+            started_at: chrono::Utc::now(),
         }
     }
 }

@@ -146,6 +146,82 @@ pub struct ScheduleHealth {
     pub name: String,
     pub job: String,
     pub last_tick_at: Option<DateTime<Utc>>,
+    /// The tick after the last one (or after this process started, if it never
+    /// ticked): when it is due.
+    pub next_tick_at: Option<DateTime<Utc>>,
+    /// Two ticks have been missed: no scheduler is running it.
+    pub overdue: bool,
+}
+
+/// The queues with a live worker, and the problems of queues and schedules that
+/// nothing runs: a queue with work or a schedule and no live worker, and a configured
+/// schedule whose last tick (or this process's start) is older than two of its periods.
+fn liveness_problems(
+    state: &AppState,
+    queues: &[QueueHealth],
+    live: &[String],
+    ticks: &[admin::ScheduleTick],
+    problems: &mut Vec<String>,
+) -> Vec<ScheduleHealth> {
+    let now = Utc::now();
+    let mut schedules = vec![];
+    for (name, settings) in &state.settings.schedules {
+        let tick = ticks.iter().find(|t| &t.name == name);
+        let last = tick.and_then(|t| t.last_tick_at);
+        let since = last.unwrap_or(state.started_at);
+        let (next, overdue) = match pulse_queue::scheduler::Schedule::parse(name, settings) {
+            Ok(schedule) => {
+                let mut upcoming = schedule.cron.after(&since);
+                let next = upcoming.next();
+                let second = upcoming.next();
+                (next, second.is_some_and(|s| s < now))
+            }
+            Err(_) => (None, false),
+        };
+        if overdue {
+            problems.push(format!(
+                "schedule {name} ({}) {}: two of its ticks have passed; no scheduler is running it",
+                settings.cron,
+                match last {
+                    Some(t) => format!("last ticked {:.0}s ago", (now - t).num_seconds()),
+                    None => "has never ticked".into(),
+                }
+            ));
+        }
+        schedules.push(ScheduleHealth {
+            name: name.clone(),
+            job: settings.job.clone(),
+            last_tick_at: last,
+            next_tick_at: next,
+            overdue,
+        });
+    }
+    for q in queues {
+        if live.contains(&q.name) {
+            continue;
+        }
+        let scheduled: Vec<&str> = state
+            .settings
+            .schedules
+            .iter()
+            .filter(|(_, s)| s.job == q.name)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if q.available + q.running > 0 {
+            problems.push(format!(
+                "queue {} has {} jobs waiting or running and no live worker runs it",
+                q.name,
+                q.available + q.running
+            ));
+        } else if !scheduled.is_empty() {
+            problems.push(format!(
+                "queue {} is scheduled ({}) and no live worker runs it",
+                q.name,
+                scheduled.join(", ")
+            ));
+        }
+    }
+    schedules
 }
 
 /// Health of the fleet as the web process sees it: database, queues (counts from the
@@ -201,10 +277,15 @@ pub async fn health(state: &AppState) -> Health {
             }
         })
         .collect();
-    let names = admin::live_workers(&state.pool, state.settings.worker.lease_timeout())
+    let lease = state.settings.worker.lease_timeout();
+    let names = admin::live_workers(&state.pool, lease)
         .await
         .unwrap_or_default();
-    let schedules = admin::schedule_ticks(&state.pool).await.unwrap_or_default();
+    let live = admin::live_queues(&state.pool, lease)
+        .await
+        .unwrap_or_default();
+    let ticks = admin::schedule_ticks(&state.pool).await.unwrap_or_default();
+    let schedules = liveness_problems(state, &queues, &live, &ticks, &mut problems);
     let accounts = match accounts(&state.pool).await {
         Ok(a) => a,
         Err(error) => {
@@ -249,14 +330,7 @@ pub async fn health(state: &AppState) -> Health {
             live: names.len() as i64,
             names,
         },
-        schedules: schedules
-            .into_iter()
-            .map(|s| ScheduleHealth {
-                name: s.name,
-                job: s.job_name,
-                last_tick_at: s.last_tick_at,
-            })
-            .collect(),
+        schedules,
         accounts,
     }
 }

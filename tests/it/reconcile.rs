@@ -546,14 +546,24 @@ async fn metrics_and_health_report_trading_and_return_to_zero_when_fixed() {
     desk.venue.adjust_position("PKPAPER", "AAPL", d("2"));
     let (_, found, _, _) = reconcile(&desk).await;
     assert_eq!(found["position"], 1, "{found}");
-    // The worker's counters reach the database when it flushes (at the latest, when
-    // it stops); the web process reads them from there.
+    // Every job done (health counts a job no worker will run as a problem), then the
+    // worker stops: its counters reach the database when it flushes (at the latest,
+    // when it stops); the web process reads them from there.
+    wait_until("no job left", Duration::from_secs(30), || async {
+        desk.db
+            .count("SELECT count(*) FROM fleet.jobs WHERE state IN ('available', 'running')")
+            .await
+            == 0
+    })
+    .await;
     desk.halt().await;
     let base = desk
         .db
         .serve_web(|s| {
             s.web.operator_token = "operator".into();
             s.reconcile.max_age_secs = 3600;
+            // No scheduler or worker runs while the web process is asked.
+            s.schedules.clear();
         })
         .await;
     let account = desk.account.to_string();

@@ -803,7 +803,10 @@ async fn f14_operator_pages_need_the_operator_credential() {
         .unwrap();
     let worker = db.start_worker(vec![canary()], 1).await;
     let base = db
-        .serve_web(|s| s.web.operator_token = "op-token-123, op-token-old".into())
+        .serve_web(|s| {
+            s.web.operator_token = "op-token-123, op-token-old".into();
+            s.schedules.clear();
+        })
         .await;
     let http = reqwest::Client::new();
     let get = |path: &str, auth: Option<&str>| {

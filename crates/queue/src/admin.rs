@@ -244,6 +244,21 @@ pub async fn live_workers(
     .await
 }
 
+/// The queues some live worker process runs (heartbeat younger than `lease_timeout`).
+pub async fn live_queues(
+    pool: &PgPool,
+    lease_timeout: std::time::Duration,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"SELECT DISTINCT q AS "queue!" FROM fleet.workers, unnest(queues) AS q
+           WHERE stopped_at IS NULL AND last_heartbeat_at > now() - make_interval(secs => $1)
+           ORDER BY 1"#,
+        lease_timeout.as_secs_f64(),
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Seconds the job at the head of each queue has been due (0 when none is due): one
 /// probe of the claim index per queue.
 pub async fn queue_lags(pool: &PgPool, names: &[String]) -> sqlx::Result<Vec<(String, f64)>> {
