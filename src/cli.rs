@@ -204,7 +204,6 @@ pub enum BenchCommand {
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -213,9 +212,11 @@ pub fn main() -> anyhow::Result<()> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Secrets(command) = &cli.command {
+        telemetry::init(&Default::default());
         return secrets(command);
     }
     let settings = Settings::load()?;
+    telemetry::init(&settings.log);
     // Only the commands that record or check job types build them (it builds an HTTP
     // client); the roles build their own.
     let specs = || registry::registered(&settings);

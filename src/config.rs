@@ -51,6 +51,8 @@ pub struct Settings {
     pub oms: OmsSettings,
     #[serde(default)]
     pub reconcile: ReconcileSettings,
+    #[serde(default)]
+    pub log: crate::telemetry::LogSettings,
 }
 
 /// Reconciliation (`reconcile_account`): its thresholds, and health's bound on its age.

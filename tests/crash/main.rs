@@ -202,6 +202,7 @@ fn worker_settings() -> WorkerSettings {
         shutdown_grace_ms: 2000,
         stats_flush_ms: 200,
         max_snooze_ms: 3_600_000,
+        slow_attempt_ms: 10_000,
     }
 }
 

@@ -151,3 +151,90 @@ async fn three_worker_processes_share_a_queue_and_run_no_job_twice() {
         "every job completed on its first and only attempt"
     );
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_job_attempt_tenant_and_worker_and_slow_attempts_say_so() {
+    let db = TestDb::new(&[]).await;
+    let mut worker = fleet_process(
+        &db,
+        &["worker", "--queues", "canary"],
+        &[
+            ("PULSE__LOG__FORMAT", "json"),
+            ("PULSE__WORKER__SLOW_ATTEMPT_MS", "150"),
+        ],
+    );
+    let stderr = worker.stderr.take().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut { stderr }, &mut out)
+            .await
+            .unwrap();
+        out
+    });
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let failing = db
+        .enqueue(
+            "canary",
+            serde_json::json!({"fail_first_attempts": 1, "tenant_id": tenant}),
+        )
+        .await;
+    let slow = db
+        .enqueue(
+            "canary",
+            serde_json::json!({"sleep_ms": 400, "tenant_id": tenant}),
+        )
+        .await;
+    for id in [failing, slow] {
+        db.wait_for_state(id, "completed", Duration::from_secs(30))
+            .await;
+    }
+    sigterm(&worker);
+    worker.wait().await.unwrap();
+    let logs = reader.await.unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    let attempt_of = |line: &serde_json::Value| -> Option<serde_json::Value> {
+        line["spans"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "attempt")
+            .cloned()
+    };
+    let failed = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("job {failing} attempt 1 failed")))
+        })
+        .unwrap_or_else(|| panic!("no failure line in {logs}"));
+    let span = attempt_of(failed).expect("the failure line is in the attempt's span");
+    assert_eq!(span["job.id"], failing);
+    assert_eq!(span["job.name"], "canary");
+    assert_eq!(span["job.attempt"], 1);
+    assert_eq!(span["tenant"], tenant.as_str());
+    assert!(span["worker"].as_str().is_some_and(|w| !w.is_empty()));
+    let slow_line = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("slow attempt"))
+        })
+        .unwrap_or_else(|| panic!("no slow-attempt line in {logs}"));
+    assert_eq!(attempt_of(slow_line).unwrap()["job.id"], slow);
+    assert!(slow_line["run_secs"].as_f64().unwrap() >= 0.4);
+    // Exactly one warning per slow attempt, none for the quick ones.
+    let slow_lines = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("slow attempt"))
+        })
+        .count();
+    assert_eq!(slow_lines, 1);
+}

@@ -413,14 +413,30 @@ pub struct AckLayer {
     acks: AckSender,
     policy: RetryPolicy,
     holdings: Arc<Holdings>,
+    logging: AttemptLogging,
+}
+
+/// What every log line of an attempt carries besides the job's own fields, and when
+/// an attempt is slow enough to say so.
+#[derive(Clone, Debug)]
+pub struct AttemptLogging {
+    /// The worker process's name (host:pid:id).
+    pub worker: Arc<str>,
+    pub slow_after: Duration,
 }
 
 impl AckLayer {
-    pub fn new(acks: AckSender, policy: RetryPolicy, holdings: Arc<Holdings>) -> Self {
+    pub fn new(
+        acks: AckSender,
+        policy: RetryPolicy,
+        holdings: Arc<Holdings>,
+        logging: AttemptLogging,
+    ) -> Self {
         Self {
             acks,
             policy,
             holdings,
+            logging,
         }
     }
 
@@ -529,55 +545,83 @@ where
         };
         let started = std::time::Instant::now();
         let layer = self.layer.clone();
+        // Every line of the attempt, the handler's included (it runs in this span),
+        // carries the job, the attempt, the tenant its payload names, and the worker.
+        let span = tracing::info_span!(
+            "attempt",
+            job.id = lease.id,
+            job.name = lease.job_name,
+            job.attempt = lease.attempt,
+            tenant = tracing::field::Empty,
+            worker = %layer.logging.worker,
+        );
+        if let Some(tenant) = job.payload.get("tenant_id").and_then(|t| t.as_str()) {
+            span.record("tenant", tenant);
+        }
+        let wait_secs = (lease.claimed_at - lease.run_at).num_milliseconds().max(0) as f64 / 1000.0;
         // Nothing between the claim and the ack may stop the queue's worker: a panic
         // in the inner service or in settling fails this one attempt, with a reason.
-        let future = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(task)));
-        Box::pin(async move {
-            use futures_util::FutureExt;
-            let result: Result<R, BoxDynError> = match future {
-                Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {
-                    Ok(result) => result.map_err(Into::into),
+        let future = {
+            let _entered = span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(task)))
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                use futures_util::FutureExt;
+                let result: Result<R, BoxDynError> = match future {
+                    Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {
+                        Ok(result) => result.map_err(Into::into),
+                        Err(panic) => Err(Box::new(AttemptFailure::Panic(panic_text(&*panic)))),
+                    },
                     Err(panic) => Err(Box::new(AttemptFailure::Panic(panic_text(&*panic)))),
-                },
-                Err(panic) => Err(Box::new(AttemptFailure::Panic(panic_text(&*panic)))),
-            };
-            let lease_lost = result
-                .as_ref()
-                .err()
-                .and_then(|e| e.downcast_ref::<AttemptFailure>())
-                .is_some_and(|f| matches!(f, AttemptFailure::LeaseLost));
-            if lease_lost {
-                // Not ours to settle any more: the rescue records the attempt.
-                tracing::warn!(
-                    job.id = lease.id,
-                    job.name = lease.job_name,
-                    "attempt abandoned: lease lost"
-                );
-                layer.holdings.released([lease.id]);
+                };
+                let lease_lost = result
+                    .as_ref()
+                    .err()
+                    .and_then(|e| e.downcast_ref::<AttemptFailure>())
+                    .is_some_and(|f| matches!(f, AttemptFailure::LeaseLost));
+                if lease_lost {
+                    // Not ours to settle any more: the rescue records the attempt.
+                    tracing::warn!(
+                        job.id = lease.id,
+                        job.name = lease.job_name,
+                        "attempt abandoned: lease lost"
+                    );
+                    layer.holdings.released([lease.id]);
+                    drop(permit);
+                    return result;
+                }
+                let run_secs = started.elapsed().as_secs_f64();
+                if started.elapsed() > layer.logging.slow_after {
+                    tracing::warn!(
+                        run_secs,
+                        wait_secs,
+                        "slow attempt: ran {run_secs:.3}s (over {:?}) after waiting {wait_secs:.3}s to be claimed",
+                        layer.logging.slow_after
+                    );
+                }
+                let outcome = result.as_ref().map(|_| ());
+                let ack = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    settle(&lease, &outcome, &layer.policy, run_secs)
+                }))
+                .unwrap_or_else(|panic| settle_after_panic(&lease, &panic_text(&*panic)));
+                if let Err(e) = &result {
+                    tracing::warn!(
+                        job.id = lease.id,
+                        job.name = lease.job_name,
+                        job.attempt = lease.attempt,
+                        outcome = ack.outcome.label(),
+                        "job {} attempt {} failed: {e}",
+                        lease.id,
+                        lease.attempt
+                    );
+                }
+                layer.acks.send(ack);
                 drop(permit);
-                return result;
-            }
-            let run_secs = started.elapsed().as_secs_f64();
-            let outcome = result.as_ref().map(|_| ());
-            let ack = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                settle(&lease, &outcome, &layer.policy, run_secs)
-            }))
-            .unwrap_or_else(|panic| settle_after_panic(&lease, &panic_text(&*panic)));
-            if let Err(e) = &result {
-                tracing::warn!(
-                    job.id = lease.id,
-                    job.name = lease.job_name,
-                    job.attempt = lease.attempt,
-                    outcome = ack.outcome.label(),
-                    "job {} attempt {} failed: {e}",
-                    lease.id,
-                    lease.attempt
-                );
-            }
-            layer.acks.send(ack);
-            drop(permit);
-            result
-        })
+                result
+            },
+            span,
+        ))
     }
 }
 

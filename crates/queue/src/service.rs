@@ -74,7 +74,15 @@ impl Service<Task<ClaimedJob>> for JobService {
         };
         let timeout = self.spec.timeout;
         let id = job.id;
-        let mut handle = tokio::spawn((self.spec.handler)(job.payload, attempt));
+        // The handler's own lines carry the attempt's span (see `AckService`), when
+        // its level is logged at all.
+        let run = (self.spec.handler)(job.payload, attempt);
+        let span = tracing::Span::current();
+        let mut handle = if span.is_disabled() {
+            tokio::spawn(run)
+        } else {
+            tokio::spawn(tracing::Instrument::instrument(run, span))
+        };
         let guard = AbortOnDrop(handle.abort_handle());
         let aborted = self.holdings.started(id, handle.abort_handle());
         let holdings = self.holdings.clone();

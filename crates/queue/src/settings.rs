@@ -18,10 +18,17 @@ pub struct WorkerSettings {
     /// also the longest wait any answer from outside may impose on a job.
     #[serde(default = "default_max_snooze")]
     pub max_snooze_ms: u64,
+    /// An attempt that runs longer logs one warning with its timing.
+    #[serde(default = "default_slow_attempt")]
+    pub slow_attempt_ms: u64,
 }
 
 fn default_max_snooze() -> u64 {
     3_600_000
+}
+
+fn default_slow_attempt() -> u64 {
+    10_000
 }
 
 impl WorkerSettings {
@@ -42,6 +49,9 @@ impl WorkerSettings {
     }
     pub fn max_snooze(&self) -> Duration {
         Duration::from_millis(self.max_snooze_ms)
+    }
+    pub fn slow_attempt(&self) -> Duration {
+        Duration::from_millis(self.slow_attempt_ms)
     }
 }
 

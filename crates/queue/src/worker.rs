@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    ack::{AckLayer, AckSender, Acker, RetryPolicy},
+    ack::{AckLayer, AckSender, Acker, AttemptLogging, RetryPolicy},
     backend::FleetBackend,
     fetcher::{self, FetcherConfig, FetcherLinks},
     holdings::{AbortReason, Holdings},
@@ -116,6 +116,10 @@ pub async fn start_with(
                 max_snooze: settings.max_snooze(),
             },
             holdings.clone(),
+            AttemptLogging {
+                worker: identity.name.as_str().into(),
+                slow_after: settings.slow_attempt(),
+            },
         );
         let backend = FleetBackend::new(rx, stop_rx.clone(), layer);
         let worker = WorkerBuilder::new(format!("{name}@{}", identity.name))
