@@ -147,6 +147,8 @@ pub async fn run(settings: &Settings, args: LifecycleBenchArgs) -> anyhow::Resul
             cron: format!("*/{SYNC_EVERY_SECS} * * * * *"),
             job: "sync_accounts".into(),
             payload: serde_json::json!({"bucket_secs": SYNC_EVERY_SECS}),
+            catch_up: Default::default(),
+            catch_up_limit: 10,
         },
     )]))?;
     let scheduler = tokio::spawn(scheduler::run(pool.clone(), schedules, stop_rx.clone()));

@@ -16,6 +16,8 @@ fn every_second() -> scheduler::Schedule {
             cron: "* * * * * *".into(),
             job: "canary".into(),
             payload: serde_json::json!({"quiet": true}),
+            catch_up: Default::default(),
+            catch_up_limit: 10,
         },
     );
     scheduler::parse_all(&settings).unwrap().remove(0)
@@ -70,4 +72,80 @@ async fn two_running_schedulers_produce_exactly_one_job_per_tick() {
             .await
             .unwrap();
     assert!(last.is_some());
+}
+
+#[tokio::test]
+async fn missed_ticks_are_caught_up_once_as_each_schedule_says() {
+    use pulse_queue::settings::CatchUp;
+    let db = TestDb::new(&[]).await;
+    let started = Utc::now();
+    // Three schedules that last ticked a minute ago (an outage): one catches up
+    // nothing, one the last tick, one the last five.
+    let mut settings = BTreeMap::new();
+    for (name, catch_up) in [
+        ("none", CatchUp::None),
+        ("last", CatchUp::Last),
+        ("five", CatchUp::All),
+    ] {
+        settings.insert(
+            name.to_string(),
+            ScheduleSettings {
+                cron: "*/5 * * * * *".into(),
+                job: "canary".into(),
+                payload: serde_json::json!({"quiet": true}),
+                catch_up,
+                catch_up_limit: 5,
+            },
+        );
+        sqlx::query(
+            "INSERT INTO fleet.schedules (name, cron, job_name, last_tick_at, updated_at)
+             VALUES ($1, '*/5 * * * * *', 'canary', $2, now())",
+        )
+        .bind(name)
+        .bind(started - chrono::Duration::seconds(60))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let schedules = scheduler::parse_all(&settings).unwrap();
+    // Two schedulers start at once: each missed tick is still enqueued once.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(scheduler::run(
+                db.pool.clone(),
+                schedules.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+    let caught_up = |name: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT idempotency_key FROM fleet.jobs WHERE idempotency_key LIKE $1 || ':%'",
+            )
+            .bind(name)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            keys.into_iter()
+                .filter(|k| {
+                    let tick = k.split_once(':').unwrap().1;
+                    chrono::DateTime::parse_from_rfc3339(tick).unwrap() <= started
+                })
+                .count()
+        }
+    };
+    wait_until("the catch-up", Duration::from_secs(10), || async {
+        caught_up("five").await == 5 && caught_up("last").await == 1
+    })
+    .await;
+    let _ = stop.send(true);
+    for r in runs {
+        r.await.unwrap();
+    }
+    assert_eq!(caught_up("none").await, 0);
+    assert_eq!(caught_up("last").await, 1);
+    assert_eq!(caught_up("five").await, 5);
 }

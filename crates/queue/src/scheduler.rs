@@ -1,7 +1,9 @@
 //! The scheduler only enqueues: each cron tick of each schedule in `config/`
 //! becomes one job with the idempotency key `<schedule>:<tick time>`, so any number
 //! of scheduler processes produce exactly one job per tick (run two for
-//! availability). Ticks missed while no scheduler ran are not replayed.
+//! availability). Ticks missed while no scheduler ran are caught up when one starts,
+//! as each schedule's `catch_up` says: none, the last one, or the last N (keyed by
+//! their tick times like any tick, so schedulers starting together catch up once).
 
 use std::{collections::BTreeMap, str::FromStr};
 
@@ -12,7 +14,7 @@ use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     enqueue::{EnqueueOptions, enqueue},
-    settings::ScheduleSettings,
+    settings::{CatchUp, ScheduleSettings},
 };
 
 /// A parsed schedule.
@@ -22,7 +24,13 @@ pub struct Schedule {
     pub cron: cron::Schedule,
     pub job: String,
     pub payload: serde_json::Value,
+    pub catch_up: CatchUp,
+    pub catch_up_limit: usize,
 }
+
+/// Most ticks looked through when catching up (a year of a per-second schedule is
+/// more than a scheduler should ever replay).
+const MAX_CATCH_UP_SCAN: usize = 1_000_000;
 
 impl Schedule {
     pub fn parse(name: &str, settings: &ScheduleSettings) -> anyhow::Result<Self> {
@@ -33,7 +41,32 @@ impl Schedule {
             cron,
             job: settings.job.clone(),
             payload: settings.payload.clone(),
+            catch_up: settings.catch_up,
+            catch_up_limit: settings.catch_up_limit.max(1),
         })
+    }
+
+    /// The missed ticks after `last` up to `now` that the catch-up policy replays,
+    /// oldest first.
+    pub fn missed(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let keep = match self.catch_up {
+            CatchUp::None => return vec![],
+            CatchUp::Last => 1,
+            CatchUp::All => self.catch_up_limit,
+        };
+        let mut kept = std::collections::VecDeque::with_capacity(keep);
+        for tick in self
+            .cron
+            .after(&last)
+            .take(MAX_CATCH_UP_SCAN)
+            .take_while(|t| *t <= now)
+        {
+            if kept.len() == keep {
+                kept.pop_front();
+            }
+            kept.push_back(tick);
+        }
+        kept.into()
     }
 
     /// The dedupe key of one tick: the same in every scheduler process.
@@ -87,6 +120,7 @@ pub async fn run(pool: PgPool, schedules: Vec<Schedule>, stop: watch::Receiver<b
 
 async fn run_one(pool: PgPool, schedule: Schedule, mut stop: watch::Receiver<bool>) {
     let mut after = Utc::now();
+    catch_up(&pool, &schedule, after).await;
     loop {
         let Some(tick) = schedule.cron.after(&after).next() else {
             return;
@@ -121,5 +155,72 @@ async fn run_one(pool: PgPool, schedule: Schedule, mut stop: watch::Receiver<boo
             }
         }
         after = tick;
+    }
+}
+
+/// Replays the ticks missed since the schedule's last one, as its policy says.
+async fn catch_up(pool: &PgPool, schedule: &Schedule, now: DateTime<Utc>) {
+    if schedule.catch_up == CatchUp::None {
+        return;
+    }
+    let last = sqlx::query_scalar!(
+        "SELECT last_tick_at FROM fleet.schedules WHERE name = $1",
+        &schedule.name
+    )
+    .fetch_optional(pool)
+    .await;
+    let last = match last {
+        Ok(Some(Some(last))) => last,
+        // Never ticked: nothing was missed.
+        Ok(_) => return,
+        Err(error) => {
+            tracing::warn!(schedule = %schedule.name, %error, "catch-up skipped: last tick unreadable");
+            return;
+        }
+    };
+    let missed = schedule.missed(last, now);
+    for tick in &missed {
+        if let Err(error) = fire(pool, schedule, *tick).await {
+            tracing::warn!(schedule = %schedule.name, %tick, %error, "catch-up tick failed");
+        }
+    }
+    if !missed.is_empty() {
+        tracing::info!(schedule = %schedule.name, ticks = missed.len(), "caught up missed ticks");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn schedule(catch_up: CatchUp, limit: usize) -> Schedule {
+        Schedule::parse(
+            "s",
+            &ScheduleSettings {
+                cron: "0 * * * * *".into(),
+                job: "canary".into(),
+                payload: serde_json::json!({}),
+                catch_up,
+                catch_up_limit: limit,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn missed_ticks_follow_the_policy() {
+        let last = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 10, 10, 30).unwrap();
+        let at = |m| Utc.with_ymd_and_hms(2026, 12, 1, 10, m, 0).unwrap();
+        assert!(schedule(CatchUp::None, 10).missed(last, now).is_empty());
+        assert_eq!(schedule(CatchUp::Last, 10).missed(last, now), vec![at(10)]);
+        assert_eq!(
+            schedule(CatchUp::All, 3).missed(last, now),
+            vec![at(8), at(9), at(10)]
+        );
+        assert_eq!(schedule(CatchUp::All, 100).missed(last, now).len(), 10);
+        // Nothing missed: nothing replayed.
+        assert!(schedule(CatchUp::Last, 10).missed(now, now).is_empty());
     }
 }

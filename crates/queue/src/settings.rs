@@ -77,6 +77,26 @@ pub struct ScheduleSettings {
     pub job: String,
     #[serde(default = "empty_object")]
     pub payload: serde_json::Value,
+    /// Ticks missed while no scheduler ran (since the schedule's last tick), when a
+    /// scheduler starts: `none` (default), `last` (the most recent one only), or `all`
+    /// (the most recent `catch_up_limit` of them).
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    #[serde(default = "default_catch_up_limit")]
+    pub catch_up_limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    #[default]
+    None,
+    Last,
+    All,
+}
+
+fn default_catch_up_limit() -> usize {
+    10
 }
 
 fn empty_object() -> serde_json::Value {
