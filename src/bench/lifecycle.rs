@@ -149,6 +149,7 @@ pub async fn run(settings: &Settings, args: LifecycleBenchArgs) -> anyhow::Resul
             payload: serde_json::json!({"bucket_secs": SYNC_EVERY_SECS}),
             catch_up: Default::default(),
             catch_up_limit: 10,
+            timezone: None,
         },
     )]))?;
     let scheduler = tokio::spawn(scheduler::run(pool.clone(), schedules, stop_rx.clone()));

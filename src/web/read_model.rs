@@ -171,7 +171,7 @@ fn liveness_problems(
         let since = last.unwrap_or(state.started_at);
         let (next, overdue) = match pulse_queue::scheduler::Schedule::parse(name, settings) {
             Ok(schedule) => {
-                let mut upcoming = schedule.cron.after(&since);
+                let mut upcoming = schedule.after(since);
                 let next = upcoming.next();
                 let second = upcoming.next();
                 (next, second.is_some_and(|s| s < now))

@@ -418,6 +418,7 @@ async fn two_schedulers_and_three_workers_run_one_reconciliation_per_account_per
             payload: serde_json::json!({"bucket_secs": 3600}),
             catch_up: Default::default(),
             catch_up_limit: 10,
+            timezone: None,
         },
     )]))
     .unwrap();

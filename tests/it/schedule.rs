@@ -18,6 +18,7 @@ fn every_second() -> scheduler::Schedule {
             payload: serde_json::json!({"quiet": true}),
             catch_up: Default::default(),
             catch_up_limit: 10,
+            timezone: None,
         },
     );
     scheduler::parse_all(&settings).unwrap().remove(0)
@@ -95,6 +96,7 @@ async fn missed_ticks_are_caught_up_once_as_each_schedule_says() {
                 payload: serde_json::json!({"quiet": true}),
                 catch_up,
                 catch_up_limit: 5,
+                timezone: None,
             },
         );
         sqlx::query(

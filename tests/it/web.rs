@@ -120,6 +120,7 @@ async fn health_names_a_scheduled_queue_no_worker_runs_and_a_schedule_that_stopp
             payload: serde_json::json!({"quiet": true}),
             catch_up: Default::default(),
             catch_up_limit: 10,
+            timezone: None,
         },
     )]);
     let schedules = every_second.clone();

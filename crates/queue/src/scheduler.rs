@@ -26,6 +26,8 @@ pub struct Schedule {
     pub payload: serde_json::Value,
     pub catch_up: CatchUp,
     pub catch_up_limit: usize,
+    /// The zone the cron reads in.
+    pub timezone: chrono_tz::Tz,
 }
 
 /// Most ticks looked through when catching up (a year of a per-second schedule is
@@ -36,7 +38,14 @@ impl Schedule {
     pub fn parse(name: &str, settings: &ScheduleSettings) -> anyhow::Result<Self> {
         let cron = cron::Schedule::from_str(&settings.cron)
             .with_context(|| format!("schedule `{name}`: bad cron `{}`", settings.cron))?;
+        let timezone = match &settings.timezone {
+            None => chrono_tz::UTC,
+            Some(zone) => zone.parse::<chrono_tz::Tz>().map_err(|e| {
+                anyhow::anyhow!("schedule `{name}`: unknown time zone `{zone}`: {e}")
+            })?,
+        };
         Ok(Self {
+            timezone,
             name: name.to_owned(),
             cron,
             job: settings.job.clone(),
@@ -44,6 +53,13 @@ impl Schedule {
             catch_up: settings.catch_up,
             catch_up_limit: settings.catch_up_limit.max(1),
         })
+    }
+
+    /// The ticks after `after`, read in the schedule's time zone, as UTC instants.
+    pub fn after(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        self.cron
+            .after(&after.with_timezone(&self.timezone))
+            .map(|t| t.with_timezone(&Utc))
     }
 
     /// The missed ticks after `last` up to `now` that the catch-up policy replays,
@@ -56,8 +72,7 @@ impl Schedule {
         };
         let mut kept = std::collections::VecDeque::with_capacity(keep);
         for tick in self
-            .cron
-            .after(&last)
+            .after(last)
             .take(MAX_CATCH_UP_SCAN)
             .take_while(|t| *t <= now)
         {
@@ -122,7 +137,7 @@ async fn run_one(pool: PgPool, schedule: Schedule, mut stop: watch::Receiver<boo
     let mut after = Utc::now();
     catch_up(&pool, &schedule, after).await;
     loop {
-        let Some(tick) = schedule.cron.after(&after).next() else {
+        let Some(tick) = schedule.after(after).next() else {
             return;
         };
         let wait = (tick - Utc::now()).to_std().unwrap_or_default();
@@ -140,7 +155,7 @@ async fn run_one(pool: PgPool, schedule: Schedule, mut stop: watch::Receiver<boo
                 }
                 Err(error) => {
                     tracing::warn!(schedule = %schedule.name, %tick, %error, "tick failed; retrying");
-                    let next_due = schedule.cron.after(&tick).next();
+                    let next_due = schedule.after(tick).next();
                     if next_due.is_some_and(|n| {
                         n <= Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
                     }) {
@@ -199,6 +214,7 @@ mod tests {
             "s",
             &ScheduleSettings {
                 cron: "0 * * * * *".into(),
+                timezone: None,
                 job: "canary".into(),
                 payload: serde_json::json!({}),
                 catch_up,
@@ -206,6 +222,38 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_schedule_in_a_time_zone_keeps_its_wall_clock_time_across_daylight_saving() {
+        let mut settings = ScheduleSettings {
+            cron: "0 30 9 * * *".into(),
+            timezone: Some("America/New_York".into()),
+            job: "canary".into(),
+            payload: serde_json::json!({}),
+            catch_up: CatchUp::None,
+            catch_up_limit: 1,
+        };
+        let s = Schedule::parse("open", &settings).unwrap();
+        // New York leaves daylight saving on 2026-11-01: 09:30 is 13:30 UTC before,
+        // 14:30 UTC after.
+        let before = Utc.with_ymd_and_hms(2026, 10, 30, 12, 0, 0).unwrap();
+        let ticks: Vec<_> = s.after(before).take(4).collect();
+        assert_eq!(
+            ticks,
+            vec![
+                Utc.with_ymd_and_hms(2026, 10, 30, 13, 30, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 10, 31, 13, 30, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 11, 1, 14, 30, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 11, 2, 14, 30, 0).unwrap(),
+            ]
+        );
+        settings.timezone = Some("Mars/Olympus_Mons".into());
+        let refused = Schedule::parse("open", &settings).unwrap_err();
+        assert!(
+            refused.to_string().contains("unknown time zone"),
+            "{refused}"
+        );
     }
 
     #[test]

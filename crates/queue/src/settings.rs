@@ -72,8 +72,12 @@ fn default_inbox_days() -> u64 {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ScheduleSettings {
-    /// Six fields, seconds first, UTC: `0 */5 * * * *`.
+    /// Six fields, seconds first, in `timezone`: `0 */5 * * * *`.
     pub cron: String,
+    /// The IANA time zone the cron reads in (`America/New_York`: 09:30 stays 09:30
+    /// across daylight saving); UTC when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
     pub job: String,
     #[serde(default = "empty_object")]
     pub payload: serde_json::Value,
