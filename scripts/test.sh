@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL="$(scripts/ensure-postgres.sh)/postgres"
 fi
+# The Procfile test runs the formation under honcho, as the README says to.
+export PULSE_HONCHO="${PULSE_HONCHO:-$(scripts/ensure-honcho.sh)}"
 cargo test --workspace --quiet "$@"

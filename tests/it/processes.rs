@@ -238,3 +238,91 @@ async fn json_logs_carry_the_job_attempt_tenant_and_worker_and_slow_attempts_say
         .count();
     assert_eq!(slow_lines, 1);
 }
+
+#[tokio::test]
+async fn the_procfile_formation_runs_under_honcho_as_the_readme_says() {
+    // README: `honcho run target/release/pulse-fleet migrate`, then
+    // `honcho start -c worker=3 web worker scheduler`. (A bare `honcho start` also
+    // starts `release`, which exits, and honcho then stops every process.)
+    let db = TestDb::new(&[]).await;
+    let honcho = std::env::var("PULSE_HONCHO").unwrap_or_else(|_| "honcho".into());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let command = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(&honcho);
+        cmd.args(["-f", &format!("{root}/Procfile"), "-d", root])
+            .args(args)
+            .env("PULSE_BIN", env!("CARGO_BIN_EXE_pulse-fleet"))
+            .env("DATABASE_URL", &db.url)
+            .env("APP_ENV", "test")
+            .env("PORT", port.to_string())
+            .env("PULSE__WEB__OPERATOR_TOKEN", "procfile")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    };
+    let release = command(&["run", env!("CARGO_BIN_EXE_pulse-fleet"), "migrate"])
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("{honcho} (scripts/ensure-honcho.sh installs it): {e}"));
+    assert!(release.success(), "the release phase failed");
+    let started = chrono::Utc::now();
+    let mut formation = command(&["start", "-c", "worker=2", "web", "worker", "scheduler"])
+        .spawn()
+        .unwrap();
+    // Two workers, a scheduler ticking (every 10 s for sync_accounts: the formation
+    // outlives a `release` that exits), and the web process healthy on PORT.
+    wait_until("two live workers", Duration::from_secs(30), || async {
+        db.count("SELECT count(*) FROM fleet.workers WHERE stopped_at IS NULL")
+            .await
+            == 2
+    })
+    .await;
+    wait_until("a scheduler tick", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM fleet.schedules WHERE name = 'sync_accounts' AND last_tick_at > $1",
+        )
+        .bind(started)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            > 0
+    })
+    .await;
+    let health = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/internal/health"))
+        .bearer_auth("procfile")
+        .send()
+        .await
+        .unwrap();
+    let status = health.status();
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["workers"]["live"], 2);
+    assert!(
+        formation.try_wait().unwrap().is_none(),
+        "the formation stopped"
+    );
+
+    sigterm(&formation);
+    let exited = tokio::time::timeout(Duration::from_secs(30), formation.wait())
+        .await
+        .expect("honcho stops the formation on SIGTERM")
+        .unwrap();
+    assert!(exited.code().is_some(), "{exited:?}");
+    wait_until(
+        "the workers deregistered",
+        Duration::from_secs(10),
+        || async {
+            db.count("SELECT count(*) FROM fleet.workers WHERE stopped_at IS NULL")
+                .await
+                == 0
+        },
+    )
+    .await;
+}
