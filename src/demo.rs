@@ -87,8 +87,21 @@ pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
         Decimal::from(DEMO_CAPITAL),
     )
     .await?;
+    // The desk's trader, so that the README's watcher example (the platform's watcher
+    // contract, which names a user, not a tenant) lands in the demo tenant.
+    sqlx::query!(
+        "INSERT INTO tenant_members (tenant_id, user_id, role) VALUES ($1, $2, 'owner')
+         ON CONFLICT DO NOTHING",
+        TENANT,
+        DEMO_USER,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
+
+/// The demo tenant's trader.
+pub const DEMO_USER: &str = "demo-trader";
 
 /// The demo's `n`th intent (from 1) on `account`: a pair trade entered (buy 1-3 AAPL,
 /// sell 1 MSFT) and, on the next, exited the other way, so the desk trades all day on

@@ -116,8 +116,28 @@ fn source_version(op: Operation, record: Option<&Value>, old: Option<&Value>) ->
     }
 }
 
-/// `POST /webhooks/watchers`: the watcher-sync contract of the platform docs.
+/// The watcher contract's budget (seed 003: the function answers 408 past 1 s).
+const WATCHER_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `POST /webhooks/watchers` (and the contract's own path,
+/// `/functions/v1/watchers-upsert`): the watcher-sync contract of the platform docs,
+/// in two forms.
+///
+/// - **Keyed** (our database's trigger sends these): the record carries its `id`, its
+///   `tenant_id` and a `version` (or `updated_at`), and changes apply in version order
+///   whatever order they arrive in.
+/// - **The contract verbatim** (seed 003's payload): no `id`, no `tenant_id`, no
+///   version. The tenant is the user's (one membership; none or several is refused
+///   with the reason), the change is keyed by (user_id, symbol, timeframe), and
+///   changes apply in arrival order, as the contract's own function does. A replayed
+///   old body can then undo a later change of that key: the contract's signature
+///   carries no time, so it cannot be told from a new one (the keyed form can).
+///
+/// Answers the contract's `{success, operation, symbol, user_id}`, or 408
+/// `{"error":"timeout"}` when storing would take longer than 1 s, with nothing
+/// stored.
 pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = std::time::Instant::now();
     let signature = header(&headers, "x-hmac-sha256");
     let checked = match state.settings.watchers.secret() {
         Some(secret) => signature::verify_hex_hmac(signature, &body, &secret),
@@ -142,45 +162,107 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
     else {
         return error(StatusCode::BAD_REQUEST, "unknown_type");
     };
-    let record = payload.get("record").filter(|r| r.is_object());
-    let old = payload.get("old_record").filter(|r| r.is_object());
-    let subject = if op == Operation::Delete { old } else { record };
-    let Some(source_id) = subject.and_then(|r| r.get("id")).and_then(Value::as_i64) else {
-        return error(StatusCode::BAD_REQUEST, "missing_record_id");
+    let mut record = payload.get("record").filter(|r| r.is_object()).cloned();
+    let mut old = payload.get("old_record").filter(|r| r.is_object()).cloned();
+    let subject = if op == Operation::Delete {
+        &old
+    } else {
+        &record
     };
-    // Multi-tenant: a change without its tenant could not be applied by anyone.
-    if subject
-        .and_then(|r| r.get("tenant_id"))
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<uuid::Uuid>().ok())
-        .is_none()
-    {
+    let Some(subject) = subject.clone() else {
+        return error(StatusCode::BAD_REQUEST, "missing_record");
+    };
+    let text = |field: &str| {
+        subject
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let Some(user_id) = text("user_id") else {
+        return error(StatusCode::BAD_REQUEST, "missing_user_id");
+    };
+    let keyed = subject.get("id").and_then(Value::as_i64);
+    let named_tenant = text("tenant_id").and_then(|t| t.parse::<uuid::Uuid>().ok());
+    if keyed.is_some() && named_tenant.is_none() {
+        // A keyed change says whose it is (our trigger always does).
         return error(StatusCode::BAD_REQUEST, "missing_tenant_id");
     }
-    let Some(version) = source_version(op, record, old) else {
-        return error(StatusCode::BAD_REQUEST, "missing_version");
+    let version = match (keyed, source_version(op, record.as_ref(), old.as_ref())) {
+        (_, Some(v)) => Some(v),
+        (Some(_), None) => return error(StatusCode::BAD_REQUEST, "missing_version"),
+        // The contract's form: arrival order (the statement's clock, below).
+        (None, None) => None,
     };
-    let stored = sqlx::query!(
-        "INSERT INTO watcher_events (source_id, source_version, type, record, old_record)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        source_id,
-        version,
-        op as Operation,
-        record,
-        old,
-    )
-    .execute(&state.pool)
+    let stored = tokio::time::timeout(WATCHER_BUDGET, async {
+        let mut tx = state.pool.begin().await?;
+        // What is left of the budget bounds the statements too: a timed-out change
+        // is rolled back by the server, not left half-stored.
+        let left = WATCHER_BUDGET.saturating_sub(started.elapsed()).as_millis().max(1);
+        sqlx::query!("SELECT set_config('statement_timeout', $1, true)", format!("{left}ms"))
+            .fetch_one(&mut *tx)
+            .await?;
+        let tenant = match named_tenant {
+            Some(t) => t,
+            None => {
+                let tenants = sqlx::query_scalar!(
+                    r#"SELECT t AS "t!" FROM tenants_of_user($1) AS t"#,
+                    &user_id
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                match tenants[..] {
+                    [one] => one,
+                    [] => return Ok(Err("unknown_user")),
+                    _ => return Ok(Err("ambiguous_user_tenant")),
+                }
+            }
+        };
+        // The inbox's job reads the tenant from the record, and a key from its id or,
+        // in the contract's form, from (tenant, user_id, symbol, timeframe).
+        for r in [&mut record, &mut old].into_iter().flatten() {
+            if let Some(r) = r.as_object_mut() {
+                r.insert("tenant_id".into(), json!(tenant));
+            }
+        }
+        let source_id = match keyed {
+            Some(id) => id,
+            None => {
+                let (Some(symbol), Some(timeframe)) = (text("symbol"), text("timeframe")) else {
+                    return Ok(Err("missing_record_key"));
+                };
+                natural_source_id(tenant, &user_id, &symbol, &timeframe)
+            }
+        };
+        sqlx::query!(
+            "INSERT INTO watcher_events (source_id, source_version, type, record, old_record)
+             VALUES ($1, coalesce($2, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint), $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+            source_id,
+            version,
+            op as Operation,
+            record,
+            old,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(Ok(()))
+    })
     .await;
-    if let Err(e) = stored {
-        tracing::error!(source.id = source_id, error = %e, "storing a watcher change failed");
-        return error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    match stored {
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "timeout"),
+        Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("57014") => {
+            // statement_timeout: the budget ran out inside the database.
+            return error(StatusCode::REQUEST_TIMEOUT, "timeout");
+        }
+        Ok(Err(e)) => {
+            tracing::error!(user.id = %user_id, error = %e, "storing a watcher change failed");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+        }
+        Ok(Ok(Err(code))) => return error(StatusCode::BAD_REQUEST, code),
+        Ok(Ok(Ok(()))) => {}
     }
-    let field = |name: &str| {
-        subject
-            .and_then(|r| r.get(name))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let field = |name: &str| subject.get(name).cloned().unwrap_or(Value::Null);
     Json(json!({
         "success": true,
         "operation": op,
@@ -188,4 +270,19 @@ pub async fn watchers(State(state): State<AppState>, headers: HeaderMap, body: B
         "user_id": field("user_id"),
     }))
     .into_response()
+}
+
+/// The inbox key of a change in the contract's form, which names no row id: a stable
+/// function of (tenant, user_id, symbol, timeframe), negative so that it never meets
+/// the ids of `user_symbols` rows (positive).
+fn natural_source_id(tenant: uuid::Uuid, user_id: &str, symbol: &str, timeframe: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [tenant.to_string().as_str(), user_id, symbol, timeframe] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    let n = i64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) & i64::MAX;
+    -n - 1
 }

@@ -60,6 +60,8 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/health", get(health::health))
         .route("/webhooks/stripe", post(ingress::stripe))
         .route("/webhooks/watchers", post(ingress::watchers))
+        // The contract's own path (seed 003), for senders configured for it.
+        .route("/functions/v1/watchers-upsert", post(ingress::watchers))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -212,3 +212,139 @@ async fn bad_signatures_and_bad_bodies_are_refused_and_store_nothing() {
     );
     assert_eq!(db.count("SELECT count(*) FROM watcher_events").await, 0);
 }
+
+/// Adds `user` to `tenant` (creating the tenant).
+async fn member(db: &TestDb, tenant: uuid::Uuid, user: &str) {
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $1::text) ON CONFLICT DO NOTHING")
+        .bind(tenant)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO tenant_members (tenant_id, user_id, role) VALUES ($1, $2, 'trader')")
+        .bind(tenant)
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_platform_docs_openssl_and_curl_recipe_works_verbatim() {
+    let db = TestDb::new(&[]).await;
+    let base = db
+        .serve_web(|s| s.watchers.webhook_secret = SECRET.into())
+        .await;
+    let tenant = uuid::Uuid::new_v4();
+    member(&db, tenant, "test-uuid").await;
+    // Seed 003's "Manual Test via curl", word for word but for the URL.
+    let recipe = r#"
+PAYLOAD='{"type":"INSERT","record":{"user_id":"test-uuid","symbol":"BTC/USDT","timeframe":"1h","strategy":{},"active":true}}'
+SIGNATURE=$(echo -n "$PAYLOAD" | openssl dgst -sha256 -hmac "$WEBHOOK_SECRET" | cut -d' ' -f2)
+
+curl -X POST \
+  $SUPABASE_B_URL/functions/v1/watchers-upsert \
+  -H "Content-Type: application/json" \
+  -H "x-hmac-sha256: $SIGNATURE" \
+  -d "$PAYLOAD"
+"#;
+    let out = tokio::process::Command::new("bash")
+        .args(["-c", recipe])
+        .env("WEBHOOK_SECRET", SECRET)
+        .env("SUPABASE_B_URL", &base)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(
+        answer,
+        json!({"success": true, "operation": "INSERT", "symbol": "BTC/USDT", "user_id": "test-uuid"})
+    );
+    let worker = db.start_worker(watcher_jobs(), 2).await;
+    db.drain().await;
+    let rows: Vec<(uuid::Uuid, String, String, String)> =
+        sqlx::query_as("SELECT tenant_id, user_id, symbol, timeframe FROM watchers")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![(tenant, "test-uuid".into(), "BTC/USDT".into(), "1h".into())]
+    );
+
+    // The same form, updated then deleted, keyed by (user, symbol, timeframe).
+    let url = format!("{base}/functions/v1/watchers-upsert");
+    let record = json!({"user_id": "test-uuid", "symbol": "BTC/USDT", "timeframe": "1h",
+                        "strategy": {"rsi": 30}, "active": false});
+    let update = deliver(&url, &json!({"type": "UPDATE", "record": record}), SECRET).await;
+    assert_eq!(update.status(), 200);
+    db.drain().await;
+    assert_eq!(watchers(&db).await[0].3, json!({"rsi": 30}));
+    let delete = deliver(
+        &url,
+        &json!({"type": "DELETE", "old_record": record}),
+        SECRET,
+    )
+    .await;
+    assert_eq!(delete.status(), 200);
+    assert_eq!(
+        delete.json::<Value>().await.unwrap(),
+        json!({"success": true, "operation": "DELETE", "symbol": "BTC/USDT", "user_id": "test-uuid"})
+    );
+    db.drain().await;
+    worker.shutdown().await.unwrap();
+    assert!(watchers(&db).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_contract_change_of_a_user_in_no_tenant_or_several_is_refused_and_a_slow_one_times_out() {
+    let db = TestDb::new(&[]).await;
+    let url = format!(
+        "{}/functions/v1/watchers-upsert",
+        db.serve_web(|s| s.watchers.webhook_secret = SECRET.into())
+            .await
+    );
+    let change = |user: &str| json!({"type": "INSERT", "record": {"user_id": user, "symbol": "ETH/USDT", "timeframe": "4h"}});
+    let nobody = deliver(&url, &change("nobody"), SECRET).await;
+    assert_eq!(nobody.status(), 400);
+    assert_eq!(
+        nobody.json::<Value>().await.unwrap()["error"],
+        "unknown_user"
+    );
+    member(&db, uuid::Uuid::new_v4(), "twice").await;
+    member(&db, uuid::Uuid::new_v4(), "twice").await;
+    let twice = deliver(&url, &change("twice"), SECRET).await;
+    assert_eq!(twice.status(), 400);
+    assert_eq!(
+        twice.json::<Value>().await.unwrap()["error"],
+        "ambiguous_user_tenant"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM watcher_events").await, 0);
+
+    // Storing blocks past the 1 s budget (the inbox locked): 408, nothing stored.
+    member(&db, uuid::Uuid::new_v4(), "slow").await;
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE watcher_events IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let slow = deliver(&url, &change("slow"), SECRET).await;
+    let took = started.elapsed();
+    assert_eq!(slow.status(), 408);
+    assert_eq!(
+        slow.json::<Value>().await.unwrap(),
+        json!({"error": "timeout"})
+    );
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+    lock.commit().await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM watcher_events").await, 0);
+    // Unblocked, the same delivery is stored once.
+    assert_eq!(deliver(&url, &change("slow"), SECRET).await.status(), 200);
+    assert_eq!(db.count("SELECT count(*) FROM watcher_events").await, 1);
+}
