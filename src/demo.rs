@@ -97,11 +97,26 @@ pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
     )
     .execute(pool)
     .await?;
+    // ... and a Stripe customer of the trader, as a completed checkout would have
+    // linked it, so that the README's payment-failed example reaches the trader.
+    sqlx::query!(
+        "WITH routed AS (
+             INSERT INTO billing.customer_tenants (stripe_customer_id, tenant_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING)
+         INSERT INTO billing.customers (tenant_id, stripe_customer_id, user_id, email)
+         VALUES ($2, $1, $3, 'demo-trader@example.com') ON CONFLICT DO NOTHING",
+        DEMO_CUSTOMER,
+        TENANT,
+        DEMO_USER,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-/// The demo tenant's trader.
+/// The demo tenant's trader, and the trader's Stripe customer.
 pub const DEMO_USER: &str = "demo-trader";
+pub const DEMO_CUSTOMER: &str = "cus_demo";
 
 /// The demo's `n`th intent (from 1) on `account`: a pair trade entered (buy 1-3 AAPL,
 /// sell 1 MSFT) and, on the next, exited the other way, so the desk trades all day on
