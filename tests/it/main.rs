@@ -11,6 +11,7 @@ mod lifecycle;
 mod oms;
 mod payments;
 mod processes;
+mod readme;
 mod reconcile;
 mod schedule;
 mod security;

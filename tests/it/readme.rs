@@ -1,0 +1,103 @@
+//! The README's examples, run as a user pastes them: the block after the README's
+//! `tests/it/readme.rs` marker, against `pulse-fleet all --demo` on the ports the
+//! README names (8080 web, 8070 paper venue, 8090 Discord sink).
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// The fenced `sh` block that follows the marker naming this file.
+fn marked_block(readme: &str) -> String {
+    let start = readme
+        .find("<!-- tests/it/readme.rs runs the next block")
+        .expect("the README's marker");
+    let rest = &readme[start..];
+    let open = rest.find("```sh\n").expect("a sh block after the marker") + "```sh\n".len();
+    let close = rest[open..].find("```").expect("the block's end");
+    rest[open..open + close].to_owned()
+}
+
+#[tokio::test]
+async fn the_readme_webhook_examples_work_as_pasted() {
+    let db = TestDb::new(&[]).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = marked_block(&readme);
+    // What scripts/run-local.sh sets, on the test's database.
+    let mut fleet = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-fleet"))
+        .args(["all", "--demo"])
+        .env("DATABASE_URL", &db.url)
+        .env("APP_ENV", "local")
+        .env("PULSE__STRIPE__WEBHOOK_SECRETS", "whsec_local_dev")
+        .env("PULSE__WATCHERS__WEBHOOK_SECRET", "local-dev-secret")
+        .env("PULSE__WEB__OPERATOR_TOKEN", "local-operator")
+        .env("PULSE_DEMO_PAPER_SECRET", "local-paper-secret")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the web process on :8080 (is something else using it?)",
+        Duration::from_secs(30),
+        || async {
+            reqwest::get("http://localhost:8080/internal/health")
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let out = tokio::process::Command::new("bash")
+        .args(["-c", &block])
+        .env("B", env!("CARGO_BIN_EXE_pulse-fleet"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(r#"{"duplicate":false,"received":true}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            r#"{"operation":"INSERT","success":true,"symbol":"BTC/USDT","user_id":"demo-trader"}"#
+        ),
+        "{stdout}"
+    );
+    // The alert the README promises reaches the Discord sink, and the watcher lands.
+    wait_until(
+        "the payment-failed alert in the sink",
+        Duration::from_secs(30),
+        || async {
+            reqwest::get("http://localhost:8090/messages")
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains("Payment failed")
+        },
+    )
+    .await;
+    wait_until("the watcher", Duration::from_secs(30), || async {
+        db.count(
+            "SELECT count(*) FROM watchers WHERE user_id = 'demo-trader' AND symbol = 'BTC/USDT'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    sigterm(&fleet);
+    tokio::time::timeout(Duration::from_secs(30), fleet.wait())
+        .await
+        .expect("the fleet stops on SIGTERM")
+        .unwrap();
+}
