@@ -1,28 +1,54 @@
-//! The README's examples, run as a user pastes them: the block after the README's
-//! `tests/it/readme.rs` marker, against `pulse-fleet all --demo` on the ports the
-//! README names (8080 web, 8070 paper venue, 8090 Discord sink).
+//! The README's examples, run as a user pastes them: every fenced `sh` block after a
+//! README marker naming this file, against `pulse-fleet all --demo` on the ports the
+//! README names (8080 web, 8070 paper venue, 8090 Discord sink). The README's
+//! `target/release/pulse-fleet` is this build's binary.
 
 use std::time::Duration;
 
 use crate::helpers::*;
 
-/// The fenced `sh` block that follows the marker naming this file.
-fn marked_block(readme: &str) -> String {
-    let start = readme
-        .find("<!-- tests/it/readme.rs runs the next block")
-        .expect("the README's marker");
-    let rest = &readme[start..];
-    let open = rest.find("```sh\n").expect("a sh block after the marker") + "```sh\n".len();
-    let close = rest[open..].find("```").expect("the block's end");
-    rest[open..open + close].to_owned()
+/// The fenced `sh` blocks that follow the markers naming this file, in order.
+fn marked_blocks(readme: &str) -> Vec<String> {
+    readme
+        .split("<!-- tests/it/readme.rs runs the next block")
+        .skip(1)
+        .map(|rest| {
+            let open = rest.find("```sh\n").expect("a sh block after the marker") + "```sh\n".len();
+            let close = rest[open..].find("```").expect("the block's end");
+            rest[open..open + close].to_owned()
+        })
+        .collect()
+}
+
+/// Runs a README block in bash from the clone's root, as a user in another shell
+/// would (the README's binary path being this build's); its stdout.
+async fn run_block(block: &str, db: &TestDb) -> String {
+    let bin = env!("CARGO_BIN_EXE_pulse-fleet");
+    let out = tokio::process::Command::new("bash")
+        .args(["-c", &block.replace("target/release/pulse-fleet", bin)])
+        .env("B", bin)
+        .env("DATABASE_URL", &db.url)
+        .env("APP_ENV", "local")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{block}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 #[tokio::test]
-async fn the_readme_webhook_examples_work_as_pasted() {
+async fn the_readme_examples_work_as_pasted() {
     let db = TestDb::new(&[]).await;
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let block = marked_block(&readme);
+    let blocks = marked_blocks(&readme);
+    assert_eq!(blocks.len(), 2, "the README's tested blocks");
     // What scripts/run-local.sh sets, on the test's database.
     let mut fleet = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-fleet"))
         .args(["all", "--demo"])
@@ -49,19 +75,13 @@ async fn the_readme_webhook_examples_work_as_pasted() {
         },
     )
     .await;
-    let out = tokio::process::Command::new("bash")
-        .args(["-c", &block])
-        .env("B", env!("CARGO_BIN_EXE_pulse-fleet"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+
+    // "Try, in another shell": a canary enqueued, and the job list shows it.
+    let tried = run_block(&blocks[0], &db).await;
+    assert!(tried.contains("canary"), "{tried}");
+
+    // The webhooks: both answers, then the alert in the sink and the watcher.
+    let stdout = run_block(&blocks[1], &db).await;
     assert!(
         stdout.contains(r#"{"duplicate":false,"received":true}"#),
         "{stdout}"
@@ -72,7 +92,6 @@ async fn the_readme_webhook_examples_work_as_pasted() {
         ),
         "{stdout}"
     );
-    // The alert the README promises reaches the Discord sink, and the watcher lands.
     wait_until(
         "the payment-failed alert in the sink",
         Duration::from_secs(30),
