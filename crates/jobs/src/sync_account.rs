@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::{
     Job, JobContext, JobError,
     apply_venue_event::lifecycle_failure,
-    venue_budget::{spend, venue_failure},
+    venue_budget::{account_venue, spend, venue_failure},
 };
 use pulse_domain::{
     lifecycle::{self, Applied, LifecycleError},
@@ -108,18 +108,13 @@ impl Job for SyncAccount {
         let Some(oldest) = state.oldest_followed else {
             return finish(&ctx, tenant, account, None, &Tally::default()).await;
         };
-        let secret_ref = state.secret_ref.ok_or_else(|| {
-            JobError::permanent(format!("account {account} has no api_key credential"))
-        })?;
-        let venue = ctx
-            .services
-            .venue_client(
-                account,
-                &state.venue_id,
-                state.identifier.as_deref(),
-                &secret_ref,
-            )
-            .map_err(JobError::permanent)?;
+        let venue = account_venue(
+            &ctx,
+            account,
+            &state.venue_id,
+            state.identifier.as_deref(),
+            state.secret_ref.as_deref(),
+        )?;
         let mut tally = Tally::default();
         // 1. What became of the orders followed: every order created since the oldest.
         //    Only what tells us something new is applied (a working order the venue

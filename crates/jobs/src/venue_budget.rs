@@ -10,6 +10,23 @@ use uuid::Uuid;
 use crate::{JobContext, JobError};
 use pulse_domain::{tenancy, venue::VenueError};
 
+/// The client of one account at its venue, from the account's row: no `api_key`
+/// credential, or a venue no client speaks, fails the job for good.
+pub(crate) fn account_venue(
+    ctx: &JobContext,
+    account: Uuid,
+    venue_id: &str,
+    key_id: Option<&str>,
+    secret_ref: Option<&str>,
+) -> Result<std::sync::Arc<dyn pulse_domain::venue::Venue>, JobError> {
+    let secret_ref = secret_ref.ok_or_else(|| {
+        JobError::permanent(format!("account {account} has no api_key credential"))
+    })?;
+    ctx.services
+        .venue_client(account, venue_id, key_id, secret_ref)
+        .map_err(JobError::permanent)
+}
+
 /// A venue request that failed, as the job's outcome: the venue's rate limit snoozes
 /// until it resets; anything else is retried, `doing` saying what failed.
 pub(crate) fn venue_failure(doing: impl std::fmt::Display, e: VenueError) -> JobError {

@@ -187,18 +187,13 @@ impl Job for ReconcileAccount {
         if !row.active {
             return open_gate(&ctx, tenant, account, started).await;
         }
-        let secret_ref = row.secret_ref.ok_or_else(|| {
-            JobError::permanent(format!("account {account} has no api_key credential"))
-        })?;
-        let venue = ctx
-            .services
-            .venue_client(
-                account,
-                &row.venue_id,
-                row.identifier.as_deref(),
-                &secret_ref,
-            )
-            .map_err(JobError::permanent)?;
+        let venue = crate::venue_budget::account_venue(
+            &ctx,
+            account,
+            &row.venue_id,
+            row.identifier.as_deref(),
+            row.secret_ref.as_deref(),
+        )?;
         let lookback = started - TimeDelta::from_std(ctx.reconcile.lookback).unwrap_or_default();
         let mut run = Run {
             ctx: &ctx,
