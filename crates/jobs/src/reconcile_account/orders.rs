@@ -169,17 +169,8 @@ impl Run<'_> {
     /// Applies the venue's word on one order through the lifecycle.
     async fn apply(&self, theirs: &VenueOrder) -> Result<Applied, JobError> {
         let mut tx = tenancy::begin(&self.ctx.pool, self.tenant).await?;
-        match lifecycle::apply_order(&mut tx, self.tenant, self.account, theirs).await {
-            Ok(applied) => {
-                tx.commit().await?;
-                Ok(applied)
-            }
-            Err(LifecycleError::Implausible(why)) => {
-                tracing::warn!("reconcile: skipped: {why}");
-                Ok(Applied::default())
-            }
-            Err(e) => Err(lifecycle_failure(e)),
-        }
+        let applied = lifecycle::apply_order(&mut tx, self.tenant, self.account, theirs).await;
+        settle(tx, applied, "order").await
     }
 
     /// An order at the venue the database never knew: imported as external.
@@ -426,17 +417,29 @@ impl Run<'_> {
 
     async fn apply_fill(&self, fill: &pulse_domain::venue::Fill) -> Result<Applied, JobError> {
         let mut tx = tenancy::begin(&self.ctx.pool, self.tenant).await?;
-        match lifecycle::apply_fill(&mut tx, self.tenant, self.account, fill).await {
-            Ok(applied) => {
-                tx.commit().await?;
-                Ok(applied)
-            }
-            Err(LifecycleError::Implausible(why)) => {
-                tracing::warn!("reconcile: fill skipped: {why}");
-                Ok(Applied::default())
-            }
-            Err(e) => Err(lifecycle_failure(e)),
+        let applied = lifecycle::apply_fill(&mut tx, self.tenant, self.account, fill).await;
+        settle(tx, applied, "fill").await
+    }
+}
+
+/// Ends the transaction of one lifecycle event: committed when applied; an impossible
+/// report (the lifecycle wrote nothing) is logged and skipped, so it holds up no other
+/// event of the run.
+async fn settle(
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    applied: Result<Applied, LifecycleError>,
+    what: &str,
+) -> Result<Applied, JobError> {
+    match applied {
+        Ok(applied) => {
+            tx.commit().await?;
+            Ok(applied)
         }
+        Err(LifecycleError::Implausible(why)) => {
+            tracing::warn!("reconcile: {what} skipped: {why}");
+            Ok(Applied::default())
+        }
+        Err(e) => Err(lifecycle_failure(e)),
     }
 }
 
