@@ -555,7 +555,9 @@ where
             tenant = tracing::field::Empty,
             worker = %layer.logging.worker,
         );
-        if let Some(tenant) = job.payload.get("tenant_id").and_then(|t| t.as_str()) {
+        if !span.is_disabled()
+            && let Some(tenant) = job.payload.get("tenant_id").and_then(|t| t.as_str())
+        {
             span.record("tenant", tenant);
         }
         let wait_secs = (lease.claimed_at - lease.run_at).num_milliseconds().max(0) as f64 / 1000.0;
