@@ -22,38 +22,33 @@ const SYMBOLS: [&str; 12] = [
     "AAA", "BBB", "CCC", "DDD", "EEE", "FFF", "GGG", "HHH", "III", "JJJ", "KKK", "LLL",
 ];
 
-/// A worker process of the fleet, all queues, its output discarded.
+/// A worker process of the fleet (the trading queues), its output discarded.
 fn worker(db: &TestDb, venue: &str, key: &str) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-fleet"));
     // The trading queues only, and small pools: three processes and the test share
     // the server's 100 connections.
-    cmd.args([
-        "worker",
-        "--queues",
-        "execute_intent,apply_venue_event,sync_account,send_alert,reconcile_account",
-    ])
-    .env("DATABASE_URL", &db.url)
-    .env("PULSE__DATABASE__MAX_CONNECTIONS", "6")
-    .env("APP_ENV", "test")
-    .env("RUST_LOG", "warn")
-    .env("PULSE_SECRETS_KEY", key)
-    .env("PULSE__VENUES__PAPER", venue)
-    // The venue's limit is lifted below; the fleet's budget with it.
-    .env("PULSE__OMS__REQUESTS_PER_MINUTE_PER_ACCOUNT", "1000000")
-    .env("PULSE__OMS__STREAM_RESCAN_SECS", "1")
-    .env("PULSE__RECONCILE__IN_FLIGHT_AFTER_SECS", "2")
-    .env("PULSE__RECONCILE__NEVER_RECEIVED_AFTER_SECS", "5")
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open("/tmp/chaos-workers.log")
-            .unwrap(),
+    fleet_command(
+        db,
+        &[
+            "worker",
+            "--queues",
+            "execute_intent,apply_venue_event,sync_account,send_alert,reconcile_account",
+        ],
+        &[
+            ("PULSE__DATABASE__MAX_CONNECTIONS", "6"),
+            ("RUST_LOG", "warn"),
+            ("PULSE_SECRETS_KEY", key),
+            ("PULSE__VENUES__PAPER", venue),
+            // The venue's limit is lifted below; the fleet's budget with it.
+            ("PULSE__OMS__REQUESTS_PER_MINUTE_PER_ACCOUNT", "1000000"),
+            ("PULSE__OMS__STREAM_RESCAN_SECS", "1"),
+            ("PULSE__RECONCILE__IN_FLIGHT_AFTER_SECS", "2"),
+            ("PULSE__RECONCILE__NEVER_RECEIVED_AFTER_SECS", "5"),
+        ],
     )
-    .kill_on_drop(true);
-    cmd.spawn().expect("spawn a worker")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("spawn a worker")
 }
 
 #[tokio::test]

@@ -295,21 +295,30 @@ pub fn canary() -> JobSpec {
     job::<pulse_jobs::canary::Canary>()
 }
 
-/// A real `pulse-fleet` process against the test database.
+/// A real `pulse-fleet` process against the test database, its output piped (read
+/// it, or it blocks once the pipe is full).
 pub fn fleet_process(db: &TestDb, args: &[&str], envs: &[(&str, &str)]) -> tokio::process::Child {
+    fleet_command(db, args, envs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pulse-fleet")
+}
+
+/// The command of a `pulse-fleet` process against the test database (`APP_ENV=test`,
+/// `RUST_LOG=info`, then `envs`), killed when dropped; output not yet directed.
+pub fn fleet_command(db: &TestDb, args: &[&str], envs: &[(&str, &str)]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-fleet"));
     cmd.args(args)
         .env("DATABASE_URL", &db.url)
         .env("APP_ENV", "test")
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn pulse-fleet")
+    cmd
 }
 
 pub fn sigterm(child: &tokio::process::Child) {

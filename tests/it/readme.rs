@@ -50,21 +50,22 @@ async fn the_readme_examples_work_as_pasted() {
     let blocks = marked_blocks(&readme);
     assert_eq!(blocks.len(), 2, "the README's tested blocks");
     // What scripts/run-local.sh sets, on the test's database.
-    let mut fleet = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-fleet"))
-        .args(["all", "--demo"])
-        .env("DATABASE_URL", &db.url)
-        .env("APP_ENV", "local")
-        .env("PULSE__STRIPE__WEBHOOK_SECRETS", "whsec_local_dev")
-        .env("PULSE__WATCHERS__WEBHOOK_SECRET", "local-dev-secret")
-        .env("PULSE__WEB__OPERATOR_TOKEN", "local-operator")
-        .env("PULSE_DEMO_PAPER_SECRET", "local-paper-secret")
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut fleet = fleet_command(
+        &db,
+        &["all", "--demo"],
+        &[
+            ("APP_ENV", "local"),
+            ("PULSE__STRIPE__WEBHOOK_SECRETS", "whsec_local_dev"),
+            ("PULSE__WATCHERS__WEBHOOK_SECRET", "local-dev-secret"),
+            ("PULSE__WEB__OPERATOR_TOKEN", "local-operator"),
+            ("PULSE_DEMO_PAPER_SECRET", "local-paper-secret"),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     wait_until(
         "the web process on :8080 (is something else using it?)",
         Duration::from_secs(30),
