@@ -108,6 +108,12 @@ pub struct ListArgs {
     /// Only this state (available, running, completed, dead, cancelled).
     #[arg(long)]
     pub state: Option<JobState>,
+    /// Only jobs whose payload names this tenant_id.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only the job with this idempotency key.
+    #[arg(long)]
+    pub key: Option<String>,
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
 }
@@ -197,6 +203,8 @@ pub enum BenchCommand {
     Lifecycle(bench::lifecycle::LifecycleBenchArgs),
     /// Reconciliation: one pass over many accounts with diverged orders.
     Reconcile(bench::reconcile::ReconcileBenchArgs),
+    /// The operators' console: every page and filter over a million jobs.
+    Console(bench::console::ConsoleBenchArgs),
     /// Worker for the shared peer harness (bench/peers/compare.sh).
     #[command(hide = true)]
     Peer(bench::peer::PeerArgs),
@@ -344,6 +352,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Reconcile(args)) => {
             bench::reconcile::run(&settings, args).await?
         }
+        Command::Bench(BenchCommand::Console(args)) => bench::console::run(&settings, args).await?,
         Command::Bench(BenchCommand::Peer(args)) => bench::peer::run(&settings, args).await?,
     }
     Ok(())
@@ -360,7 +369,10 @@ async fn jobs(
             let filter = admin::Filter {
                 name: args.name,
                 state: args.state,
+                tenant: args.tenant,
+                key: args.key,
                 limit: args.limit,
+                ..Default::default()
             };
             jobs_table(&admin::list(pool, &filter).await?)
         }
@@ -371,28 +383,39 @@ async fn jobs(
             serde_json::to_string_pretty(&row)?
         }
         JobsCommand::Retry(selection) => {
-            let n = admin::retry(pool, &selection.into()).await?;
+            let n = admin::retry(pool, &selection.into(), &cli_actor()).await?;
             format!("{n} job(s) queued again")
         }
         JobsCommand::Cancel(selection) => {
-            let n = admin::cancel(pool, &selection.into()).await?;
+            let n = admin::cancel(pool, &selection.into(), &cli_actor()).await?;
             format!("{n} job(s) cancelled")
         }
         JobsCommand::Stats => stats_table(&admin::state_counts(pool).await?),
         JobsCommand::Pause { queue } => {
             registry::check_known(specs, [queue.as_str()])?;
-            admin::pause(pool, &queue).await?;
-            format!("queue {queue} paused")
+            if admin::pause(pool, &queue, &cli_actor()).await? {
+                format!("queue {queue} paused")
+            } else {
+                format!("queue {queue} was paused already")
+            }
         }
         JobsCommand::Resume { queue } => {
             registry::check_known(specs, [queue.as_str()])?;
-            if admin::resume(pool, &queue).await? {
+            if admin::resume(pool, &queue, &cli_actor()).await? {
                 format!("queue {queue} resumed")
             } else {
                 format!("queue {queue} was not paused")
             }
         }
     })
+}
+
+/// Who an operator's action from the command line is audited as: the OS user.
+fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
 }
 
 fn jobs_table(rows: &[admin::JobSummary]) -> String {

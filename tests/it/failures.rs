@@ -355,20 +355,20 @@ async fn operators_retry_dead_jobs_and_cancel_waiting_ones() {
     .unwrap();
     let waiting = db.enqueue("canary", serde_json::json!({})).await;
 
-    let out = admin::retry(&db.pool, &Selection::ids(vec![dead]))
+    let out = admin::retry(&db.pool, &Selection::ids(vec![dead]), "test")
         .await
         .unwrap();
     assert_eq!(out, 1, "one job queued again");
     let j = db.job(dead).await;
     assert_eq!((j.state.as_str(), j.attempts), ("available", 0));
 
-    let out = admin::cancel(&db.pool, &Selection::ids(vec![waiting]))
+    let out = admin::cancel(&db.pool, &Selection::ids(vec![waiting]), "test")
         .await
         .unwrap();
     assert_eq!(out, 1, "one job cancelled");
     assert_eq!(db.job(waiting).await.state, "cancelled");
     // Retrying what is not dead or cancelled changes nothing.
-    let out = admin::retry(&db.pool, &Selection::ids(vec![dead]))
+    let out = admin::retry(&db.pool, &Selection::ids(vec![dead]), "test")
         .await
         .unwrap();
     assert_eq!(out, 0, "nothing queued again");
@@ -391,7 +391,7 @@ async fn operators_retry_dead_jobs_and_cancel_waiting_ones() {
 #[tokio::test]
 async fn a_paused_queue_is_not_claimed_until_resumed() {
     let db = TestDb::new(&[]).await;
-    admin::pause(&db.pool, "canary").await.unwrap();
+    admin::pause(&db.pool, "canary", "test").await.unwrap();
     let id = db
         .enqueue("canary", serde_json::json!({"quiet": true}))
         .await;
@@ -401,7 +401,7 @@ async fn a_paused_queue_is_not_claimed_until_resumed() {
         .unwrap();
     assert!(claimed.is_empty(), "a paused queue yields nothing");
     assert_eq!(db.job(id).await.state, "available");
-    admin::resume(&db.pool, "canary").await.unwrap();
+    admin::resume(&db.pool, "canary", "test").await.unwrap();
     let worker = db.start_worker(vec![canary()], 2).await;
     db.wait_for_state(id, "completed", Duration::from_secs(10))
         .await;

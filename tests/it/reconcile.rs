@@ -241,6 +241,7 @@ async fn an_order_the_venue_never_received_resolves_as_rejected_and_its_reservat
     let cancelled = pulse_queue::admin::cancel(
         &desk.db.pool,
         &pulse_queue::admin::Selection::ids(vec![job]),
+        "test",
     )
     .await
     .unwrap();
@@ -639,7 +640,7 @@ async fn metrics_and_health_report_trading_and_return_to_zero_when_fixed() {
     assert_eq!(a["venue_reachable"], true);
     assert!(a["reconciled_age_seconds"].as_f64().unwrap() < 60.0);
     let page = reqwest::Client::new()
-        .get(format!("{base}/"))
+        .get(format!("{base}/trading"))
         .bearer_auth("operator")
         .send()
         .await
@@ -648,7 +649,8 @@ async fn metrics_and_health_report_trading_and_return_to_zero_when_fixed() {
         .await
         .unwrap();
     assert!(
-        page.contains("<td>desk</td><td>main</td><td>paper</td>") && page.contains("position: 1"),
+        page.contains("<td>desk</td><td><a href=\"/trading/accounts/")
+            && page.contains("position: 1"),
         "{page}"
     );
 

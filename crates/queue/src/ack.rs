@@ -469,10 +469,17 @@ fn settle(
     result: &Result<(), &BoxDynError>,
     policy: &RetryPolicy,
     run_secs: f64,
+    worker: &str,
 ) -> Ack {
     let now = Utc::now();
     let unit: f64 = rand::rng().random();
-    let (outcome, run_at, error) = classify(lease, result, policy, now, unit);
+    let (outcome, run_at, mut error) = classify(lease, result, policy, now, unit);
+    // A failed attempt's record says where it ran and for how long (the console's
+    // attempt timeline).
+    if let Some(serde_json::Value::Object(record)) = &mut error {
+        record.insert("worker".into(), json!(worker));
+        record.insert("run_ms".into(), json!((run_secs * 1000.0).round() as i64));
+    }
     let wait = (lease.claimed_at - lease.run_at)
         .to_std()
         .unwrap_or_default();
@@ -604,7 +611,13 @@ where
                 }
                 let outcome = result.as_ref().map(|_| ());
                 let ack = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    settle(&lease, &outcome, &layer.policy, run_secs)
+                    settle(
+                        &lease,
+                        &outcome,
+                        &layer.policy,
+                        run_secs,
+                        &layer.logging.worker,
+                    )
                 }))
                 .unwrap_or_else(|panic| settle_after_panic(&lease, &panic_text(&*panic)));
                 if let Err(e) = &result {

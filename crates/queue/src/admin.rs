@@ -1,5 +1,5 @@
 //! What operators do to jobs, as data: listing, showing, retrying, cancelling,
-//! counting, pausing. The CLI and the dashboard render what these return. Every change
+//! counting, pausing. The CLI and the console render what these return. Every change
 //! keeps the state counts of `fleet.stats` in step (through `fleet.stat_deltas`).
 
 use chrono::{DateTime, Utc};
@@ -7,11 +7,22 @@ use sqlx::PgPool;
 
 use crate::JobState;
 
-/// Which jobs [`list`] returns, newest first.
+/// Which jobs [`list`] returns, newest first. Every filter is served by an index, so a
+/// page costs a page's worth of index whatever the table holds: job type and state by
+/// `jobs_browse` (one probe per type and state, merged), tenant by `jobs_tenant`, key
+/// by the idempotency index.
 #[derive(Debug, Clone)]
 pub struct Filter {
     pub name: Option<String>,
     pub state: Option<JobState>,
+    /// The `tenant_id` the payload names.
+    pub tenant: Option<String>,
+    /// The idempotency key, exactly.
+    pub key: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only ids below this one (the next page).
+    pub before_id: Option<i64>,
     pub limit: i64,
 }
 
@@ -20,6 +31,11 @@ impl Default for Filter {
         Self {
             name: None,
             state: None,
+            tenant: None,
+            key: None,
+            created_after: None,
+            created_before: None,
+            before_id: None,
             limit: 50,
         }
     }
@@ -36,22 +52,120 @@ pub struct JobSummary {
     pub run_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub last_error: Option<String>,
+    pub tenant: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 pub async fn list(pool: &PgPool, filter: &Filter) -> sqlx::Result<Vec<JobSummary>> {
+    const COLUMNS: &str = "j.id, j.job_name, j.state, j.attempts, j.max_attempts, j.run_at, \
+         j.created_at, j.errors -> -1 ->> 'error' AS last_error, \
+         j.payload ->> 'tenant_id' AS tenant, j.idempotency_key";
+    let limit = filter.limit.clamp(1, 1000);
+    // Age bounds become id bounds (every index of the table ends with the id).
+    let since = |at: Option<DateTime<Utc>>| async move {
+        match at {
+            Some(at) => sqlx::query_scalar!(r#"SELECT fleet.first_job_id_since($1) AS "id!""#, at)
+                .fetch_one(pool)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    };
+    let (from_id, until_id) = (
+        since(filter.created_after).await?,
+        since(filter.created_before).await?,
+    );
+    let until_id = match (until_id, filter.before_id) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new("");
+    // The conditions every path shares (after a WHERE of its own).
+    let common = |q: &mut sqlx::QueryBuilder<sqlx::Postgres>| {
+        if let Some(key) = &filter.key {
+            q.push(" AND j.idempotency_key = ").push_bind(key.clone());
+        }
+        if let Some(id) = from_id {
+            q.push(" AND j.id >= ").push_bind(id);
+        }
+        if let Some(id) = until_id {
+            q.push(" AND j.id < ").push_bind(id);
+        }
+    };
+    if let Some(tenant) = &filter.tenant {
+        // One range of the tenant index, newest first.
+        q.push(format!("SELECT {COLUMNS} FROM fleet.jobs j WHERE j.payload ? 'tenant_id' AND j.payload ->> 'tenant_id' = "))
+            .push_bind(tenant.clone());
+        if let Some(name) = &filter.name {
+            q.push(" AND j.job_name = ").push_bind(name.clone());
+        }
+        if let Some(state) = filter.state {
+            q.push(" AND j.state = ").push_bind(state);
+        }
+        common(&mut q);
+    } else if filter.name.is_none() && filter.state.is_none() && filter.key.is_none() {
+        // Everything, newest first: the primary key backwards.
+        q.push(format!("SELECT {COLUMNS} FROM fleet.jobs j WHERE true"));
+        common(&mut q);
+    } else {
+        // One probe of `jobs_browse` (or of the key index) per job type and state, each
+        // newest first and cut at the page size, merged.
+        q.push("SELECT j.* FROM (SELECT job_name FROM fleet.job_types");
+        if let Some(name) = &filter.name {
+            q.push(" WHERE job_name = ").push_bind(name.clone());
+        }
+        q.push(") t CROSS JOIN unnest(");
+        match filter.state {
+            Some(state) => q.push_bind(vec![state]),
+            None => q.push_bind(JobState::ALL.to_vec()),
+        };
+        q.push(format!(
+            "::fleet.job_state[]) AS s(state) CROSS JOIN LATERAL (SELECT {COLUMNS} FROM fleet.jobs j \
+             WHERE j.job_name = t.job_name AND j.state = s.state"
+        ));
+        common(&mut q);
+        q.push(" ORDER BY j.id DESC LIMIT ")
+            .push_bind(limit)
+            .push(") j");
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    q.build_query_as::<JobSummary>().fetch_all(pool).await
+}
+
+/// One job with everything the console's job page shows.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobDetail {
+    pub id: i64,
+    pub job_name: String,
+    pub state: JobState,
+    pub payload: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub priority: i16,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The worker holding it now (running jobs).
+    pub held_by: Option<String>,
+    /// One object per failed or abandoned attempt: attempt, at, kind, error, worker,
+    /// run_ms.
+    pub errors: serde_json::Value,
+}
+
+pub async fn job(pool: &PgPool, id: i64) -> sqlx::Result<Option<JobDetail>> {
     sqlx::query_as!(
-        JobSummary,
-        r#"SELECT id, job_name, state AS "state: JobState", attempts, max_attempts, run_at,
-                  created_at, errors -> -1 ->> 'error' AS last_error
-           FROM fleet.jobs
-           WHERE ($1::text IS NULL OR job_name = $1)
-             AND ($2::fleet.job_state IS NULL OR state = $2)
-           ORDER BY id DESC LIMIT $3"#,
-        filter.name,
-        filter.state as Option<JobState>,
-        filter.limit,
+        JobDetail,
+        r#"SELECT j.id, j.job_name, j.state AS "state: JobState", j.payload, j.idempotency_key,
+                  j.concurrency_key, j.priority, j.attempts, j.max_attempts, j.run_at, j.created_at,
+                  j.started_at, j.finished_at, w.name AS "held_by?", j.errors
+           FROM fleet.jobs j LEFT JOIN fleet.workers w ON w.id = j.lease_owner
+           WHERE j.id = $1"#,
+        id,
     )
-    .fetch_all(pool)
+    .fetch_optional(pool)
     .await
 }
 
@@ -96,15 +210,26 @@ pub enum AdminError {
 }
 
 /// Dead or cancelled jobs run again with all their attempts. Returns how many.
-pub async fn retry(pool: &PgPool, selection: &Selection) -> Result<i64, AdminError> {
+/// Audited as `actor`'s action in the same transaction.
+pub async fn retry(pool: &PgPool, selection: &Selection, actor: &str) -> Result<i64, AdminError> {
     let from = [JobState::Dead, JobState::Cancelled];
-    move_jobs(pool, selection, &from, JobState::Dead, JobState::Available).await
+    let moved = move_jobs(
+        pool,
+        selection,
+        &from,
+        JobState::Dead,
+        JobState::Available,
+        actor,
+        "retry",
+    )
+    .await?;
+    Ok(moved)
 }
 
 /// Jobs not yet finished (and dead ones) are cancelled. Returns how many. A running
 /// attempt goes on, but its ack is refused (the row is no longer `running`), so it
 /// changes nothing in the queue.
-pub async fn cancel(pool: &PgPool, selection: &Selection) -> Result<i64, AdminError> {
+pub async fn cancel(pool: &PgPool, selection: &Selection, actor: &str) -> Result<i64, AdminError> {
     let from = [JobState::Available, JobState::Running, JobState::Dead];
     move_jobs(
         pool,
@@ -112,6 +237,8 @@ pub async fn cancel(pool: &PgPool, selection: &Selection) -> Result<i64, AdminEr
         &from,
         JobState::Available,
         JobState::Cancelled,
+        actor,
+        "cancel",
     )
     .await
 }
@@ -124,9 +251,12 @@ async fn move_jobs(
     from: &[JobState],
     default: JobState,
     to: JobState,
+    actor: &str,
+    action: &str,
 ) -> Result<i64, AdminError> {
     let state = check(selection, from, default, to)?;
-    Ok(sqlx::query_scalar!(
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query_scalar!(
         r#"WITH old AS (
              SELECT id, job_name, state FROM fleet.jobs
              WHERE state = ANY($1)
@@ -153,8 +283,36 @@ async fn move_jobs(
         state as JobState,
         to as JobState,
     )
-    .fetch_one(pool)
-    .await?)
+    .fetch_one(&mut *tx)
+    .await?;
+    let target = if selection.ids.is_empty() {
+        serde_json::json!({"name": selection.name, "state": state})
+    } else {
+        serde_json::json!({"ids": selection.ids})
+    };
+    audit(&mut tx, actor, action, &target, moved).await?;
+    tx.commit().await?;
+    Ok(moved)
+}
+
+/// Records an operator's action, in the transaction that makes it.
+async fn audit(
+    tx: &mut sqlx::PgConnection,
+    actor: &str,
+    action: &str,
+    target: &serde_json::Value,
+    affected: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "INSERT INTO fleet.operator_actions (actor, action, target, affected) VALUES ($1, $2, $3, $4)",
+        actor,
+        action,
+        target,
+        affected,
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// The state a name-only selection means, once the selection is known to be allowed.
@@ -203,30 +361,115 @@ pub async fn state_counts(pool: &PgPool) -> sqlx::Result<Vec<StateCount>> {
     .await
 }
 
-/// Stops claiming from a queue (running jobs finish; new ones wait).
-pub async fn pause(pool: &PgPool, queue: &str) -> sqlx::Result<()> {
-    sqlx::query!(
+/// Stops claiming from a queue (running jobs finish; new ones wait). False if it was
+/// paused already. Audited.
+pub async fn pause(pool: &PgPool, queue: &str, actor: &str) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let paused = sqlx::query!(
         "INSERT INTO fleet.paused_queues (job_name) VALUES ($1) ON CONFLICT DO NOTHING",
         queue,
     )
-    .execute(pool)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected() as i64;
+    audit(
+        &mut tx,
+        actor,
+        "pause",
+        &serde_json::json!({"queue": queue}),
+        paused,
+    )
     .await?;
-    Ok(())
+    tx.commit().await?;
+    Ok(paused > 0)
 }
 
 /// Claims from a paused queue again, waking its idle workers. False if it was not
-/// paused.
-pub async fn resume(pool: &PgPool, queue: &str) -> sqlx::Result<bool> {
+/// paused. Audited.
+pub async fn resume(pool: &PgPool, queue: &str, actor: &str) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let resumed = sqlx::query!("DELETE FROM fleet.paused_queues WHERE job_name = $1", queue,)
         .execute(&mut *tx)
         .await?
-        .rows_affected();
+        .rows_affected() as i64;
     sqlx::query!("SELECT pg_notify($1, $2)", crate::NOTIFY_CHANNEL, queue,)
         .execute(&mut *tx)
         .await?;
+    audit(
+        &mut tx,
+        actor,
+        "resume",
+        &serde_json::json!({"queue": queue}),
+        resumed,
+    )
+    .await?;
     tx.commit().await?;
     Ok(resumed > 0)
+}
+
+/// The paused queues, with when.
+pub async fn paused_queues(pool: &PgPool) -> sqlx::Result<Vec<(String, DateTime<Utc>)>> {
+    let rows =
+        sqlx::query!("SELECT job_name, paused_at FROM fleet.paused_queues ORDER BY job_name")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.job_name, r.paused_at))
+        .collect())
+}
+
+/// One operator's action, as the audit log shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OperatorAction {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: serde_json::Value,
+    pub affected: i64,
+}
+
+/// The newest operators' actions.
+pub async fn operator_actions(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<OperatorAction>> {
+    sqlx::query_as!(
+        OperatorAction,
+        "SELECT id, at, actor, action, target, affected FROM fleet.operator_actions
+         ORDER BY id DESC LIMIT $1",
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Completed and dead jobs per minute of the last `minutes`, per job type, oldest
+/// first, every minute present (0 where nothing finished). Folds pending deltas first.
+pub async fn throughput(
+    pool: &PgPool,
+    minutes: i32,
+) -> sqlx::Result<std::collections::BTreeMap<String, Vec<(f64, f64)>>> {
+    sqlx::query_scalar!("SELECT fleet.roll_up_stats()")
+        .fetch_one(pool)
+        .await?;
+    let rows = sqlx::query!(
+        r#"SELECT t.job_name AS "job_name!", coalesce(x.completed, 0) AS "completed!", coalesce(x.dead, 0) AS "dead!"
+           FROM fleet.job_types t
+           CROSS JOIN generate_series(date_trunc('minute', now()) - make_interval(mins => $1 - 1),
+                                      date_trunc('minute', now()), interval '1 minute') AS m(minute)
+           LEFT JOIN fleet.throughput x ON x.job_name = t.job_name AND x.minute = m.minute
+           ORDER BY t.job_name, m.minute"#,
+        minutes,
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut series = std::collections::BTreeMap::<String, Vec<(f64, f64)>>::new();
+    for r in rows {
+        series
+            .entry(r.job_name)
+            .or_default()
+            .push((r.completed, r.dead));
+    }
+    Ok(series)
 }
 
 /// Worker processes whose heartbeat is younger than `lease_timeout`, oldest first.

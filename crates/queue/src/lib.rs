@@ -18,7 +18,7 @@
 //! - [`listener`]: LISTEN `fleet_jobs`, waking the fetcher of the named queue.
 //! - [`idle`]: parked fetchers hold an advisory lock so enqueue NOTIFYs only then.
 //! - [`admin`]: what operators do to jobs (list, show, retry, cancel, stats): rows,
-//!   which the CLI and the dashboard render.
+//!   which the CLI and the console render.
 //! - [`scheduler`]: cron ticks become jobs. [`prune`]: the runtime's retention job.
 //! - [`stats`]: in-process counters flushed to `fleet.stat_deltas`.
 //! - [`pools`]: the connection pools. [`settings`]: the runtime's configuration.

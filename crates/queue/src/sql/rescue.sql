@@ -12,7 +12,8 @@ WITH stale AS (
     SELECT j.id,
            CASE WHEN w.id IS NULL OR w.stopped_at IS NOT NULL
                      OR w.last_heartbeat_at < now() - make_interval(secs => $1)
-                THEN 'lease_expired' ELSE 'lease_lost' END AS kind
+                THEN 'lease_expired' ELSE 'lease_lost' END AS kind,
+           w.name AS worker
     FROM fleet.jobs j
     LEFT JOIN fleet.workers w ON w.id = j.lease_owner
     WHERE j.lease_owner IS NOT NULL
@@ -30,7 +31,7 @@ WITH stale AS (
         run_at = now(),
         finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempts, 'at', now(), 'kind', stale.kind,
+            'attempt', j.attempts, 'at', now(), 'kind', stale.kind, 'worker', stale.worker,
             'error', CASE stale.kind
                 WHEN 'lease_expired' THEN 'the worker running this attempt stopped heartbeating; attempt abandoned'
                 ELSE 'the worker no longer holds this attempt (its settlement was lost); attempt abandoned'
