@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole fleet in one process on a local PostgreSQL (set up if none answers):
 # migrations, workers for every queue, the scheduler and the web process on
-# http://127.0.0.1:8080 (dashboard at /, /internal/health, /metrics).
+# http://127.0.0.1:8080 (the operators' console at /, /internal/health, /metrics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${DATABASE_URL:-}" ]; then
@@ -13,9 +13,9 @@ export APP_ENV="${APP_ENV:-local}"
 # Local signing secrets for the webhooks (real deployments set their own).
 export PULSE__STRIPE__WEBHOOK_SECRETS="${PULSE__STRIPE__WEBHOOK_SECRETS:-whsec_local_dev}"
 export PULSE__WATCHERS__WEBHOOK_SECRET="${PULSE__WATCHERS__WEBHOOK_SECRET:-local-dev-secret}"
-# The operator credential of the dashboard and /metrics (user any, password this).
+# The operator credential of the console and /metrics (user any, password this).
 export PULSE__WEB__OPERATOR_TOKEN="${PULSE__WEB__OPERATOR_TOKEN:-local-operator}"
-echo "dashboard: http://127.0.0.1:8080/ (any user name, password: $PULSE__WEB__OPERATOR_TOKEN)" >&2
+echo "console: http://127.0.0.1:8080/ (any user name, password: $PULSE__WEB__OPERATOR_TOKEN)" >&2
 cargo build --release --quiet
 # The demo desk's paper-venue credential (the paper venue accepts any key).
 export PULSE_DEMO_PAPER_SECRET="${PULSE_DEMO_PAPER_SECRET:-local-paper-secret}"

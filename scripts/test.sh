@@ -8,4 +8,6 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 # The Procfile test runs the formation under honcho, as the README says to.
 export PULSE_HONCHO="${PULSE_HONCHO:-$(scripts/ensure-honcho.sh)}"
+# The console's tests drive Debian's Chromium through chromedriver (installed if missing).
+scripts/ensure-chromium.sh
 cargo test --workspace --quiet "$@"

@@ -7,7 +7,7 @@
 //! - `DATABASE_URL`: shortcut for `database.url`.
 //! - `PORT`: the web port (Procfile platforms set it); with it, the web process binds
 //!   every interface unless `web.host` names one.
-//! - `PULSE__WEB__OPERATOR_TOKEN`: the operator credential of the dashboard,
+//! - `PULSE__WEB__OPERATOR_TOKEN`: the operator credential of the console,
 //!   `/metrics` and health's details.
 //! - `PULSE__STRIPE__WEBHOOK_SECRETS`, `PULSE__WATCHERS__WEBHOOK_SECRET`,
 //!   `PULSE__DISCORD__FALLBACK_WEBHOOK_URL`: secrets, from the environment only.
@@ -327,7 +327,7 @@ pub struct WebSettings {
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     /// The operator credential (`PULSE__WEB__OPERATOR_TOKEN`, from the environment
-    /// only): the dashboard, `/metrics` and health's details need it. Comma-separated
+    /// only): the console, `/metrics` and health's details need it. Comma-separated
     /// during a rotation (`new,old`): any of them is accepted.
     #[serde(default)]
     pub operator_token: String,

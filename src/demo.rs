@@ -1,7 +1,7 @@
 //! `pulse-fleet all --demo`: a demo desk for local runs. Seeds a tenant with one
 //! paper-venue account (capital allocated through the journal) and inserts a two-leg
 //! intent every few seconds, which execute_intent trades on the paper venue; the
-//! dashboard shows them. Never for production data.
+//! console shows them. Never for production data.
 
 use std::time::Duration;
 

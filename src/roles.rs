@@ -17,7 +17,7 @@ pub struct Roles {
     pub worker: Option<WorkerArgs>,
     /// Enqueue cron ticks.
     pub scheduler: bool,
-    /// Serve webhooks, health, metrics and the dashboard.
+    /// Serve webhooks, health, metrics and the console.
     pub web: bool,
     /// A local run: start the paper venue and the Discord sink in this process.
     pub local: bool,

@@ -1,5 +1,6 @@
 //! Benchmarks that print numbers (`pulse-fleet bench ...`).
 
+pub mod console;
 pub mod intents;
 pub mod lifecycle;
 pub mod peer;

@@ -1,15 +1,18 @@
 //! The web process: signed webhooks in (`/webhooks/stripe`, `/webhooks/watchers`),
-//! `/internal/health`, and for operators only `/metrics` and the dashboard `/`.
+//! `/internal/health`, and for operators only `/metrics` and the console (`/`, `/jobs`,
+//! `/trading`, ...: `console/`).
 //! None of them scans the job table: counts come from `fleet.stats`, lag from one
 //! index probe per queue.
 
-mod dashboard;
+mod console;
 mod health;
 mod ingress;
 mod metrics;
 pub mod operator;
 pub mod read_model;
 pub mod signature;
+
+pub use console::csrf_token;
 
 use std::{future::Future, sync::Arc};
 
@@ -49,7 +52,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.web.max_body_bytes;
     let operators = Router::new()
-        .route("/", get(dashboard::dashboard))
+        .merge(console::routes())
         .route("/metrics", get(metrics::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -64,6 +67,15 @@ pub fn router(state: AppState) -> Router {
         .route("/functions/v1/watchers-upsert", post(ingress::watchers))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Refuses a queue name no registered job type has.
+pub(crate) fn registry_check(state: &AppState, name: &str) -> Result<(), String> {
+    if state.job_names.iter().any(|n| n == name) {
+        Ok(())
+    } else {
+        Err(format!("no queue named {name:?}"))
+    }
 }
 
 pub async fn serve(

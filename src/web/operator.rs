@@ -1,6 +1,6 @@
 //! Who may see the operator pages. The web listener must be public (Stripe and the
 //! watcher source post to it), so everything that names tenants or internals (the
-//! dashboard, `/metrics`, health's details) asks for the operator credential:
+//! console, `/metrics`, health's details) asks for the operator credential:
 //! `PULSE__WEB__OPERATOR_TOKEN`, as `Authorization: Bearer <token>` (monitoring) or as
 //! the password of HTTP Basic (a browser; any user name). Compared in constant time;
 //! several tokens, comma-separated, during a rotation.
@@ -38,7 +38,7 @@ pub fn is_operator(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// The token of a Bearer header, or the password of a Basic one.
-fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
+pub(crate) fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = value.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("bearer") {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod alerts;
 mod chaos;
+mod console;
 mod enqueue;
 mod failures;
 mod lifecycle;

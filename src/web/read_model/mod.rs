@@ -11,6 +11,8 @@ use pulse_queue::{JobState, admin};
 use serde::Serialize;
 use sqlx::PgPool;
 
+pub mod trading;
+
 use super::{AppState, metrics::Snapshot};
 
 #[derive(Debug, Serialize)]
@@ -25,7 +27,7 @@ pub struct Health {
     pub accounts: Vec<AccountHealth>,
 }
 
-/// One active trading account as health, metrics and the dashboard see it.
+/// One active trading account as health, metrics and the console see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountHealth {
     pub tenant: String,
@@ -366,7 +368,7 @@ pub async fn metrics(pool: &PgPool, names: &[String], lease_secs: f64) -> sqlx::
     })
 }
 
-/// One intent as the dashboard lists it.
+/// One intent as the console lists it.
 #[derive(Debug, Clone)]
 pub struct IntentSummary {
     pub tenant: String,
