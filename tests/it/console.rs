@@ -620,3 +620,46 @@ async fn the_console_in_a_real_browser_links_retries_and_pauses() {
     assert_eq!(actions, ["retry", "pause"]);
     browser.client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn throughput_counts_each_finished_job_once_through_roll_ups_and_recounts() {
+    let db = TestDb::new(&[]).await;
+    let ids: Vec<i64> =
+        futures_util::future::join_all((0..7).map(|_| db.enqueue("canary", json!({})))).await;
+    let worker = db.start_worker(vec![canary()], 4).await;
+    for id in &ids {
+        db.wait_for_state(*id, "completed", Duration::from_secs(20))
+            .await;
+    }
+    worker.shutdown().await.unwrap();
+    let dead = dead_canary(&db).await;
+    assert_eq!(db.job(dead).await.state, "dead");
+    // A recount (what prune runs) takes the pending job deltas away: their
+    // throughput must be filed, not lost, and a later roll-up must not count it again.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT fleet.recount_jobs()")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let series = pulse_queue::admin::throughput(&db.pool, 60).await.unwrap();
+    let canary = &series["canary"];
+    assert_eq!(canary.len(), 60, "an hour, minute by minute");
+    let completed: f64 = canary.iter().map(|(c, _)| c).sum();
+    let died: f64 = canary.iter().map(|(_, d)| d).sum();
+    assert_eq!((completed, died), (7.0, 1.0));
+    // Retrying the dead job (a departure from `dead`) is not throughput.
+    pulse_queue::admin::retry(
+        &db.pool,
+        &pulse_queue::admin::Selection::ids(vec![dead]),
+        "test",
+    )
+    .await
+    .unwrap();
+    let again = pulse_queue::admin::throughput(&db.pool, 60).await.unwrap();
+    assert_eq!(&again["canary"], canary);
+}
