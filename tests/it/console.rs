@@ -239,6 +239,26 @@ async fn job_filters_find_jobs_by_type_state_tenant_key_and_age() {
         .await,
         vec![dead]
     );
+    // Every state of one type: the settled states' index and the running jobs' merged.
+    let mut all = newest_first.clone();
+    all.push(dead);
+    all.sort_by(|a, b| b.cmp(a));
+    assert_eq!(
+        list(Filter {
+            name: Some("canary".into()),
+            ..Default::default()
+        })
+        .await,
+        all
+    );
+    assert!(
+        list(Filter {
+            state: Some(JobState::Running),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
     assert_eq!(
         list(Filter {
             tenant: Some(tenant.into()),

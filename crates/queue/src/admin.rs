@@ -109,24 +109,53 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> sqlx::Result<Vec<JobSummary
         common(&mut q);
     } else {
         // One probe of `jobs_browse` (or of the key index) per job type and state, each
-        // newest first and cut at the page size, merged.
-        q.push("SELECT j.* FROM (SELECT job_name FROM fleet.job_types");
-        if let Some(name) = &filter.name {
-            q.push(" WHERE job_name = ").push_bind(name.clone());
-        }
-        q.push(") t CROSS JOIN unnest(");
-        match filter.state {
-            Some(state) => q.push_bind(vec![state]),
-            None => q.push_bind(JobState::ALL.to_vec()),
+        // newest first and cut at the page size, merged; running jobs (which that index
+        // leaves out) through `jobs_leased`.
+        let states: Vec<JobState> = match filter.state {
+            Some(state) => vec![state],
+            None => JobState::ALL.to_vec(),
         };
-        q.push(format!(
-            "::fleet.job_state[]) AS s(state) CROSS JOIN LATERAL (SELECT {COLUMNS} FROM fleet.jobs j \
-             WHERE j.job_name = t.job_name AND j.state = s.state"
-        ));
-        common(&mut q);
-        q.push(" ORDER BY j.id DESC LIMIT ")
-            .push_bind(limit)
-            .push(") j");
+        let settled: Vec<JobState> = states
+            .iter()
+            .copied()
+            .filter(|s| *s != JobState::Running)
+            .collect();
+        let mut branches = 0;
+        q.push("SELECT * FROM (");
+        if !settled.is_empty() {
+            q.push("(SELECT j.* FROM (SELECT job_name FROM fleet.job_types");
+            if let Some(name) = &filter.name {
+                q.push(" WHERE job_name = ").push_bind(name.clone());
+            }
+            q.push(") t CROSS JOIN unnest(").push_bind(settled);
+            // The literal `<> 'running'` lets the planner use the partial index.
+            q.push(format!(
+                "::fleet.job_state[]) AS s(state) CROSS JOIN LATERAL (SELECT {COLUMNS} FROM fleet.jobs j \
+                 WHERE j.job_name = t.job_name AND j.state = s.state AND j.state <> 'running'"
+            ));
+            common(&mut q);
+            q.push(" ORDER BY j.id DESC LIMIT ")
+                .push_bind(limit)
+                .push(") j)");
+            branches += 1;
+        }
+        if states.contains(&JobState::Running) {
+            if branches > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push(format!(
+                "(SELECT {COLUMNS} FROM fleet.jobs j \
+                 WHERE j.lease_owner IS NOT NULL AND j.state = 'running'"
+            ));
+            if let Some(name) = &filter.name {
+                q.push(" AND j.job_name = ").push_bind(name.clone());
+            }
+            common(&mut q);
+            q.push(" ORDER BY j.id DESC LIMIT ")
+                .push_bind(limit)
+                .push(")");
+        }
+        q.push(") merged");
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
     q.build_query_as::<JobSummary>().fetch_all(pool).await
