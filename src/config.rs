@@ -52,7 +52,36 @@ pub struct Settings {
     #[serde(default)]
     pub reconcile: ReconcileSettings,
     #[serde(default)]
+    pub brokers: BrokerSettings,
+    #[serde(default)]
     pub log: crate::telemetry::LogSettings,
+}
+
+/// Broker connections authorised with OAuth (`refresh_broker_tokens`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BrokerSettings {
+    /// Access tokens expiring within this are refreshed (Schwab's last 30 minutes).
+    pub refresh_margin_secs: u64,
+    /// Our OAuth client per broker: `[brokers.clients.schwab] token_url, client_id,
+    /// client_secret_ref` (`env:NAME` or `enc:v1:...`).
+    pub clients: BTreeMap<String, BrokerClientSettings>,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            refresh_margin_secs: 300,
+            clients: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BrokerClientSettings {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret_ref: String,
 }
 
 /// Reconciliation (`reconcile_account`): its thresholds, and health's bound on its age.

@@ -71,6 +71,25 @@ pub fn services(settings: &Settings, discord_fallback: Option<String>) -> Servic
     services.discord_webhooks = WebhookPolicy {
         extra_origins: settings.discord.allowed_webhook_origins.clone(),
     };
+    services.broker_refresh_margin = Duration::from_secs(settings.brokers.refresh_margin_secs);
+    for (name, client) in &settings.brokers.clients {
+        match pulse_domain::secrets::resolve(&client.client_secret_ref) {
+            Ok(secret) => {
+                services.brokers.insert(
+                    name.clone(),
+                    pulse_domain::brokers::BrokerOAuth {
+                        token_url: client.token_url.clone(),
+                        client_id: client.client_id.clone(),
+                        client_secret: secret,
+                    },
+                );
+            }
+            // Its connections' refreshes fail saying no client is configured.
+            Err(error) => {
+                tracing::warn!(broker = %name, %error, "broker OAuth client secret unavailable")
+            }
+        }
+    }
     services
 }
 

@@ -494,6 +494,18 @@ async fn the_console_in_a_real_browser_links_retries_and_pauses() {
     desk.settle().await;
     let db = &desk.db;
     let dead = dead_canary(db).await;
+    // A broker connection whose authorisation lapsed (its tokens sealed, as stored).
+    sqlx::query(
+        "INSERT INTO broker_connections (tenant_id, user_id, broker, status, access_token,
+             refresh_token, expires_at, last_error)
+         VALUES ($1, 'trader-1', 'schwab', 'needs_reauth', $2, $2, now() - interval '1 hour',
+                 'the broker refused the refresh token (invalid_grant)')",
+    )
+    .bind(desk.tenant)
+    .bind(pulse_domain::secrets::seal("never-shown", &[1; 32]))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let base = db.serve_web(|s| s.web.operator_token = TOKEN.into()).await;
     let browser = Browser::open().await;
     let http = reqwest::Client::new();
@@ -563,6 +575,19 @@ async fn the_console_in_a_real_browser_links_retries_and_pauses() {
             "{route} was not reachable by links: {shots:?}"
         );
     }
+
+    // Broker connections show their state and expiry, never their tokens.
+    browser
+        .client
+        .goto(&format!("{base}/trading"))
+        .await
+        .unwrap();
+    let connections = browser.text("#connections").await;
+    assert!(
+        connections.contains("needs_reauth") && connections.contains("invalid_grant"),
+        "{connections}"
+    );
+    assert!(!browser.client.source().await.unwrap().contains("enc:v1:"));
 
     // The console-error check is not blind: a page that fails to load logs one.
     browser

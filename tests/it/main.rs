@@ -4,6 +4,7 @@
 mod helpers;
 
 mod alerts;
+mod brokers;
 mod chaos;
 mod console;
 mod enqueue;

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod bounds;
+pub mod brokers;
 pub mod discord;
 pub mod lifecycle;
 pub mod secrets;

@@ -23,6 +23,10 @@ const AAD: &[u8] = b"pulse-fleet secret_ref v1";
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

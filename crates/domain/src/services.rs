@@ -29,6 +29,10 @@ pub struct Services {
     pub max_external_wait: Duration,
     /// Where tenants' alert webhooks may point (Discord, plus configured origins).
     pub discord_webhooks: crate::bounds::WebhookPolicy,
+    /// OAuth clients of the brokers users connect (`[brokers.<name>]`), by broker.
+    pub brokers: std::collections::HashMap<String, crate::brokers::BrokerOAuth>,
+    /// Access tokens expiring within this are refreshed (`[brokers] refresh_margin_secs`).
+    pub broker_refresh_margin: Duration,
     /// The process's metrics (venue requests, fills, reconciliation, ...), flushed by
     /// the queue runtime with its own.
     pub metrics: pulse_contract::metrics::Recorder,
@@ -105,6 +109,8 @@ impl Services {
             secrets_key: crate::secrets::key_from_env().ok(),
             max_external_wait: crate::bounds::DEFAULT_MAX_EXTERNAL_WAIT,
             discord_webhooks: Default::default(),
+            brokers: Default::default(),
+            broker_refresh_margin: Duration::from_secs(300),
             metrics: Default::default(),
         }
     }

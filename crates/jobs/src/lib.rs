@@ -15,6 +15,8 @@ pub mod execute_intent;
 pub mod process_payment;
 pub mod reconcile_account;
 pub mod reconcile_accounts;
+pub mod refresh_broker_token;
+pub mod refresh_broker_tokens;
 pub mod send_alert;
 pub mod sync_account;
 pub mod sync_accounts;

@@ -6,6 +6,7 @@ use crate::{
     Env, JobSpec, apply_venue_event::ApplyVenueEvent, canary::Canary,
     execute_intent::ExecuteIntent, process_payment::ProcessPayment,
     reconcile_account::ReconcileAccount, reconcile_accounts::ReconcileAccounts,
+    refresh_broker_token::RefreshBrokerToken, refresh_broker_tokens::RefreshBrokerTokens,
     send_alert::SendAlert, spec, sync_account::SyncAccount, sync_accounts::SyncAccounts,
     sync_watcher::SyncWatcher,
 };
@@ -18,6 +19,8 @@ pub fn registry(env: &Env) -> Vec<JobSpec> {
         spec::<ProcessPayment>(env),
         spec::<ReconcileAccount>(env),
         spec::<ReconcileAccounts>(env),
+        spec::<RefreshBrokerToken>(env),
+        spec::<RefreshBrokerTokens>(env),
         spec::<SendAlert>(env),
         spec::<SyncAccount>(env),
         spec::<SyncAccounts>(env),

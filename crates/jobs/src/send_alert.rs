@@ -36,6 +36,7 @@ pub fn style(kind: &str) -> (u32, &'static str) {
         "order_execution" => (0x2ECC71, "Order executed"),
         "price_alert" => (0xF1C40F, "Price alert"),
         "payment_failed" => (0xE74C3C, "Payment failed"),
+        "broker_connection" => (0xE67E22, "Broker connection"),
         _ => (0x95A5A6, "System"),
     }
 }

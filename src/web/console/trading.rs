@@ -23,9 +23,10 @@ fn internal(section: Section, e: sqlx::Error) -> page::Page {
 }
 
 pub async fn index(State(state): State<AppState>) -> page::Page {
-    let (accounts, intents) = match tokio::try_join!(
+    let (accounts, intents, connections) = match tokio::try_join!(
         read_model::accounts(&state.pool),
-        read_model::recent_intents(&state.pool, 30)
+        read_model::recent_intents(&state.pool, 30),
+        trading::broker_connections(&state.pool)
     ) {
         Ok(x) => x,
         Err(e) => return internal(Section::Trading, e),
@@ -64,7 +65,19 @@ pub async fn index(State(state): State<AppState>) -> page::Page {
                 }
             }
         } }
-        p.muted { "Broker connections (OAuth tokens and their expiry) appear here once they exist (issue 12)." }
+        h2 { "Broker connections" }
+        div.scroll { table #connections {
+            tr { th { "tenant" } th { "user" } th { "broker" } th { "status" } th { "access token expires" } th { "authorisation expires" } th { "last refreshed" } th.num { "refreshes" } th { "last error" } }
+            @for c in &connections {
+                tr {
+                    td { (c.tenant) } td { (c.user_id) } td { (c.broker) " " span.muted { (c.scopes.join(" ")) } }
+                    td { span class={"pill " (if c.status == "active" { "ok" } else { "unhealthy" })} { (c.status) } }
+                    td { (when(c.expires_at)) } td { (maybe_when(c.refresh_expires_at)) } td { (maybe_when(c.refreshed_at)) }
+                    td.num { (c.generation) } td.error { (c.last_error.as_deref().unwrap_or("")) }
+                }
+            }
+        } }
+        @if connections.is_empty() { p.muted { "No broker connection." } }
     };
     page::layout(Section::Trading, "Trading", None, body)
 }

@@ -332,3 +332,31 @@ pub async fn alerts(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<AlertRow>> {
     .fetch_all(pool)
     .await
 }
+
+#[derive(Debug, Clone)]
+pub struct BrokerConnection {
+    pub id: Uuid,
+    pub tenant: String,
+    pub user_id: String,
+    pub broker: String,
+    pub status: String,
+    pub scopes: Vec<String>,
+    pub expires_at: DateTime<Utc>,
+    pub refresh_expires_at: Option<DateTime<Utc>>,
+    pub refreshed_at: Option<DateTime<Utc>>,
+    pub generation: i32,
+    pub last_error: Option<String>,
+}
+
+/// Every broker connection with its tokens' expiry (never the tokens), soonest first.
+pub async fn broker_connections(pool: &PgPool) -> sqlx::Result<Vec<BrokerConnection>> {
+    sqlx::query_as!(
+        BrokerConnection,
+        "SELECT c.id, t.name AS tenant, c.user_id, c.broker, c.status, c.scopes, c.expires_at,
+                c.refresh_expires_at, c.refreshed_at, c.generation, c.last_error
+         FROM broker_connections c JOIN tenants t ON t.id = c.tenant_id
+         ORDER BY c.status = 'active', c.expires_at LIMIT 200"
+    )
+    .fetch_all(pool)
+    .await
+}
