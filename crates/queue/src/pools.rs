@@ -64,6 +64,9 @@ pub async fn connect(url: &str, purpose: Purpose, max_connections: u32) -> anyho
         .context("Failed to connect to PostgreSQL (database.url / DATABASE_URL)")
 }
 
+/// The most connections a worker process's queue machinery holds, whatever its queues.
+pub const MAX_QUEUE_CONNECTIONS: u32 = 10;
+
 /// The pools of the queue machinery (never used by handlers).
 #[derive(Debug, Clone)]
 pub struct QueuePools {
@@ -72,10 +75,15 @@ pub struct QueuePools {
 }
 
 impl QueuePools {
-    /// Enough queue connections for `queues` fetchers plus heartbeat, listener, stats.
+    /// Queue connections for `queues` fetchers plus heartbeat, listener and stats:
+    /// two per queue, but at most [`MAX_QUEUE_CONNECTIONS`]. A claim holds its
+    /// connection for a millisecond or two, so fetchers share a few well; a pool that
+    /// grew with the queue count made a worker of every queue hold about 30 connections,
+    /// and three such workers exhausted a default PostgreSQL (100).
     pub async fn connect(url: &str, queues: usize) -> anyhow::Result<Self> {
+        let size = ((queues as u32) * 2 + 4).min(MAX_QUEUE_CONNECTIONS);
         Ok(Self {
-            queue: connect(url, Purpose::Queue, (queues as u32) * 2 + 4).await?,
+            queue: connect(url, Purpose::Queue, size).await?,
             ack: connect(url, Purpose::Acker, 1).await?,
         })
     }
