@@ -12,6 +12,7 @@ mod failures;
 mod lifecycle;
 mod oms;
 mod payments;
+mod platform_intents;
 mod processes;
 mod readme;
 mod reconcile;

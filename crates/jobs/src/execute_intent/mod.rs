@@ -56,6 +56,7 @@ const UNWIND_BASE: i32 = 1000;
 mod budget;
 mod clients;
 mod group;
+mod instruments;
 mod plan;
 mod record;
 mod submit;

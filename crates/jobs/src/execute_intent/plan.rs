@@ -47,6 +47,8 @@ pub(super) struct Leg {
     /// The price risk checks and reservations use (see [`price_legs`]); zero until
     /// priced.
     pub price: Decimal,
+    /// The venue's minimum notional for the instrument, if it has one.
+    pub min_notional: Option<Decimal>,
 }
 
 /// The most legs an intent may have.
@@ -94,12 +96,94 @@ fn symbol_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'/'))
 }
 
-/// Reads and checks the legs; the error is the reason given to the user.
-pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
-    let items = legs
-        .as_array()
-        .filter(|a| !a.is_empty())
-        .ok_or("legs must be a non-empty array")?;
+/// A client's name for something, as a reason may quote it: at most 40 printable
+/// characters.
+fn shown(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(40).collect()
+}
+
+/// The tenant's default account per venue id: where a leg naming only a venue trades.
+pub(super) type Defaults = HashMap<String, Uuid>;
+
+/// The platform's own shape of legs (seed 000): an object of named legs, each with
+/// `venue`, `symbol`, `side`, `size`, optional `price` and `order_type`, turned into
+/// the array form. A leg without `order_type` is a limit order at its `price` if it
+/// has one, else a market order; a market leg's `price` is only a reference (it can
+/// make the leg look dearer, never cheaper). Legs are in key order.
+fn platform_legs(
+    legs: &serde_json::Map<String, Value>,
+    defaults: &Defaults,
+) -> Result<(Vec<String>, Vec<Value>), String> {
+    let mut names = vec![];
+    let mut items = vec![];
+    for (name, leg) in legs {
+        let name = shown(name);
+        let bad = |what: &str| format!("leg {name}: {what}");
+        let leg = leg.as_object().ok_or_else(|| bad("must be an object"))?;
+        let account = match (
+            leg.get("account_id"),
+            leg.get("venue").and_then(Value::as_str),
+        ) {
+            (Some(account), _) => account.clone(),
+            (None, Some(venue)) => {
+                let venue = venue.to_ascii_lowercase();
+                let id = defaults.get(&venue).ok_or_else(|| {
+                    bad(&format!(
+                        "no default account for venue {:?}: mark one of the tenant's accounts there as its default",
+                        shown(&venue)
+                    ))
+                })?;
+                Value::String(id.to_string())
+            }
+            (None, None) => return Err(bad("venue (or account_id) is required")),
+        };
+        let price = leg.get("price").filter(|p| !p.is_null()).cloned();
+        let order_type = match leg.get("order_type").and_then(Value::as_str) {
+            Some(t) => t.to_string(),
+            None if price.is_some() => "limit".into(),
+            None => "market".into(),
+        };
+        let mut item = serde_json::Map::new();
+        item.insert("account_id".into(), account);
+        for (from, to) in [("symbol", "symbol"), ("side", "side"), ("size", "quantity")] {
+            if let Some(v) = leg.get(from) {
+                item.insert(to.into(), v.clone());
+            }
+        }
+        if let Some(price) = price {
+            let field = if order_type == "limit" {
+                "limit_price"
+            } else {
+                "reference_price"
+            };
+            item.insert(field.into(), price);
+        }
+        item.insert("type".into(), Value::String(order_type));
+        names.push(name);
+        items.push(Value::Object(item));
+    }
+    Ok((names, items))
+}
+
+/// Reads and checks the legs, in either form (an array, or the platform's object of
+/// named legs resolved against `defaults`); the error is the reason given to the user.
+pub(super) fn parse_legs(legs: &Value, defaults: &Defaults) -> Result<Vec<Leg>, String> {
+    let converted;
+    let (names, items): (Option<&[String]>, &[Value]) = match legs {
+        Value::Object(map) if !map.is_empty() => {
+            if map.len() > MAX_LEGS {
+                return Err(format!("an intent has at most {MAX_LEGS} legs"));
+            }
+            converted = platform_legs(map, defaults)?;
+            (Some(&converted.0), &converted.1)
+        }
+        _ => (
+            None,
+            legs.as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or("legs must be a non-empty array, or an object of named legs")?,
+        ),
+    };
     if items.len() > MAX_LEGS {
         return Err(format!("an intent has at most {MAX_LEGS} legs"));
     }
@@ -107,7 +191,8 @@ pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let bad = |what: &str| format!("leg {i}: {what}");
+            let label = names.map_or_else(|| i.to_string(), |n| n[i].clone());
+            let bad = |what: &str| format!("leg {label}: {what}");
             let account_id = l
                 .get("account_id")
                 .and_then(Value::as_str)
@@ -171,6 +256,7 @@ pub(super) fn parse_legs(legs: &Value) -> Result<Vec<Leg>, String> {
                 time_in_force,
                 reference_price,
                 price: Decimal::ZERO,
+                min_notional: None,
             })
         })
         .collect()
@@ -224,8 +310,16 @@ pub(super) fn price_legs(
                 .max(leg.limit_price.unwrap_or_default()),
         };
         leg.price = floor.max(leg.reference_price.unwrap_or_default());
-        if leg.notional().is_none() {
+        let Some(notional) = leg.notional() else {
             return Err(Ok(format!("leg {i}: notional out of range")));
+        };
+        if let Some(min) = leg.min_notional
+            && notional < min
+        {
+            return Err(Ok(format!(
+                "leg {i}: {} {} is worth about {notional}, under the venue's minimum order of {min}",
+                leg.quantity, leg.symbol
+            )));
         }
     }
     Ok(())
@@ -259,7 +353,7 @@ pub(super) enum Verdict {
     Retry(String),
 }
 
-fn refused(event: &'static str, reason: impl Into<String>) -> Verdict {
+pub(super) fn refused(event: &'static str, reason: impl Into<String>) -> Verdict {
     Verdict::Refused {
         event,
         reason: reason.into(),
@@ -400,7 +494,7 @@ async fn fetch_quotes(services: &Services, wants: Vec<QuoteWant>) -> Quotes {
         .collect()
 }
 
-type Known = Vec<(Uuid, String, Option<String>, Option<String>)>;
+pub(super) type Known = Vec<(Uuid, String, Option<String>, Option<String>)>;
 
 /// The accounts among `accounts` that the tenant has, with their venue and API key,
 /// and which of them wait for their start-up reconciliation.
@@ -527,6 +621,17 @@ async fn plan_batch(
         .into_iter()
         .map(|r| (r.id, r.status, r.legs_json))
         .collect();
+    // Default accounts per venue, read only when an intent names venues.
+    let defaults: Defaults = if rows.iter().any(|r| r.2.is_object()) {
+        sqlx::query!("SELECT venue_id, id FROM trading_accounts WHERE is_default AND active")
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| (r.venue_id, r.id))
+            .collect()
+    } else {
+        Defaults::new()
+    };
     let mut verdicts: Vec<Option<Verdict>> = asks.iter().map(|_| None).collect();
     let mut candidates: Vec<(usize, Vec<Leg>)> = vec![];
     for (i, intent) in asks.iter().enumerate() {
@@ -535,7 +640,7 @@ async fn plan_batch(
             Some((_, status, _)) if *status != IntentStatus::Pending => {
                 Some(Verdict::NotPending(*status))
             }
-            Some((_, _, legs)) => match parse_legs(legs) {
+            Some((_, _, legs)) => match parse_legs(legs, &defaults) {
                 Err(reason) => Some(refused("intent_rejected", reason)),
                 Ok(legs) => {
                     candidates.push((i, legs));
@@ -560,6 +665,7 @@ async fn plan_batch(
     // With the accounts whose start-up reconciliation has not succeeded yet: their
     // intents wait.
     let (known, gated) = known_accounts(&mut tx, &accounts).await?;
+    let candidates = super::instruments::apply(&mut tx, candidates, &known, &mut verdicts).await?;
     let engaged: Vec<(Option<Uuid>, Option<String>)> = sqlx::query!(
         "SELECT account_id, reason FROM kill_switches
          WHERE engaged AND (account_id IS NULL OR account_id = ANY($1))",
@@ -912,6 +1018,11 @@ async fn plan_batch(
 }
 
 #[cfg(test)]
+fn parse_legs_array(legs: &Value) -> Result<Vec<Leg>, String> {
+    parse_legs(legs, &Defaults::new())
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -930,7 +1041,7 @@ mod tests {
             json!([l])
         };
         let cases = [
-            (json!([]), "legs must be a non-empty array".to_string()),
+            (json!([]), "legs must be a non-empty array, or an object of named legs".to_string()),
             (json!([{"account_id": "x"}]), "leg 0: account_id must be a uuid".into()),
             (leg(json!({"side": "hold"})), "leg 0: side must be buy or sell".into()),
             (leg(json!({"quantity": -1})), format!("leg 0: {Q}")),
@@ -952,9 +1063,9 @@ mod tests {
             ),
         ];
         for (legs, reason) in cases {
-            assert_eq!(parse_legs(&legs).unwrap_err(), reason);
+            assert_eq!(parse_legs(&legs, &Defaults::new()).unwrap_err(), reason);
         }
-        let ok = parse_legs(&json!([{"account_id": account, "symbol": "AAPL", "side": "sell", "quantity": "2.5", "type": "limit", "limit_price": 10}])).unwrap();
+        let ok = parse_legs_array(&json!([{"account_id": account, "symbol": "AAPL", "side": "sell", "quantity": "2.5", "type": "limit", "limit_price": 10}])).unwrap();
         assert_eq!(ok[0].limit_price, Some(Decimal::from(10)));
     }
 
@@ -967,7 +1078,7 @@ mod tests {
         let account = Uuid::from_u128(9);
         let collar = Decimal::new(5, 2);
         // "buy 1,000,000 AAPL at reference 0.0000000001": priced at the quote + 5 %.
-        let mut legs = parse_legs(
+        let mut legs = parse_legs_array(
             &json!([{"account_id": account.to_string(), "symbol": "AAPL",
             "side": "buy", "quantity": 1000000, "reference_price": "0.0000000001"}]),
         )
@@ -981,7 +1092,7 @@ mod tests {
         assert_eq!(legs[0].price, Decimal::from(105));
         assert_eq!(legs[0].value(), Decimal::from(105_000_000));
         // A client may make a leg dearer, never cheaper.
-        let mut dear = parse_legs(
+        let mut dear = parse_legs_array(
             &json!([{"account_id": account.to_string(), "symbol": "AAPL",
             "side": "buy", "quantity": 1, "reference_price": 200}]),
         )
@@ -1010,7 +1121,7 @@ mod tests {
             Err(Err(_))
         ));
         // A limit leg without a quote is priced at its limit; with one, at the higher.
-        let mut limit = parse_legs(
+        let mut limit = parse_legs_array(
             &json!([{"account_id": account.to_string(), "symbol": "AAPL",
             "side": "sell", "quantity": 1, "type": "limit", "limit_price": "0.01"}]),
         )
@@ -1029,7 +1140,7 @@ mod tests {
     #[test]
     fn limits_count_the_intents_planned_before_in_the_batch() {
         let account = Uuid::from_u128(9);
-        let mut legs = parse_legs(
+        let mut legs = parse_legs_array(
             &json!([{"account_id": account.to_string(), "symbol": "AAPL",
             "side": "buy", "quantity": 2}]),
         )
@@ -1061,5 +1172,65 @@ mod tests {
             check_limits(&legs, &per_order, 0),
             Some(Verdict::Refused { reason, .. }) if reason == "leg 0: notional 100 exceeds the order limit 99"
         ));
+    }
+
+    #[test]
+    fn the_platforms_named_legs_trade_on_the_default_account_of_their_venue() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let defaults = Defaults::from([("paper".to_string(), a), ("alpaca".to_string(), b)]);
+        // Seed 000's spot arbitrage: prices and no order type (limit orders).
+        let legs = parse_legs(
+            &json!({
+                "sell_leg": {"venue": "alpaca", "symbol": "BTC/USD", "side": "sell", "size": 0.5, "price": 101.5},
+                "buy_leg": {"venue": "Paper", "symbol": "BTC/USD", "side": "buy", "size": 0.5, "price": 100}
+            }),
+            &defaults,
+        )
+        .unwrap();
+        assert_eq!(legs.len(), 2);
+        assert_eq!(
+            (legs[0].account_id, legs[0].side),
+            (a, Side::Buy),
+            "key order: buy_leg first"
+        );
+        assert_eq!((legs[1].account_id, legs[1].side), (b, Side::Sell));
+        assert_eq!(legs[0].order_type, OrderType::Limit);
+        assert_eq!(legs[0].limit_price, Some(Decimal::from(100)));
+        assert_eq!(legs[1].quantity, Decimal::new(5, 1));
+        // Its basis trade: no prices, market orders; an explicit market price is a
+        // reference only.
+        let legs = parse_legs(
+            &json!({
+                "spot_leg": {"venue": "paper", "symbol": "ETH/USD", "side": "buy", "size": 2},
+                "perp_leg": {"venue": "alpaca", "symbol": "ETH/USD", "side": "sell", "size": 2, "order_type": "market", "price": 3000}
+            }),
+            &defaults,
+        )
+        .unwrap();
+        assert_eq!(legs[0].order_type, OrderType::Market);
+        assert_eq!(
+            legs[0].reference_price,
+            Some(Decimal::from(3000)),
+            "perp_leg sorts first"
+        );
+        assert_eq!(legs[1].limit_price, None);
+        // A venue with no default account, and a bad leg, are refused by name.
+        for (legs, reason) in [
+            (
+                json!({"buy_leg": {"venue": "kraken", "symbol": "BTC/USD", "side": "buy", "size": 1}}),
+                "leg buy_leg: no default account for venue \"kraken\": mark one of the tenant's accounts there as its default",
+            ),
+            (
+                json!({"buy_leg": {"venue": "paper", "symbol": "BTC/USD", "side": "hold", "size": 1}}),
+                "leg buy_leg: side must be buy or sell",
+            ),
+            (json!({"buy_leg": 7}), "leg buy_leg: must be an object"),
+            (
+                json!({"buy_leg": {"symbol": "BTC/USD", "side": "buy", "size": 1}}),
+                "leg buy_leg: venue (or account_id) is required",
+            ),
+        ] {
+            assert_eq!(parse_legs(&legs, &defaults).unwrap_err(), reason);
+        }
     }
 }
