@@ -263,6 +263,8 @@ async fn the_procfile_formation_runs_under_honcho_as_the_readme_says() {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            // Its own process group, so that a failed test can stop all of it.
+            .process_group(0)
             .kill_on_drop(true);
         cmd
     };
@@ -275,6 +277,10 @@ async fn the_procfile_formation_runs_under_honcho_as_the_readme_says() {
     let mut formation = command(&["start", "-c", "worker=2", "web", "worker", "scheduler"])
         .spawn()
         .unwrap();
+    // If an assertion below fails, honcho is told to stop its processes (killing
+    // honcho alone, as kill_on_drop does, would leave them running and holding
+    // connections for the tests that follow).
+    let mut stop = StopOnDrop(formation.id());
     // Two workers, a scheduler ticking (every 10 s for sync_accounts: the formation
     // outlives a `release` that exits), and the web process healthy on PORT.
     wait_until("two live workers", Duration::from_secs(30), || async {
@@ -314,6 +320,7 @@ async fn the_procfile_formation_runs_under_honcho_as_the_readme_says() {
         .await
         .expect("honcho stops the formation on SIGTERM")
         .unwrap();
+    stop.0 = None;
     assert!(exited.code().is_some(), "{exited:?}");
     wait_until(
         "the workers deregistered",
@@ -325,4 +332,38 @@ async fn the_procfile_formation_runs_under_honcho_as_the_readme_says() {
         },
     )
     .await;
+}
+
+/// Stops a process group (honcho's, with the formation's processes) when dropped
+/// unless it has exited: SIGTERM, up to 10 s for the processes to stop, then SIGKILL.
+/// It is dropped before the child handle, whose kill_on_drop would SIGKILL honcho
+/// alone and orphan the rest.
+struct StopOnDrop(Option<u32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let Some(pid) = self.0 else { return };
+        let group = format!("-{pid}");
+        let signal = |sig: &str| {
+            std::process::Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !signal("-TERM") {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline
+            && std::process::Command::new("pgrep")
+                .args(["-g", &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        signal("-KILL");
+    }
 }
