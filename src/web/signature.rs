@@ -55,7 +55,8 @@ pub fn verify_stripe(
     if signatures.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if now - timestamp > tolerance_secs {
+    // Saturating: `t` is the sender's, and any i64 parses.
+    if now.saturating_sub(timestamp) > tolerance_secs {
         return Err(SignatureError::Expired);
     }
     for secret in secrets {

@@ -65,6 +65,16 @@ use budget::*;
 use clients::*;
 pub use plan::plan_together;
 use plan::{Planned, Verdict};
+
+/// Checks an intent's legs as planning will, without a database: how many legs there
+/// are, or the reason the intent would be refused. `defaults` is the tenant's default
+/// account per venue. (The fuzz target drives it; a gateway could pre-check with it.)
+pub fn check_legs(
+    legs: &Value,
+    defaults: &std::collections::HashMap<String, Uuid>,
+) -> Result<usize, String> {
+    plan::parse_legs(legs, defaults).map(|legs| legs.len())
+}
 use record::*;
 use submit::*;
 use unwind::*;
