@@ -311,37 +311,40 @@ async fn the_same_fill_by_the_stream_and_by_the_sync_twice_each_is_recorded_once
 
 #[tokio::test]
 async fn a_cancel_an_expiry_and_a_venue_reject_each_release_exactly_the_remainder() {
+    // Three one-leg intents (a multi-leg intent with a leg ended this way is unwound:
+    // see platform_intents.rs).
     let desk = desk(held(), 10_000).await;
-    let id = desk
-        .intent(
-            "ends",
-            vec![
-                limit_leg(&desk, "AAA", "buy", 10, "gtc"),
-                limit_leg(&desk, "BBB", "buy", 10, "day"),
-                limit_leg(&desk, "CCC", "buy", 10, "gtc"),
-            ],
-        )
-        .await;
-    desk.submitted(id).await;
+    let mut ids = vec![];
+    for (key, symbol, tif) in [
+        ("end-a", "AAA", "gtc"),
+        ("end-b", "BBB", "day"),
+        ("end-c", "CCC", "gtc"),
+    ] {
+        let id = desk
+            .intent(key, vec![limit_leg(&desk, symbol, "buy", 10, tif)])
+            .await;
+        desk.submitted(id).await;
+        ids.push(id);
+    }
     assert_eq!(ledger(&desk).await.0, d("3000"));
-    assert!(desk.venue.fill(&desk.coid(id, 0), d("4"), d("100")));
-    assert!(desk.venue.fill(&desk.coid(id, 2), d("2"), d("100")));
+    assert!(desk.venue.fill(&desk.coid(ids[0], 0), d("4"), d("100")));
+    assert!(desk.venue.fill(&desk.coid(ids[2], 0), d("2"), d("100")));
     desk.settle().await;
-    assert!(desk.venue.cancel_by_venue(&desk.coid(id, 0)));
+    assert!(desk.venue.cancel_by_venue(&desk.coid(ids[0], 0)));
     assert_eq!(desk.venue.end_session(), 1, "only the day order expires");
-    assert!(desk.venue.reject_by_venue(&desk.coid(id, 2)));
+    assert!(desk.venue.reject_by_venue(&desk.coid(ids[2], 0)));
     desk.settle().await;
 
     assert_eq!(
-        order(&desk, id, 0).await,
+        order(&desk, ids[0], 0).await,
         ("cancelled".into(), d("4"), d("0"))
     );
     assert_eq!(
-        order(&desk, id, 1).await,
+        order(&desk, ids[1], 0).await,
         ("expired".into(), d("0"), d("0"))
     );
     assert_eq!(
-        order(&desk, id, 2).await,
+        order(&desk, ids[2], 0).await,
         ("rejected".into(), d("2"), d("0"))
     );
     let releases: Vec<(String, Decimal)> = sqlx::query_as(
@@ -359,10 +362,15 @@ async fn a_cancel_an_expiry_and_a_venue_reject_each_release_exactly_the_remainde
             ("CCC".into(), d("800"))
         ]
     );
+    // A one-leg intent keeps what filled: the positions stay.
     assert_eq!(ledger(&desk).await, (d("0"), d("600"), d("0")));
-    let (status, reason) = desk.intent_state(id).await;
+    let (status, reason) = desk.intent_state(ids[0]).await;
+    assert_eq!(status, "cancelled");
+    assert!(reason.unwrap().contains("4 of 10 filled"));
+    assert_eq!(desk.intent_state(ids[1]).await.0, "cancelled");
+    let (status, reason) = desk.intent_state(ids[2]).await;
     assert_eq!(status, "failed");
-    assert!(reason.unwrap().contains("leg 2 was rejected"));
+    assert!(reason.unwrap().contains("leg 0 was rejected"));
     no_drift(&desk).await;
 }
 

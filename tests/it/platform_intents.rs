@@ -5,7 +5,7 @@
 //! the other unwound on its own venue; instruments map symbols and refuse what a venue
 //! would.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use pulse_sims::paper::{PaperOptions, PaperVenue};
 use rust_decimal::Decimal;
@@ -14,6 +14,7 @@ use sqlx::Executor;
 use uuid::Uuid;
 
 use crate::{
+    helpers::wait_until,
     lifecycle::{d, held},
     oms::{Desk, desk},
     security::{ClientLogin, as_gateway, member},
@@ -246,4 +247,65 @@ async fn when_the_second_venue_rejects_its_leg_the_first_is_unwound_on_its_own_v
     );
     assert_eq!(reserved(&desk, desk.account).await, Decimal::ZERO);
     assert_eq!(reserved(&desk, account_b).await, Decimal::ZERO);
+}
+
+#[tokio::test]
+async fn a_leg_a_venue_rejects_after_accepting_it_has_its_filled_sibling_closed_on_the_other_venue()
+{
+    let (desk, venue_b, account_b) = two_venue_desk(PaperOptions::default()).await;
+    let id = insert_as_platform(&desk, spot_arb(2.0)).await;
+    desk.submitted(id).await;
+    // The buy fills on the first venue; then the second venue rejects the sell it had
+    // accepted: the bought 2 are no longer hedged.
+    assert!(desk.venue.fill(&desk.coid(id, 0), d("2"), d("100")));
+    desk.settle().await;
+    assert!(venue_b.reject_by_venue(&desk.coid(id, 1)));
+    let (status, reason) = desk.wait_for(id, &["failed"]).await;
+    assert_eq!(status, "failed");
+    assert!(
+        reason
+            .as_deref()
+            .unwrap()
+            .contains("leg 1 was rejected by the venue after it was accepted"),
+        "{reason:?}"
+    );
+    // The OMS closed the filled leg on its own venue with an opposite market order.
+    let closing = desk
+        .venue
+        .orders()
+        .into_iter()
+        .find(|o| o.client_order_id == desk.coid(id, 1000))
+        .expect("a closing order at the first venue");
+    assert_eq!((closing.side.as_str(), closing.qty), ("sell", d("2")));
+    assert!(
+        venue_b
+            .orders()
+            .iter()
+            .all(|o| o.client_order_id != desk.coid(id, 1000))
+    );
+    assert!(desk.venue.fill(&desk.coid(id, 1000), d("2"), d("100")));
+    // (Not `desk.settle()`: it follows the first venue only, and a leg lives on the
+    // second.)
+    wait_until(
+        "flat again on the first venue",
+        Duration::from_secs(20),
+        || async {
+            desk.db
+            .count(&format!(
+                "SELECT count(*) FROM position_legs WHERE account_id = '{}' AND closed_at IS NULL",
+                desk.account
+            ))
+            .await
+            == 0
+            && desk
+                .db
+                .count("SELECT count(*) FROM orders WHERE leg_index = 1000 AND status = 'filled'")
+                .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(reserved(&desk, desk.account).await, Decimal::ZERO);
+    assert_eq!(reserved(&desk, account_b).await, Decimal::ZERO);
+    crate::lifecycle::no_drift(&desk).await;
 }

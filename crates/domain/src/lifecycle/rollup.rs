@@ -3,6 +3,11 @@
 //! legs end otherwise. Only intents the OMS has handed over (`submitted`,
 //! `partially_filled`) move here; a failing intent is the OMS's (it unwinds), and
 //! closing orders of an unwind (leg index 1000 and up) are not the intent's legs.
+//!
+//! A multi-leg intent one of whose legs the venue ended (rejected, cancelled,
+//! expired) after accepting it, while another leg still works or has fills, is not
+//! rolled up: it is no longer hedged, so the OMS is asked to unwind it
+//! (`request_unwind`), and fails it when done.
 
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -18,9 +23,21 @@ pub async fn roll_up(tx: &mut Transaction<'_, Postgres>, intents: &[Uuid]) -> sq
                       bool_or(filled_quantity > 0) AS any_fill,
                       min(leg_index) FILTER (WHERE status = 'rejected') AS rejected_leg,
                       min(leg_index) FILTER (WHERE status IN ('cancelled', 'expired')) AS ended_leg,
-                      sum(filled_quantity) AS filled, sum(quantity) AS ordered
+                      sum(filled_quantity) AS filled, sum(quantity) AS ordered,
+                      count(*) > 1
+                        AND bool_or(status IN ('rejected', 'cancelled', 'expired'))
+                        AND (bool_or(status NOT IN ('filled', 'cancelled', 'expired', 'rejected'))
+                             OR bool_or(filled_quantity > 0)) AS unhedged
                FROM orders WHERE intent_id = ANY($1) AND leg_index < 1000
                GROUP BY intent_id),
+           unwinding AS (
+               SELECT count(request_unwind(l.intent_id,
+                          CASE WHEN l.rejected_leg IS NOT NULL
+                               THEN 'leg ' || l.rejected_leg || ' was rejected by the venue after it was accepted'
+                               ELSE 'leg ' || l.ended_leg || ' ended at the venue unfilled' END
+                          || '; the other legs are unwound')) AS n
+               FROM legs l JOIN multi_leg_intents i ON i.id = l.intent_id
+               WHERE l.unhedged AND i.status IN ('submitted', 'partially_filled')),
            next AS (
                SELECT i.id, i.status AS was,
                       CASE WHEN l.all_filled THEN 'filled'
@@ -34,7 +51,7 @@ pub async fn roll_up(tx: &mut Transaction<'_, Postgres>, intents: &[Uuid]) -> sq
                            ELSE 'leg ' || l.ended_leg || ' ended at the venue unfilled; '
                                 || l.filled::float8 || ' of ' || l.ordered::float8 || ' filled' END AS reason
                FROM multi_leg_intents i JOIN legs l ON l.intent_id = i.id
-               WHERE i.status IN ('submitted', 'partially_filled')),
+               WHERE i.status IN ('submitted', 'partially_filled') AND NOT l.unhedged),
            moved AS (
                UPDATE multi_leg_intents i SET status = n.status, reason = coalesce(n.reason, i.reason),
                                               updated_at = now()
@@ -42,7 +59,7 @@ pub async fn roll_up(tx: &mut Transaction<'_, Postgres>, intents: &[Uuid]) -> sq
                RETURNING i.id, n.status, n.reason)
            SELECT audit_append('intent_' || m.status::text, 'intent', m.id::text,
                                jsonb_build_object('reason', m.reason)) AS "appended"
-           FROM moved m"#,
+           FROM moved m WHERE (SELECT n FROM unwinding) >= 0"#,
         intents,
     )
     .fetch_all(&mut **tx)

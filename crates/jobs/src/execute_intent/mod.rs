@@ -46,6 +46,11 @@ use pulse_domain::{
 pub struct ExecuteIntent {
     pub intent_id: Uuid,
     pub tenant_id: Uuid,
+    /// Unwind mode: the intent was submitted, then a venue ended one of its legs while
+    /// another still works or has fills (the order lifecycle's roll-up asks this, with
+    /// the reason): cancel what is open, close what filled, fail the intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<String>,
 }
 
 /// How long an entry lock lasts if its holder dies.
@@ -66,15 +71,6 @@ use clients::*;
 pub use plan::plan_together;
 use plan::{Planned, Verdict};
 
-/// Checks an intent's legs as planning will, without a database: how many legs there
-/// are, or the reason the intent would be refused. `defaults` is the tenant's default
-/// account per venue. (The fuzz target drives it; a gateway could pre-check with it.)
-pub fn check_legs(
-    legs: &Value,
-    defaults: &std::collections::HashMap<String, Uuid>,
-) -> Result<usize, String> {
-    plan::parse_legs(legs, defaults).map(|legs| legs.len())
-}
 use record::*;
 use submit::*;
 use unwind::*;
@@ -85,6 +81,16 @@ use unwind::*;
 pub struct IntentBatches {
     plan: Arc<group::GroupCommit<Uuid, Verdict>>,
     settle: Arc<group::GroupCommit<Settlement, ()>>,
+}
+
+/// Checks an intent's legs as planning will, without a database: how many legs there
+/// are, or the reason the intent would be refused. `defaults` is the tenant's default
+/// account per venue. (The fuzz target drives it; a gateway could pre-check with it.)
+pub fn check_legs(
+    legs: &Value,
+    defaults: &std::collections::HashMap<String, Uuid>,
+) -> Result<usize, String> {
+    plan::parse_legs(legs, defaults).map(|legs| legs.len())
 }
 
 /// A client order id: the same for (tenant, intent, leg) on every attempt, at most
@@ -161,6 +167,9 @@ impl Job for ExecuteIntent {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let (tenant, intent) = (self.tenant_id, self.intent_id);
+        if let Some(reason) = &self.unwind {
+            return unwind_submitted(&ctx, tenant, intent, reason).await;
+        }
         let verdict = plan::plan(&ctx, tenant, intent)
             .await
             .map_err(JobError::retryable)?;

@@ -21,7 +21,12 @@ pub(super) async fn unwind(
     let legs = orders(ctx, tenant, intent).await?;
     let siblings: Vec<&OrderRow> = legs
         .iter()
-        .filter(|o| o.leg_index < UNWIND_BASE && o.status != OrderStatus::Rejected)
+        // A leg refused when it was sent never reached the venue; one the venue
+        // rejected after accepting it (it has a venue id) may have fills to close.
+        .filter(|o| {
+            o.leg_index < UNWIND_BASE
+                && (o.status != OrderStatus::Rejected || o.venue_order_id.is_some())
+        })
         .filter(|o| !(o.status == OrderStatus::Cancelled && o.venue_order_id.is_none()))
         .collect();
     let clients = clients(ctx, tenant, intent, &siblings).await?;
@@ -114,6 +119,32 @@ pub(super) async fn unwind(
         tx.commit().await?;
     }
     fail(ctx, tenant, intent, event, reason).await
+}
+
+/// The unwind the order lifecycle asks for once a venue has ended one leg of a
+/// submitted intent whose other legs still work or have fills. Only an intent still
+/// submitted or partially filled is unwound (a retry after the unwind failed it, or
+/// an intent that ended otherwise meanwhile, does nothing).
+pub(super) async fn unwind_submitted(
+    ctx: &JobContext,
+    tenant: Uuid,
+    intent: Uuid,
+    reason: &str,
+) -> Result<(), JobError> {
+    let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+    let status = sqlx::query_scalar!(
+        r#"SELECT status AS "status: IntentStatus" FROM multi_leg_intents WHERE id = $1"#,
+        intent
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    match status {
+        Some(IntentStatus::Submitted | IntentStatus::PartiallyFilled) => {
+            unwind(ctx, tenant, intent, "intent_unwound", reason).await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The opposite market order that closes a filled leg: an order row of its own (with
