@@ -17,6 +17,10 @@ export PULSE__WATCHERS__WEBHOOK_SECRET="${PULSE__WATCHERS__WEBHOOK_SECRET:-local
 export PULSE__WEB__OPERATOR_TOKEN="${PULSE__WEB__OPERATOR_TOKEN:-local-operator}"
 echo "console: http://127.0.0.1:8080/ (any user name, password: $PULSE__WEB__OPERATOR_TOKEN)" >&2
 cargo build --release --quiet
+# Local sealing key (tokens of the demo's broker connection are stored sealed) and the
+# local OAuth client's secret (config/local.toml [brokers.clients.schwab]).
+export PULSE_SECRETS_KEY="${PULSE_SECRETS_KEY:-bG9jYWwtZGV2LWtleS1ub3QtZm9yLXByb2R1Y3Rpb24=}"
+export PULSE_LOCAL_OAUTH_SECRET="${PULSE_LOCAL_OAUTH_SECRET:-local-client-secret}"
 # The demo desk's paper-venue credential (the paper venue accepts any key).
 export PULSE_DEMO_PAPER_SECRET="${PULSE_DEMO_PAPER_SECRET:-local-paper-secret}"
 exec "${CARGO_TARGET_DIR:-target}/release/pulse-fleet" all --demo "$@"

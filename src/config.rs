@@ -66,6 +66,9 @@ pub struct BrokerSettings {
     /// Our OAuth client per broker: `[brokers.clients.schwab] token_url, client_id,
     /// client_secret_ref` (`env:NAME` or `enc:v1:...`).
     pub clients: BTreeMap<String, BrokerClientSettings>,
+    /// Local runs: where the token endpoint in Schwab's dialect listens (the demo's
+    /// broker connection refreshes against it).
+    pub local_bind: String,
 }
 
 impl Default for BrokerSettings {
@@ -73,6 +76,7 @@ impl Default for BrokerSettings {
         Self {
             refresh_margin_secs: 300,
             clients: BTreeMap::new(),
+            local_bind: "127.0.0.1:8071".into(),
         }
     }
 }

@@ -114,6 +114,46 @@ pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo trader's broker connection (Schwab's dialect, against the local token
+/// endpoint): authorised now, its access token due for refresh, and a refresh asked
+/// for at once, so that a first run shows one within seconds (console: Trading →
+/// Broker connections). Re-authorised on every start: the local endpoint keeps its
+/// tokens in memory. Skipped without `PULSE_SECRETS_KEY` (tokens are stored sealed).
+pub async fn connect_broker(
+    pool: &PgPool,
+    broker: &pulse_sims::oauth_broker::OAuthBroker,
+) -> anyhow::Result<()> {
+    let Ok(key) = pulse_domain::secrets::key_from_env() else {
+        tracing::info!("PULSE_SECRETS_KEY is not set: the demo has no broker connection");
+        return Ok(());
+    };
+    let issued = broker.authorize();
+    let seal = |t: &str| pulse_domain::secrets::seal(t, &key);
+    // As the platform's OAuth callback would (the schema owner: workers only read and
+    // refresh connections).
+    sqlx::query!(
+        "INSERT INTO broker_connections (tenant_id, user_id, broker, scopes, access_token, refresh_token,
+                                         expires_at, refresh_expires_at)
+         VALUES ($1, $2, 'schwab', '{api}', $3, $4, now() + interval '1 minute', now() + interval '7 days')
+         ON CONFLICT (tenant_id, user_id, broker) DO UPDATE
+             SET status = 'active', access_token = excluded.access_token,
+                 refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
+                 refresh_expires_at = excluded.refresh_expires_at, last_error = NULL,
+                 updated_at = now()",
+        TENANT,
+        DEMO_USER,
+        seal(&issued.access_token),
+        seal(&issued.refresh_token),
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query_scalar!("SELECT request_token_refreshes(300)")
+        .fetch_one(pool)
+        .await?;
+    tracing::info!("demo broker connection (schwab) authorised; its first refresh is asked for");
+    Ok(())
+}
+
 /// The demo tenant's trader, and the trader's Stripe customer.
 pub const DEMO_USER: &str = "demo-trader";
 pub const DEMO_CUSTOMER: &str = "cus_demo";

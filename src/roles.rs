@@ -108,8 +108,10 @@ pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
             if fallback.is_none() && local {
                 fallback = Some(start_discord_sink(settings, &mut tasks, stop_rx.clone()).await?);
             }
+            let mut oauth = None;
             if local {
                 start_paper_venue(settings, &mut tasks, stop_rx.clone()).await?;
+                oauth = start_oauth_broker(settings, &mut tasks, stop_rx.clone()).await?;
             }
             let mut env = Env::new(services(settings, fallback));
             env.reconcile = std::sync::Arc::new(settings.reconcile.job());
@@ -123,6 +125,9 @@ pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
             let pools = db::queue_pools(settings, queues.len()).await?;
             if local && args.demo {
                 crate::demo::seed(&app_pool).await?;
+                if let Some(oauth) = &oauth {
+                    crate::demo::connect_broker(&app_pool, oauth).await?;
+                }
                 tasks.spawn(crate::demo::run(
                     app_pool.clone(),
                     Duration::from_secs(5),
@@ -234,6 +239,40 @@ async fn start_paper_venue(
     });
     spawn_until_stopped(tasks, "paper venue", venue.serve(listener), stop);
     Ok(())
+}
+
+/// Local runs with a `schwab` OAuth client configured: its token endpoint (Schwab's
+/// dialect), with that client's credentials, for the demo's broker connection.
+async fn start_oauth_broker(
+    settings: &Settings,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<pulse_sims::oauth_broker::OAuthBroker>> {
+    let Some(client) = settings.brokers.clients.get("schwab") else {
+        return Ok(None);
+    };
+    let Ok(secret) = pulse_domain::secrets::resolve(&client.client_secret_ref) else {
+        tracing::info!("no local OAuth client secret: the demo has no broker connection");
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(&settings.brokers.local_bind).await?;
+    tracing::info!(
+        "OAuth token endpoint (Schwab dialect) on http://{}",
+        listener.local_addr()?
+    );
+    let broker =
+        pulse_sims::oauth_broker::OAuthBroker::new(pulse_sims::oauth_broker::OAuthOptions {
+            client_id: client.client_id.clone(),
+            client_secret: secret.expose().to_string(),
+            rotate: true,
+        });
+    spawn_until_stopped(
+        tasks,
+        "OAuth token endpoint",
+        broker.clone().serve(listener),
+        stop,
+    );
+    Ok(Some(broker))
 }
 
 /// Runs a local helper server until `stop` (or until it fails, which is logged).

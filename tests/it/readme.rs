@@ -59,6 +59,11 @@ async fn the_readme_examples_work_as_pasted() {
             ("PULSE__WATCHERS__WEBHOOK_SECRET", "local-dev-secret"),
             ("PULSE__WEB__OPERATOR_TOKEN", "local-operator"),
             ("PULSE_DEMO_PAPER_SECRET", "local-paper-secret"),
+            (
+                "PULSE_SECRETS_KEY",
+                "bG9jYWwtZGV2LWtleS1ub3QtZm9yLXByb2R1Y3Rpb24=",
+            ),
+            ("PULSE_LOCAL_OAUTH_SECRET", "local-client-secret"),
             ("RUST_LOG", "warn"),
         ],
     )
@@ -114,6 +119,21 @@ async fn the_readme_examples_work_as_pasted() {
         .await
             == 1
     })
+    .await;
+    // The first run shows a broker token refresh (the demo trader's connection,
+    // against the local endpoint in Schwab's dialect).
+    wait_until(
+        "the demo's broker token refreshed",
+        Duration::from_secs(30),
+        || async {
+            db.count(
+                "SELECT count(*) FROM broker_connections
+             WHERE user_id = 'demo-trader' AND status = 'active' AND generation >= 1",
+            )
+            .await
+                == 1
+        },
+    )
     .await;
     sigterm(&fleet);
     tokio::time::timeout(Duration::from_secs(30), fleet.wait())
