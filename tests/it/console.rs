@@ -138,7 +138,21 @@ async fn console_actions_need_the_token_the_origin_and_a_confirmation_and_are_au
         0
     );
 
-    // An open redirect is not offered: `back` must be a path of this site.
+    // An open redirect is not offered: `back` must be a path of this site, also once
+    // a browser has dropped the tabs and newlines it would ignore.
+    for back in [
+        "/%09/evil.example/x",
+        "/%0a/evil.example/x",
+        "/%5C/evil.example",
+    ] {
+        let ask = post(format!("ids={dead}&csrf={csrf}&back={back}"), None)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!ask.contains("evil.example"), "{back} kept: {ask}");
+    }
     let done = post(
         format!("ids={dead}&csrf={csrf}&confirm=yes&back=//evil.example/x"),
         None,

@@ -46,8 +46,14 @@ impl ActionForm {
                 "state" if !v.is_empty() => {
                     form.state = Some(v.parse().map_err(|e: String| e)?);
                 }
-                // Only a path of this site: never an open redirect.
-                "back" if v.starts_with('/') && !v.starts_with("//") && !v.contains('\\') => {
+                // Only a path of this site: never an open redirect (a browser drops
+                // tabs and newlines from a URL, so `/<tab>/evil` would be `//evil`).
+                "back"
+                    if v.starts_with('/')
+                        && !v.starts_with("//")
+                        && !v.contains('\\')
+                        && !v.chars().any(char::is_control) =>
+                {
                     form.back = Some(v.into_owned());
                 }
                 _ => {}
