@@ -244,12 +244,7 @@ async fn job_action(
             tracing::info!(actor = %operator.actor, action = verb, changed = n, "operator action");
             Redirect::to(&form.back_with("/jobs", &done)).into_response()
         }
-        Err(admin::AdminError::Database(e)) => page::problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Section::Jobs,
-            &e.to_string(),
-        )
-        .into_response(),
+        Err(admin::AdminError::Database(e)) => page::internal(Section::Jobs, &e).into_response(),
         Err(e) => {
             page::problem(StatusCode::BAD_REQUEST, Section::Jobs, &e.to_string()).into_response()
         }
@@ -325,12 +320,7 @@ async fn queue_action(
             };
             Redirect::to(&form.back_with("/", &done)).into_response()
         }
-        Err(e) => page::problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Section::Overview,
-            &e.to_string(),
-        )
-        .into_response(),
+        Err(e) => page::internal(Section::Overview, &e).into_response(),
     }
 }
 
@@ -358,13 +348,7 @@ pub async fn resume(
 pub async fn audit_log(State(state): State<AppState>) -> page::Page {
     let actions = match admin::operator_actions(&state.pool, 200).await {
         Ok(a) => a,
-        Err(e) => {
-            return page::problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Section::Audit,
-                &e.to_string(),
-            );
-        }
+        Err(e) => return page::internal(Section::Audit, &e),
     };
     let body = html! {
         p.muted { "Every retry, cancel, pause and resume, from the console or the command line, newest first." }

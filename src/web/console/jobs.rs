@@ -100,13 +100,7 @@ pub async fn list(
     };
     let jobs = match admin::list(&state.pool, &filter).await {
         Ok(j) => j,
-        Err(e) => {
-            return page::problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Section::Jobs,
-                &e.to_string(),
-            );
-        }
+        Err(e) => return page::internal(Section::Jobs, &e),
     };
     let here = q.url(q.before);
     let body = html! {
@@ -176,22 +170,11 @@ pub async fn show(
     Path(id): Path<i64>,
     Query(notice): Query<super::overview::Notice>,
 ) -> page::Page {
-    let job = match admin::job(&state.pool, id).await {
-        Ok(Some(j)) => j,
-        Ok(None) => {
-            return page::problem(
-                StatusCode::NOT_FOUND,
-                Section::Jobs,
-                &format!("no job {id}"),
-            );
-        }
-        Err(e) => {
-            return page::problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Section::Jobs,
-                &e.to_string(),
-            );
-        }
+    let job = match page::found(admin::job(&state.pool, id).await, Section::Jobs, || {
+        format!("no job {id}")
+    }) {
+        Ok(job) => job,
+        Err(missing) => return missing,
     };
     let attempts = job.errors.as_array().cloned().unwrap_or_default();
     let text = |v: &serde_json::Value, k: &str| -> String {

@@ -114,6 +114,24 @@ pub fn problem(status: StatusCode, section: Section, message: &str) -> Page {
     )
 }
 
+/// The row a page is about, or the page saying it is missing (404) or unreadable (500).
+pub fn found<T>(
+    read: sqlx::Result<Option<T>>,
+    section: Section,
+    missing: impl FnOnce() -> String,
+) -> Result<T, Page> {
+    match read {
+        Ok(Some(row)) => Ok(row),
+        Ok(None) => Err(problem(StatusCode::NOT_FOUND, section, &missing())),
+        Err(e) => Err(internal(section, &e)),
+    }
+}
+
+/// The page saying a read or a change failed (500), with the database's reason.
+pub fn internal(section: Section, e: &sqlx::Error) -> Page {
+    problem(StatusCode::INTERNAL_SERVER_ERROR, section, &e.to_string())
+}
+
 /// The operator making a request: how the audit log names them (a fingerprint of the
 /// credential, never the credential) and the CSRF token their forms carry.
 pub struct Operator {

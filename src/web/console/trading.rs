@@ -2,10 +2,7 @@
 //! journal, positions, orders, reconciliation), `/trading/intents/{id}` (legs, orders,
 //! fills, audit trail) and `/alerts`.
 
-use axum::{
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::extract::{Path, State};
 use maud::{Markup, html};
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -18,10 +15,6 @@ use super::{
     page::{self, Section, json, maybe_when, short, when},
 };
 
-fn internal(section: Section, e: sqlx::Error) -> page::Page {
-    page::problem(StatusCode::INTERNAL_SERVER_ERROR, section, &e.to_string())
-}
-
 pub async fn index(State(state): State<AppState>) -> page::Page {
     let (accounts, intents, connections) = match tokio::try_join!(
         read_model::accounts(&state.pool),
@@ -29,7 +22,7 @@ pub async fn index(State(state): State<AppState>) -> page::Page {
         trading::broker_connections(&state.pool)
     ) {
         Ok(x) => x,
-        Err(e) => return internal(Section::Trading, e),
+        Err(e) => return page::internal(Section::Trading, &e),
     };
     let body = html! {
         h2 { "Accounts" }
@@ -118,16 +111,13 @@ fn orders_table(orders: &[trading::OrderRow]) -> Markup {
 }
 
 pub async fn account(State(state): State<AppState>, Path(id): Path<Uuid>) -> page::Page {
-    let a = match trading::account(&state.pool, id).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return page::problem(
-                StatusCode::NOT_FOUND,
-                Section::Trading,
-                &format!("no account {id}"),
-            );
-        }
-        Err(e) => return internal(Section::Trading, e),
+    let a = match page::found(
+        trading::account(&state.pool, id).await,
+        Section::Trading,
+        || format!("no account {id}"),
+    ) {
+        Ok(found) => found,
+        Err(missing) => return missing,
     };
     let body = html! {
         p {
@@ -220,16 +210,13 @@ pub async fn account(State(state): State<AppState>, Path(id): Path<Uuid>) -> pag
 }
 
 pub async fn intent(State(state): State<AppState>, Path(id): Path<Uuid>) -> page::Page {
-    let i = match trading::intent(&state.pool, id).await {
-        Ok(Some(i)) => i,
-        Ok(None) => {
-            return page::problem(
-                StatusCode::NOT_FOUND,
-                Section::Trading,
-                &format!("no intent {id}"),
-            );
-        }
-        Err(e) => return internal(Section::Trading, e),
+    let i = match page::found(
+        trading::intent(&state.pool, id).await,
+        Section::Trading,
+        || format!("no intent {id}"),
+    ) {
+        Ok(found) => found,
+        Err(missing) => return missing,
     };
     let body = html! {
         p { span class={"pill " (i.status)} { (i.status) } " " (i.tenant) " · " (i.origin) @if let Some(r) = &i.reason { " · " span.error { (r) } } }
@@ -270,7 +257,7 @@ pub async fn intent(State(state): State<AppState>, Path(id): Path<Uuid>) -> page
 pub async fn alerts(State(state): State<AppState>) -> page::Page {
     let alerts = match trading::alerts(&state.pool, 100).await {
         Ok(a) => a,
-        Err(e) => return internal(Section::Alerts, e),
+        Err(e) => return page::internal(Section::Alerts, &e),
     };
     let body = html! {
         p.muted { "The newest alerts and their delivery to Discord." }
