@@ -44,17 +44,21 @@ async fn dead_canary(db: &TestDb) -> i64 {
     id
 }
 
-/// The CSRF token of the pages served to the operator (read off a rendered form).
-async fn csrf_token(http: &reqwest::Client, base: &str) -> String {
-    let page = http
-        .get(format!("{base}/jobs"))
+/// A console page as the operator gets it.
+async fn operator_page(http: &reqwest::Client, url: String) -> String {
+    http.get(url)
         .header("authorization", basic())
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The CSRF token of the pages served to the operator (read off a rendered form).
+async fn csrf_token(http: &reqwest::Client, base: &str) -> String {
+    let page = operator_page(http, format!("{base}/jobs")).await;
     let at = page
         .find("name=\"csrf\" value=\"")
         .expect("a form with a CSRF token")
@@ -176,15 +180,7 @@ async fn console_actions_need_the_token_the_origin_and_a_confirmation_and_are_au
     );
     assert_eq!((action.as_str(), affected), ("retry", 1));
     assert_eq!(target, json!({"ids": [dead]}));
-    let log = http
-        .get(format!("{base}/audit"))
-        .header("authorization", basic())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = operator_page(&http, format!("{base}/audit")).await;
     assert!(log.contains(&actor) && log.contains("retry"), "{log}");
 
     // Pausing an unknown queue is refused before anything is written.

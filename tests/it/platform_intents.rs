@@ -114,6 +114,16 @@ async fn reserved(desk: &Desk, account: Uuid) -> Decimal {
         .unwrap()
 }
 
+/// Waits until intent `id` has failed and checks its reason says `why`.
+async fn failed_with(desk: &Desk, id: Uuid, why: &str) {
+    let (status, reason) = desk.wait_for(id, &["failed"]).await;
+    assert_eq!(status, "failed", "{reason:?}");
+    assert!(
+        reason.as_deref().unwrap_or_default().contains(why),
+        "{reason:?}"
+    );
+}
+
 fn spot_arb(size: f64) -> Value {
     json!({
         "buy_leg": {"venue": "paper", "symbol": "AAPL", "side": "buy", "size": size, "price": 100},
@@ -156,15 +166,7 @@ async fn a_seed_000_spot_arbitrage_trades_both_legs_on_two_venues_from_two_ledge
         json!({"buy_leg": {"venue": "binance_us", "symbol": "BTC/USD", "side": "buy", "size": 1}}),
     )
     .await;
-    let (status, reason) = desk.wait_for(id, &["failed"]).await;
-    assert_eq!(status, "failed");
-    assert!(
-        reason
-            .as_deref()
-            .unwrap()
-            .contains("no default account for venue \"binance_us\""),
-        "{reason:?}"
-    );
+    failed_with(&desk, id, "no default account for venue \"binance_us\"").await;
     // An instrument: the normalised BRK/B is BRK.B at the venue, in lots of 1.
     desk.db
         .pool
@@ -177,15 +179,7 @@ async fn a_seed_000_spot_arbitrage_trades_both_legs_on_two_venues_from_two_ledge
         json!({"buy_leg": {"venue": "paper", "symbol": "BRK/B", "side": "buy", "size": 1.5, "price": 100}}),
     )
     .await;
-    let (status, reason) = desk.wait_for(half, &["failed", "submitted"]).await;
-    assert_eq!(status, "failed");
-    assert!(
-        reason
-            .as_deref()
-            .unwrap()
-            .contains("not a multiple of the lot size 1"),
-        "{reason:?}"
-    );
+    failed_with(&desk, half, "not a multiple of the lot size 1").await;
     let whole = insert_as_platform(
         &desk,
         json!({"buy_leg": {"venue": "paper", "symbol": "BRK/B", "side": "buy", "size": 2, "price": 100}}),
@@ -260,15 +254,12 @@ async fn a_leg_a_venue_rejects_after_accepting_it_has_its_filled_sibling_closed_
     assert!(desk.venue.fill(&desk.coid(id, 0), d("2"), d("100")));
     desk.settle().await;
     assert!(venue_b.reject_by_venue(&desk.coid(id, 1)));
-    let (status, reason) = desk.wait_for(id, &["failed"]).await;
-    assert_eq!(status, "failed");
-    assert!(
-        reason
-            .as_deref()
-            .unwrap()
-            .contains("leg 1 was rejected by the venue after it was accepted"),
-        "{reason:?}"
-    );
+    failed_with(
+        &desk,
+        id,
+        "leg 1 was rejected by the venue after it was accepted",
+    )
+    .await;
     // The OMS closed the filled leg on its own venue with an opposite market order.
     let closing = desk
         .venue

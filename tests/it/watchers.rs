@@ -220,12 +220,7 @@ async fn member(db: &TestDb, tenant: uuid::Uuid, user: &str) {
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO tenant_members (tenant_id, user_id, role) VALUES ($1, $2, 'trader')")
-        .bind(tenant)
-        .bind(user)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    crate::security::member(db, tenant, user).await;
 }
 
 #[tokio::test]
