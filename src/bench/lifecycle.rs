@@ -143,35 +143,19 @@ pub async fn run(settings: &Settings, args: LifecycleBenchArgs) -> anyhow::Resul
     let (stop, stop_rx) = watch::channel(false);
     let schedules = scheduler::parse_all(&BTreeMap::from([(
         "sync_accounts".to_string(),
-        ScheduleSettings {
-            cron: format!("*/{SYNC_EVERY_SECS} * * * * *"),
-            job: "sync_accounts".into(),
-            payload: serde_json::json!({"bucket_secs": SYNC_EVERY_SECS}),
-            catch_up: Default::default(),
-            catch_up_limit: 10,
-            timezone: None,
-        },
+        ScheduleSettings::new(
+            &format!("*/{SYNC_EVERY_SECS} * * * * *"),
+            "sync_accounts",
+            serde_json::json!({"bucket_secs": SYNC_EVERY_SECS}),
+        ),
     )]))?;
     let scheduler = tokio::spawn(scheduler::run(pool.clone(), schedules, stop_rx.clone()));
     let streams = Streams::start(&pool, &env);
 
     // 1. Setup: the working orders.
     eprintln!("setup: {} working orders", args.orders);
-    let intents: Vec<serde_json::Value> = (0..args.orders)
-        .map(|i| {
-            serde_json::json!([{"account_id": account, "symbol": format!("L{i}"), "side": "buy",
-                                "quantity": 20, "type": "limit", "limit_price": "10",
-                                "time_in_force": "gtc"}])
-        })
-        .collect();
-    sqlx::query!(
-        "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json)
-         SELECT $1, 'lc-' || ord, l FROM unnest($2::jsonb[]) WITH ORDINALITY AS u(l, ord)",
-        tenant,
-        &intents,
-    )
-    .execute(&pool)
-    .await?;
+    super::insert_working_intents(&pool, tenant, account, args.orders, "L", "lc-", 20, "10")
+        .await?;
     wait_for(
         &pool,
         "every order accepted",

@@ -25,6 +25,39 @@ pub(crate) async fn local_venue(
     Ok((venue, services))
 }
 
+/// Inserts `n` one-leg intents on `account` in one statement: intent `i` a GTC limit
+/// buy of `qty` at `limit` of its own symbol `{symbol}{i}`, keyed `{key}{ordinal}`.
+/// Once the OMS has placed them, they are `n` working orders.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn insert_working_intents(
+    pool: &sqlx::PgPool,
+    tenant: uuid::Uuid,
+    account: uuid::Uuid,
+    n: usize,
+    symbol: &str,
+    key: &str,
+    qty: i64,
+    limit: &str,
+) -> anyhow::Result<()> {
+    let legs: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!([{"account_id": account, "symbol": format!("{symbol}{i}"), "side": "buy",
+                                "quantity": qty, "type": "limit", "limit_price": limit,
+                                "time_in_force": "gtc"}])
+        })
+        .collect();
+    sqlx::query!(
+        "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json)
+         SELECT $1, $3 || ord, l FROM unnest($2::jsonb[]) WITH ORDINALITY AS u(l, ord)",
+        tenant,
+        &legs,
+        key,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Waits until `count` (a `SELECT count(*) ...`) reaches `n`, or fails saying `what`.
 pub(crate) async fn wait_for(
     pool: &sqlx::PgPool,

@@ -123,21 +123,8 @@ pub async fn run(settings: &Settings, args: ReconcileBenchArgs) -> anyhow::Resul
         )
         .execute(&pool)
         .await?;
-        let legs: Vec<serde_json::Value> = (0..args.orders)
-            .map(|i| {
-                serde_json::json!([{"account_id": account, "symbol": format!("R{i}"), "side": "buy",
-                                    "quantity": 10, "type": "limit", "limit_price": "50",
-                                    "time_in_force": "gtc"}])
-            })
-            .collect();
-        sqlx::query!(
-            "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json)
-             SELECT $1, 'rc-' || ord, l FROM unnest($2::jsonb[]) WITH ORDINALITY AS u(l, ord)",
-            tenant,
-            &legs,
-        )
-        .execute(&pool)
-        .await?;
+        super::insert_working_intents(&pool, tenant, account, args.orders, "R", "rc-", 10, "50")
+            .await?;
         accounts.push((tenant, account, key));
     }
     let mut oms_services = services.clone();
