@@ -413,14 +413,11 @@ async fn two_schedulers_and_three_workers_run_one_reconciliation_per_account_per
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let schedules = pulse_queue::scheduler::parse_all(&std::collections::BTreeMap::from([(
         "reconcile_accounts".to_string(),
-        pulse_queue::settings::ScheduleSettings {
-            cron: "* * * * * *".into(),
-            job: "reconcile_accounts".into(),
-            payload: serde_json::json!({"bucket_secs": 3600}),
-            catch_up: Default::default(),
-            catch_up_limit: 10,
-            timezone: None,
-        },
+        pulse_queue::settings::ScheduleSettings::new(
+            "* * * * * *",
+            "reconcile_accounts",
+            serde_json::json!({"bucket_secs": 3600}),
+        ),
     )]))
     .unwrap();
     let schedulers: Vec<_> = (0..2)

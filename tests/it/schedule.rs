@@ -12,14 +12,7 @@ fn every_second() -> scheduler::Schedule {
     let mut settings = BTreeMap::new();
     settings.insert(
         "probe".to_string(),
-        ScheduleSettings {
-            cron: "* * * * * *".into(),
-            job: "canary".into(),
-            payload: serde_json::json!({"quiet": true}),
-            catch_up: Default::default(),
-            catch_up_limit: 10,
-            timezone: None,
-        },
+        ScheduleSettings::new("* * * * * *", "canary", serde_json::json!({"quiet": true})),
     );
     scheduler::parse_all(&settings).unwrap().remove(0)
 }
@@ -91,12 +84,13 @@ async fn missed_ticks_are_caught_up_once_as_each_schedule_says() {
         settings.insert(
             name.to_string(),
             ScheduleSettings {
-                cron: "*/5 * * * * *".into(),
-                job: "canary".into(),
-                payload: serde_json::json!({"quiet": true}),
                 catch_up,
                 catch_up_limit: 5,
-                timezone: None,
+                ..ScheduleSettings::new(
+                    "*/5 * * * * *",
+                    "canary",
+                    serde_json::json!({"quiet": true}),
+                )
             },
         );
         sqlx::query(

@@ -114,14 +114,11 @@ async fn health_names_a_scheduled_queue_no_worker_runs_and_a_schedule_that_stopp
     let db = TestDb::new(&[]).await;
     let every_second = std::collections::BTreeMap::from([(
         "canary".to_string(),
-        pulse_queue::settings::ScheduleSettings {
-            cron: "* * * * * *".into(),
-            job: "canary".into(),
-            payload: serde_json::json!({"quiet": true}),
-            catch_up: Default::default(),
-            catch_up_limit: 10,
-            timezone: None,
-        },
+        pulse_queue::settings::ScheduleSettings::new(
+            "* * * * * *",
+            "canary",
+            serde_json::json!({"quiet": true}),
+        ),
     )]);
     let schedules = every_second.clone();
     let base = db

@@ -213,12 +213,9 @@ mod tests {
         Schedule::parse(
             "s",
             &ScheduleSettings {
-                cron: "0 * * * * *".into(),
-                timezone: None,
-                job: "canary".into(),
-                payload: serde_json::json!({}),
                 catch_up,
                 catch_up_limit: limit,
+                ..ScheduleSettings::new("0 * * * * *", "canary", serde_json::json!({}))
             },
         )
         .unwrap()
@@ -227,12 +224,9 @@ mod tests {
     #[test]
     fn a_schedule_in_a_time_zone_keeps_its_wall_clock_time_across_daylight_saving() {
         let mut settings = ScheduleSettings {
-            cron: "0 30 9 * * *".into(),
             timezone: Some("America/New_York".into()),
-            job: "canary".into(),
-            payload: serde_json::json!({}),
-            catch_up: CatchUp::None,
             catch_up_limit: 1,
+            ..ScheduleSettings::new("0 30 9 * * *", "canary", serde_json::json!({}))
         };
         let s = Schedule::parse("open", &settings).unwrap();
         // New York leaves daylight saving on 2026-11-01: 09:30 is 13:30 UTC before,

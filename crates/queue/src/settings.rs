@@ -90,6 +90,21 @@ pub struct ScheduleSettings {
     pub catch_up_limit: usize,
 }
 
+impl ScheduleSettings {
+    /// A schedule with what configuration leaves out taken as its defaults (UTC, no
+    /// catch-up).
+    pub fn new(cron: &str, job: &str, payload: serde_json::Value) -> Self {
+        Self {
+            cron: cron.into(),
+            timezone: None,
+            job: job.into(),
+            payload,
+            catch_up: CatchUp::default(),
+            catch_up_limit: default_catch_up_limit(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CatchUp {
