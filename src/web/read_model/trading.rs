@@ -161,15 +161,13 @@ pub async fn account(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<AccountDeta
     };
     let ledger = sqlx::query_as!(
         Ledger,
-        r#"SELECT l.allocated, l.reserved_for_orders, l.reserved_for_positions, l.realized_pnl, l.updated_at,
-                  coalesce(j.allocated, 0) AS "journal_allocated!", coalesce(j.orders, 0) AS "journal_orders!",
-                  coalesce(j.positions, 0) AS "journal_positions!", coalesce(j.pnl, 0) AS "journal_pnl!"
-           FROM capital_ledgers l
-           LEFT JOIN LATERAL (
-               SELECT sum(d_allocated) AS allocated, sum(d_reserved_for_orders) AS orders,
-                      sum(d_reserved_for_positions) AS positions, sum(d_realized_pnl) AS pnl
-               FROM capital_journal WHERE tenant_id = l.tenant_id AND account_id = l.account_id) j ON true
-           WHERE l.account_id = $1"#,
+        r#"SELECT allocated AS "allocated!", reserved_for_orders AS "reserved_for_orders!",
+                  reserved_for_positions AS "reserved_for_positions!", realized_pnl AS "realized_pnl!",
+                  updated_at AS "updated_at!", journal_allocated AS "journal_allocated!",
+                  journal_reserved_for_orders AS "journal_orders!",
+                  journal_reserved_for_positions AS "journal_positions!",
+                  journal_realized_pnl AS "journal_pnl!"
+           FROM capital_ledger_vs_journal WHERE account_id = $1"#,
         id
     )
     .fetch_optional(pool)

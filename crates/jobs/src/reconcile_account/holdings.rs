@@ -105,15 +105,11 @@ impl Run<'_> {
     pub(super) async fn ledger(&mut self) -> Result<(), JobError> {
         let mut tx = tenancy::begin(&self.ctx.pool, self.tenant).await?;
         let row = sqlx::query!(
-            r#"SELECT l.allocated, l.reserved_for_orders, l.reserved_for_positions, l.realized_pnl,
-                      coalesce(j.allocated, 0) AS "j_allocated!", coalesce(j.orders, 0) AS "j_orders!",
-                      coalesce(j.positions, 0) AS "j_positions!", coalesce(j.pnl, 0) AS "j_pnl!"
-               FROM capital_ledgers l
-               LEFT JOIN LATERAL (
-                   SELECT sum(d_allocated) AS allocated, sum(d_reserved_for_orders) AS orders,
-                          sum(d_reserved_for_positions) AS positions, sum(d_realized_pnl) AS pnl
-                   FROM capital_journal WHERE tenant_id = l.tenant_id AND account_id = l.account_id) j ON true
-               WHERE l.account_id = $1"#,
+            r#"SELECT allocated AS "allocated!", reserved_for_orders AS "reserved_for_orders!",
+                      reserved_for_positions AS "reserved_for_positions!", realized_pnl AS "realized_pnl!",
+                      journal_allocated AS "j_allocated!", journal_reserved_for_orders AS "j_orders!",
+                      journal_reserved_for_positions AS "j_positions!", journal_realized_pnl AS "j_pnl!"
+               FROM capital_ledger_vs_journal WHERE account_id = $1"#,
             self.account
         )
         .fetch_optional(&mut *tx)
