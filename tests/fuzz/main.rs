@@ -5,6 +5,7 @@
 //! under `tests/proptest-regressions/` (committed: replayed first on every run),
 //! and the cases that found defects are kept as named examples below.
 
+mod binance_answers;
 mod json;
 mod payloads;
 mod signatures;

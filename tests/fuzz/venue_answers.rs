@@ -83,7 +83,8 @@ fn bodies() -> impl Strategy<Value = Vec<u8>> {
         });
     let fill = (number.clone(), number.clone()).prop_map(|(qty, price)| {
         json!({"id": "f1", "activity_type": "FILL", "order_id": "o1", "symbol": "AAPL", "side": "buy",
-               "qty": qty, "price": price, "transaction_time": "2026-12-01T00:00:00Z", "type": "fill"})
+               "qty": qty, "price": price, "transaction_time": "2026-12-01T00:00:00Z", "type": "fill",
+               "cum_qty": qty, "leaves_qty": "0", "order_status": "filled"})
     });
     let position = number
         .clone()
@@ -124,19 +125,19 @@ proptest! {
             if let Ok(o) = client.create_order(&order).await {
                 prop_assert!(o.filled_qty >= Decimal::ZERO);
             }
-            let _ = client.get_order_by_client_id("pf0-0").await;
-            let _ = client.get_order("o1").await;
-            let _ = client.cancel_order("o1").await;
+            let _ = client.get_order_by_client_id("AAPL", "pf0-0").await;
+            let _ = client.get_order("AAPL", "o1").await;
+            let _ = client.cancel_order("AAPL", "o1").await;
             let _ = client.list_open_orders().await;
             if let Ok(q) = client.latest_quote("AAPL").await {
                 prop_assert!(q.ask.is_none_or(|p| p > Decimal::ZERO) && q.bid.is_none_or(|p| p > Decimal::ZERO), "{q:?}");
             }
-            if let Ok(fills) = client.fills(None, None).await {
+            if let Ok(fills) = client.fills(&[], None, None).await.map(|p| p.items) {
                 for f in fills {
                     prop_assert!(f.qty > Decimal::ZERO && f.price > Decimal::ZERO, "{f:?}");
                 }
             }
-            let _ = client.orders_after(chrono::Utc::now()).await;
+            let _ = client.orders_after(&[], chrono::Utc::now(), None).await;
             let _ = client.positions().await;
             Ok(())
         })?;

@@ -257,10 +257,10 @@ async fn the_same_fill_by_the_stream_and_by_the_sync_twice_each_is_recorded_once
     desk.settle().await;
     let client = desk.client();
     let venue_order = client
-        .get_order_by_client_id(&desk.coid(id, 0))
+        .get_order_by_client_id("AAPL", &desk.coid(id, 0))
         .await
         .unwrap();
-    let fills = client.fills(None, None).await.unwrap();
+    let fills = client.fills(&[], None, None).await.unwrap().items;
     let update = pulse_domain::venue::TradeUpdate {
         event: pulse_domain::venue::UpdateKind::Fill,
         order: venue_order,
@@ -468,7 +468,7 @@ async fn a_venue_that_reports_more_filled_than_ordered_fails_one_event_and_write
     desk.submitted(id).await;
     let client = desk.client();
     let mut venue_order = client
-        .get_order_by_client_id(&desk.coid(id, 0))
+        .get_order_by_client_id("AAPL", &desk.coid(id, 0))
         .await
         .unwrap();
     venue_order.filled_qty = d("50");
@@ -482,9 +482,7 @@ async fn a_venue_that_reports_more_filled_than_ordered_fails_one_event_and_write
             qty: d("50"),
             price: d("100"),
             at: chrono::Utc::now(),
-            leaves_qty: d("0"),
-            cum_qty: d("50"),
-            order_status: pulse_domain::status::OrderStatus::Filled,
+            key: pulse_domain::venue::Fill::key_by_cumulative(&venue_order.id, d("50")),
         }),
         order: venue_order,
     };

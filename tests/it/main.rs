@@ -4,6 +4,7 @@
 mod helpers;
 
 mod alerts;
+mod binance;
 mod brokers;
 mod chaos;
 mod console;

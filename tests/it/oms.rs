@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-const KEY: [u8; 32] = [42; 32];
-const API_SECRET: &str = "paper-api-secret-do-not-log";
+pub(crate) const KEY: [u8; 32] = [42; 32];
+pub(crate) const API_SECRET: &str = "paper-api-secret-do-not-log";
 
 pub(crate) struct Desk {
     pub db: TestDb,

@@ -33,38 +33,13 @@ async fn two_venue_desk(b: PaperOptions) -> (Desk, PaperVenue, Uuid) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base_b = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(venue_b.clone().serve(listener));
-    let account_b = Uuid::new_v4();
+    desk.db
+        .pool
+        .execute("INSERT INTO venues (id, name, kind) VALUES ('alpaca', 'Alpaca', 'broker') ON CONFLICT DO NOTHING")
+        .await
+        .unwrap();
+    let account_b = add_account(&desk, "alpaca", "PKSECOND", 10_000).await;
     let pool = &desk.db.pool;
-    pool.execute("INSERT INTO venues (id, name, kind) VALUES ('alpaca', 'Alpaca', 'broker') ON CONFLICT DO NOTHING")
-        .await
-        .unwrap();
-    // The account, its credential and its capital, as the tenant.
-    let mut tx = pulse_domain::tenancy::begin(pool, desk.tenant)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, 'second venue', 'alpaca')")
-        .bind(account_b)
-        .bind(desk.tenant)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
-         VALUES ($1, $2, 'api_key', 'PKSECOND', $3)",
-    )
-    .bind(desk.tenant)
-    .bind(account_b)
-    .bind(pulse_domain::secrets::seal("paper-api-secret-do-not-log", &[42; 32]))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', 10000)")
-        .bind(desk.tenant)
-        .bind(account_b)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
     sqlx::query("UPDATE trading_accounts SET is_default = true WHERE id = ANY($1)")
         .bind(vec![desk.account, account_b])
         .execute(pool)
@@ -82,8 +57,46 @@ async fn two_venue_desk(b: PaperOptions) -> (Desk, PaperVenue, Uuid) {
     (desk, venue_b, account_b)
 }
 
+/// Opens a second account of the desk's tenant at `venue`, with API key `key` (the
+/// desk's API secret) and `allocated` of capital; returns its id.
+pub(crate) async fn add_account(desk: &Desk, venue: &str, key: &str, allocated: i64) -> Uuid {
+    let account = Uuid::new_v4();
+    let mut tx = pulse_domain::tenancy::begin(&desk.db.pool, desk.tenant)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, $3, $3)",
+    )
+    .bind(account)
+    .bind(desk.tenant)
+    .bind(venue)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
+         VALUES ($1, $2, 'api_key', $3, $4)",
+    )
+    .bind(desk.tenant)
+    .bind(account)
+    .bind(key)
+    .bind(pulse_domain::secrets::seal(crate::oms::API_SECRET, &crate::oms::KEY))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', $3)")
+        .bind(desk.tenant)
+        .bind(account)
+        .bind(Decimal::from(allocated))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    account
+}
+
 /// Inserts an intent as seed 000's edge function does, as a client of the platform.
-async fn insert_as_platform(desk: &Desk, legs: Value) -> Uuid {
+pub(crate) async fn insert_as_platform(desk: &Desk, legs: Value) -> Uuid {
     let client = ClientLogin::new(&desk.db).await;
     let mut conn = client.connect().await;
     as_gateway(&mut conn, Some("arb-bot"), desk.tenant).await;
@@ -106,7 +119,7 @@ async fn insert_as_platform(desk: &Desk, legs: Value) -> Uuid {
 }
 
 /// reserved_for_orders of an account's ledger.
-async fn reserved(desk: &Desk, account: Uuid) -> Decimal {
+pub(crate) async fn reserved(desk: &Desk, account: Uuid) -> Decimal {
     sqlx::query_scalar("SELECT reserved_for_orders FROM capital_ledgers WHERE account_id = $1")
         .bind(account)
         .fetch_one(&desk.db.pool)
@@ -115,7 +128,7 @@ async fn reserved(desk: &Desk, account: Uuid) -> Decimal {
 }
 
 /// Waits until intent `id` has failed and checks its reason says `why`.
-async fn failed_with(desk: &Desk, id: Uuid, why: &str) {
+pub(crate) async fn failed_with(desk: &Desk, id: Uuid, why: &str) {
     let (status, reason) = desk.wait_for(id, &["failed"]).await;
     assert_eq!(status, "failed", "{reason:?}");
     assert!(

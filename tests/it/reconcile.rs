@@ -20,7 +20,12 @@ use crate::{
 
 /// Runs one reconciliation of the desk's account to its end; its summary row.
 async fn reconcile(desk: &Desk) -> (bool, Value, Value, Value) {
-    let job = pulse_fleet::trading_ops::reconcile(&desk.db.pool, desk.account)
+    reconcile_account(desk, desk.account).await
+}
+
+/// Runs one reconciliation of `account` to its end; its summary row.
+pub(crate) async fn reconcile_account(desk: &Desk, account: Uuid) -> (bool, Value, Value, Value) {
+    let job = pulse_fleet::trading_ops::reconcile(&desk.db.pool, account)
         .await
         .unwrap();
     let row = desk
@@ -32,7 +37,7 @@ async fn reconcile(desk: &Desk) -> (bool, Value, Value, Value) {
         "SELECT ok, found, fixed, remaining FROM reconciliation_runs WHERE account_id = $1
          ORDER BY id DESC LIMIT 1",
     )
-    .bind(desk.account)
+    .bind(account)
     .fetch_one(&desk.db.pool)
     .await
     .unwrap()

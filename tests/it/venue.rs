@@ -74,30 +74,40 @@ async fn a_market_order_is_accepted_filled_and_found_by_its_client_order_id() {
     assert_eq!(placed.filled_qty, Decimal::ZERO);
     wait_until("both parts fill", Duration::from_secs(5), || async {
         client
-            .get_order_by_client_id("pf-i1-0")
+            .get_order_by_client_id("AAPL", "pf-i1-0")
             .await
             .unwrap()
             .status
             == OrderStatus::Filled
     })
     .await;
-    let found = client.get_order_by_client_id("pf-i1-0").await.unwrap();
+    let found = client
+        .get_order_by_client_id("AAPL", "pf-i1-0")
+        .await
+        .unwrap();
     assert_eq!(found.id, placed.id);
     assert_eq!(found.filled_qty, Decimal::from(10));
     assert_eq!(
-        client.get_order(&placed.id).await.unwrap().client_order_id,
+        client
+            .get_order("AAPL", &placed.id)
+            .await
+            .unwrap()
+            .client_order_id,
         "pf-i1-0"
     );
-    let fills = client.fills(None, None).await.unwrap();
+    let fills = client.fills(&[], None, None).await.unwrap().items;
     assert_eq!(fills.len(), 2, "two partial fills");
-    // Alpaca's `partial_fill` then `fill`, in the OMS's terms: the order's status after each.
+    // Each keyed by the order and its cumulative quantity after it (5, then 10).
     assert_eq!(
-        (fills[0].order_status, fills[1].order_status),
-        (OrderStatus::PartiallyFilled, OrderStatus::Filled)
+        (fills[0].key(), fills[1].key()),
+        (format!("{}:5", placed.id), format!("{}:10", placed.id))
     );
     assert_eq!(fills[0].order_id, placed.id);
-    assert_eq!(fills[1].cum_qty, Decimal::from(10));
-    let after_first = client.fills(None, Some(&fills[0].id)).await.unwrap();
+    let after_first = client
+        .fills(&[], None, Some(&fills[0].id))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(
         after_first,
         vec![fills[1].clone()],
@@ -120,11 +130,14 @@ async fn a_reused_client_order_id_is_rejected_and_unknown_ids_are_not_found() {
     assert_eq!(again, VenueError::DuplicateClientOrderId);
     assert_eq!(venue.orders().len(), 1);
     assert_eq!(
-        client.get_order_by_client_id("nope").await.unwrap_err(),
+        client
+            .get_order_by_client_id("AAPL", "nope")
+            .await
+            .unwrap_err(),
         VenueError::NotFound
     );
     assert_eq!(
-        client.get_order("nope").await.unwrap_err(),
+        client.get_order("AAPL", "nope").await.unwrap_err(),
         VenueError::NotFound
     );
 }
@@ -152,12 +165,12 @@ async fn open_limit_orders_are_listed_and_cancelable_and_filled_ones_are_not() {
         open.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
         vec![resting.id.as_str()]
     );
-    client.cancel_order(&resting.id).await.unwrap();
+    client.cancel_order("AAPL", &resting.id).await.unwrap();
     assert_eq!(
-        client.get_order(&resting.id).await.unwrap().status,
+        client.get_order("AAPL", &resting.id).await.unwrap().status,
         OrderStatus::Cancelled
     );
-    let refused = client.cancel_order(&filled.id).await.unwrap_err();
+    let refused = client.cancel_order("AAPL", &filled.id).await.unwrap_err();
     assert!(matches!(refused, VenueError::NotCancelable), "{refused:?}");
 }
 
@@ -170,11 +183,11 @@ async fn past_the_rate_limit_the_venue_answers_429_with_its_reset() {
     .await;
     for _ in 0..3 {
         assert_eq!(
-            client.get_order("x").await.unwrap_err(),
+            client.get_order("AAPL", "x").await.unwrap_err(),
             VenueError::NotFound
         );
     }
-    let limited = client.get_order("x").await.unwrap_err();
+    let limited = client.get_order("AAPL", "x").await.unwrap_err();
     let VenueError::RateLimited { retry_after } = limited else {
         panic!("expected 429, got {limited:?}");
     };
@@ -194,7 +207,10 @@ async fn an_accepted_order_whose_answer_is_lost_is_unknown_then_found_and_never_
         .unwrap_err();
     assert!(matches!(lost, VenueError::Unavailable(_)), "{lost:?}");
     // The OMS looks it up instead of resending...
-    let found = client.get_order_by_client_id("pf-i5-0").await.unwrap();
+    let found = client
+        .get_order_by_client_id("AAPL", "pf-i5-0")
+        .await
+        .unwrap();
     assert_eq!(found.qty, Decimal::from(2));
     // ...and a blind resend could not duplicate it anyway.
     let resend = client
@@ -224,7 +240,7 @@ async fn a_5xx_does_nothing_and_is_unknown_and_bad_credentials_are_refused() {
     let (_, _, base) = venue_at(PaperOptions::default()).await;
     let anonymous = AlpacaClient::new(reqwest::Client::new(), &base, "", secret(""));
     assert_eq!(
-        anonymous.get_order("x").await.unwrap_err(),
+        anonymous.get_order("AAPL", "x").await.unwrap_err(),
         VenueError::Unauthorized
     );
 }
@@ -305,7 +321,7 @@ async fn positions_follow_the_fills_and_the_client_reads_them_in_the_oms_terms()
     sell.side = Side::Sell;
     client.create_order(&sell).await.unwrap();
 
-    let fills = client.fills(None, None).await.unwrap();
+    let fills = client.fills(&[], None, None).await.unwrap().items;
     let bought: Decimal = fills
         .iter()
         .filter(|f| f.side == Side::Buy)
@@ -409,15 +425,15 @@ async fn a_resting_limit_fills_at_its_limit_once_the_market_crosses_it() {
     // It rests while the market is above its limit.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        client.get_order(&resting.id).await.unwrap().status,
+        client.get_order("AAPL", &resting.id).await.unwrap().status,
         OrderStatus::Accepted
     );
     venue.set_price("AAPL", Decimal::from(98));
     wait_until("the limit fills", Duration::from_secs(5), || async {
-        client.get_order(&resting.id).await.unwrap().status == OrderStatus::Filled
+        client.get_order("AAPL", &resting.id).await.unwrap().status == OrderStatus::Filled
     })
     .await;
-    let filled = client.get_order(&resting.id).await.unwrap();
+    let filled = client.get_order("AAPL", &resting.id).await.unwrap();
     assert_eq!(filled.filled_avg_price, Some(Decimal::from(99)));
 }
 
@@ -437,11 +453,11 @@ async fn day_orders_expire_when_the_simulated_session_ends_and_gtc_orders_do_not
     gtc.time_in_force = pulse_domain::venue::TimeInForce::Gtc;
     let gtc = client.create_order(&gtc).await.unwrap();
     wait_until("the session ends", Duration::from_secs(5), || async {
-        client.get_order(&day.id).await.unwrap().status == OrderStatus::Expired
+        client.get_order("AAPL", &day.id).await.unwrap().status == OrderStatus::Expired
     })
     .await;
     assert_eq!(
-        client.get_order(&gtc.id).await.unwrap().status,
+        client.get_order("AAPL", &gtc.id).await.unwrap().status,
         OrderStatus::Accepted
     );
 }

@@ -85,6 +85,7 @@ impl Services {
                 key_id: key_id.unwrap_or_default(),
                 secret,
                 metrics: self.metrics.clone(),
+                quotes: self.quotes.clone(),
             },
         )
     }

@@ -30,7 +30,7 @@ use pulse_domain::{
     lifecycle::{self, Applied, LifecycleError},
     status::OrderStatus,
     tenancy,
-    venue::{FILL_PAGE, Fill, ORDER_PAGE, Venue, VenueOrder},
+    venue::{Call, Fill, Venue, VenueOrder},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,7 +110,7 @@ impl Job for SyncAccount {
         };
         let venue = account_venue(
             &ctx,
-            account,
+            (tenant, account),
             &state.venue_id,
             state.identifier.as_deref(),
             state.secret_ref.as_deref(),
@@ -119,15 +119,22 @@ impl Job for SyncAccount {
         // 1. What became of the orders followed: every order created since the oldest.
         //    Only what tells us something new is applied (a working order the venue
         //    still calls working costs no transaction).
-        let known = known_orders(&ctx, tenant, account, oldest - MARGIN).await?;
-        let mut after = oldest - MARGIN;
+        let (known, symbols) = known_orders(&ctx, tenant, account, oldest - MARGIN).await?;
+        let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            spend(&ctx, tenant, account, &mut tally.requests).await?;
+            spend(
+                &ctx,
+                (tenant, account),
+                venue.as_ref(),
+                Call::Orders,
+                &mut tally.requests,
+            )
+            .await?;
             let page = venue
-                .orders_after(after)
+                .orders_after(&symbols, oldest - MARGIN, token.as_deref())
                 .await
                 .map_err(|e| venue_failure("sync", e))?;
-            for order in &page {
+            for order in &page.items {
                 tally.orders += 1;
                 if !news(order, known.get(&order.client_order_id)) {
                     continue;
@@ -139,17 +146,23 @@ impl Job for SyncAccount {
                 }
                 tally.count(applied)?;
             }
-            match page.last() {
-                Some(last) if page.len() >= ORDER_PAGE && last.created_at > after => {
-                    after = last.created_at - chrono::TimeDelta::microseconds(1);
-                }
-                _ => break,
+            match page.next {
+                Some(next) => token = Some(next),
+                None => break,
             }
         }
         // 2. The fills since the cursor: fills before it were read already, and fills
         //    before the oldest order followed are of no order followed.
         let since = state.fills_after.map_or(oldest, |c| c.max(oldest)) - MARGIN;
-        let newest = sync_fills(&ctx, venue.as_ref(), tenant, account, since, &mut tally).await?;
+        let newest = sync_fills(
+            &ctx,
+            venue.as_ref(),
+            (tenant, account),
+            &symbols,
+            since,
+            &mut tally,
+        )
+        .await?;
         finish(&ctx, tenant, account, newest.or(state.fills_after), &tally).await
     }
 }
@@ -159,21 +172,28 @@ impl Job for SyncAccount {
 async fn sync_fills(
     ctx: &JobContext,
     venue: &dyn Venue,
-    tenant: Uuid,
-    account: Uuid,
+    (tenant, account): (Uuid, Uuid),
+    symbols: &[String],
     since: DateTime<Utc>,
     tally: &mut Tally,
 ) -> Result<Option<DateTime<Utc>>, JobError> {
     let mut token: Option<String> = None;
     let mut newest = None;
     for _ in 0..MAX_PAGES {
-        spend(ctx, tenant, account, &mut tally.requests).await?;
+        spend(
+            ctx,
+            (tenant, account),
+            venue,
+            Call::Fills,
+            &mut tally.requests,
+        )
+        .await?;
         let page = venue
-            .fills(Some(since), token.as_deref())
+            .fills(symbols, Some(since), token.as_deref())
             .await
             .map_err(|e| venue_failure("sync", e))?;
-        let recorded = recorded_fills(ctx, tenant, &page).await?;
-        for fill in &page {
+        let recorded = recorded_fills(ctx, tenant, &page.items).await?;
+        for fill in &page.items {
             tally.fills += 1;
             newest = newest.max(Some(fill.at));
             if recorded.contains(&fill.key()) {
@@ -187,22 +207,23 @@ async fn sync_fills(
             }
             tally.count(applied)?;
         }
-        if page.len() < FILL_PAGE {
-            break;
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
         }
-        token = page.last().map(|f| f.id.clone());
     }
     Ok(newest)
 }
 
 /// What the database holds of the account's orders created since `since`, by client
-/// order id: their status and the quantity the venue said they ended with.
+/// order id: their status and the quantity the venue said they ended with; and the
+/// symbols the account's history since then can be in.
 async fn known_orders(
     ctx: &JobContext,
     tenant: Uuid,
     account: Uuid,
     since: DateTime<Utc>,
-) -> Result<HashMap<String, (OrderStatus, bool)>, JobError> {
+) -> Result<(HashMap<String, (OrderStatus, bool)>, Vec<String>), JobError> {
     let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     let rows = sqlx::query!(
         r#"SELECT client_order_id, status AS "status: OrderStatus",
@@ -213,11 +234,13 @@ async fn known_orders(
     )
     .fetch_all(&mut *tx)
     .await?;
+    let symbols = lifecycle::account_symbols(&mut tx, account, since).await?;
     tx.commit().await?;
-    Ok(rows
+    let known = rows
         .into_iter()
         .map(|r| (r.client_order_id, (r.status, r.ended)))
-        .collect())
+        .collect();
+    Ok((known, symbols))
 }
 
 /// Whether the venue's account of an order tells the database something new: an

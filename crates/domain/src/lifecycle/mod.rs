@@ -30,6 +30,7 @@ pub use adopt::{import_external, resolve_never_received};
 pub use position::{Effect, Leg, effect, reservation_share};
 pub use rollup::roll_up;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{Postgres, Transaction};
@@ -736,4 +737,25 @@ pub async fn account_alert(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The venue symbols an account's history at its venue can be in, as far as the
+/// platform knows: its orders created since `since`, its open position legs, and its
+/// venue's instruments. What a venue that lists history per symbol (Binance) reads.
+pub async fn account_symbols(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"SELECT symbol AS "symbol!" FROM orders WHERE account_id = $1 AND created_at >= $2
+           UNION SELECT symbol FROM position_legs WHERE account_id = $1 AND closed_at IS NULL
+           UNION SELECT i.venue_symbol FROM instruments i
+                 JOIN trading_accounts a ON a.venue_id = i.venue_id WHERE a.id = $1
+           ORDER BY 1"#,
+        account,
+        since,
+    )
+    .fetch_all(&mut **tx)
+    .await
 }

@@ -16,12 +16,16 @@ use uuid::Uuid;
 /// `intent_partially_filled`, `intent_cancelled`, `intent_failed`).
 pub async fn roll_up(tx: &mut Transaction<'_, Postgres>, intents: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query!(
-        r#"WITH legs AS (
+        r#"WITH raw_legs AS (
                SELECT intent_id,
                       bool_and(status = 'filled') AS all_filled,
                       bool_and(status IN ('filled', 'cancelled', 'expired', 'rejected')) AS all_ended,
                       bool_or(filled_quantity > 0) AS any_fill,
                       min(leg_index) FILTER (WHERE status = 'rejected') AS rejected_leg,
+                      min(leg_index) FILTER (WHERE status = 'rejected' AND venue_order_id IS NOT NULL)
+                          AS late_rejected_leg,
+                      (array_agg(reject_reason ORDER BY leg_index)
+                          FILTER (WHERE status = 'rejected'))[1] AS rejected_reason,
                       min(leg_index) FILTER (WHERE status IN ('cancelled', 'expired')) AS ended_leg,
                       sum(filled_quantity) AS filled, sum(quantity) AS ordered,
                       count(*) > 1
@@ -30,10 +34,17 @@ pub async fn roll_up(tx: &mut Transaction<'_, Postgres>, intents: &[Uuid]) -> sq
                              OR bool_or(filled_quantity > 0)) AS unhedged
                FROM orders WHERE intent_id = ANY($1) AND leg_index < 1000
                GROUP BY intent_id),
+           legs AS (
+               -- Which leg the venue refused, how, and in its words when it said them.
+               SELECT r.*,
+                      CASE WHEN r.late_rejected_leg IS NOT NULL
+                           THEN 'leg ' || r.late_rejected_leg || ' was rejected by the venue after it was accepted'
+                           ELSE 'leg ' || r.rejected_leg || ' was rejected by the venue'
+                                || coalesce(' (' || r.rejected_reason || ')', '') END AS rejection
+               FROM raw_legs r),
            unwinding AS (
                SELECT count(request_unwind(l.intent_id,
-                          CASE WHEN l.rejected_leg IS NOT NULL
-                               THEN 'leg ' || l.rejected_leg || ' was rejected by the venue after it was accepted'
+                          CASE WHEN l.rejected_leg IS NOT NULL THEN l.rejection
                                ELSE 'leg ' || l.ended_leg || ' ended at the venue unfilled' END
                           || '; the other legs are unwound')) AS n
                FROM legs l JOIN multi_leg_intents i ON i.id = l.intent_id
@@ -46,8 +57,7 @@ pub async fn roll_up(tx: &mut Transaction<'_, Postgres>, intents: &[Uuid]) -> sq
                            WHEN l.any_fill THEN 'partially_filled'
                            ELSE 'submitted' END::intent_status AS status,
                       CASE WHEN l.all_filled OR NOT l.all_ended THEN NULL
-                           WHEN l.rejected_leg IS NOT NULL
-                               THEN 'leg ' || l.rejected_leg || ' was rejected by the venue after it was accepted'
+                           WHEN l.rejected_leg IS NOT NULL THEN l.rejection
                            ELSE 'leg ' || l.ended_leg || ' ended at the venue unfilled; '
                                 || l.filled::float8 || ' of ' || l.ordered::float8 || ' filled' END AS reason
                FROM multi_leg_intents i JOIN legs l ON l.intent_id = i.id

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::{
-    Fill, OrderRequest, OrderType, Position, Quote, Side, TimeInForce, Venue, VenueError,
+    Fill, OrderRequest, OrderType, Page, Position, Quote, Side, TimeInForce, Venue, VenueError,
     VenueFuture, VenueOrder,
 };
 use crate::secrets::Secret;
@@ -193,6 +193,7 @@ impl Venue for AlpacaClient {
 
     fn get_order_by_client_id<'a>(
         &'a self,
+        _symbol: &'a str,
         client_order_id: &'a str,
     ) -> VenueFuture<'a, VenueOrder> {
         Box::pin(async move {
@@ -207,7 +208,7 @@ impl Venue for AlpacaClient {
         })
     }
 
-    fn get_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, VenueOrder> {
+    fn get_order<'a>(&'a self, _symbol: &'a str, id: &'a str) -> VenueFuture<'a, VenueOrder> {
         Box::pin(async move {
             let found: WireOrder = self
                 .json(
@@ -219,7 +220,7 @@ impl Venue for AlpacaClient {
         })
     }
 
-    fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()> {
+    fn cancel_order<'a>(&'a self, _symbol: &'a str, id: &'a str) -> VenueFuture<'a, ()> {
         Box::pin(async move {
             match self
                 .send(
@@ -275,9 +276,10 @@ impl Venue for AlpacaClient {
 
     fn fills<'a>(
         &'a self,
+        _symbols: &'a [String],
         since: Option<DateTime<Utc>>,
         page_token: Option<&'a str>,
-    ) -> VenueFuture<'a, Vec<Fill>> {
+    ) -> VenueFuture<'a, Page<Fill>> {
         let page_size = super::FILL_PAGE.to_string();
         let mut request = self
             .request(Method::GET, "/v2/account/activities/FILL")
@@ -290,22 +292,54 @@ impl Venue for AlpacaClient {
         }
         Box::pin(async move {
             let page: Vec<WireFill> = self.json("fills", request).await?;
-            Ok(page.into_iter().map(Fill::from).collect())
+            let fills = page
+                .into_iter()
+                .map(|f| Fill::from(f).checked())
+                .collect::<Result<Vec<_>, _>>()?;
+            // A full page may have more behind it, after its last fill.
+            let next = (fills.len() >= super::FILL_PAGE)
+                .then(|| fills.last().map(|f| f.id.clone()))
+                .flatten();
+            Ok(Page { items: fills, next })
         })
     }
 
-    fn orders_after(&self, after: DateTime<Utc>) -> VenueFuture<'_, Vec<VenueOrder>> {
-        let limit = super::ORDER_PAGE.to_string();
-        let request = self.request(Method::GET, "/v2/orders").query(&[
-            ("status", "all"),
-            ("direction", "asc"),
-            ("nested", "false"),
-            ("limit", limit.as_str()),
-            ("after", after.to_rfc3339().as_str()),
-        ]);
+    fn orders_after<'a>(
+        &'a self,
+        _symbols: &'a [String],
+        after: DateTime<Utc>,
+        page: Option<&'a str>,
+    ) -> VenueFuture<'a, Page<VenueOrder>> {
         Box::pin(async move {
+            // The page token is the creation time the next page starts after.
+            let after = match page {
+                Some(token) => DateTime::parse_from_rfc3339(token)
+                    .map_err(|_| VenueError::Unavailable(format!("bad page token {token:?}")))?
+                    .with_timezone(&Utc),
+                None => after,
+            };
+            let limit = super::ORDER_PAGE.to_string();
+            let request = self.request(Method::GET, "/v2/orders").query(&[
+                ("status", "all"),
+                ("direction", "asc"),
+                ("nested", "false"),
+                ("limit", limit.as_str()),
+                ("after", after.to_rfc3339().as_str()),
+            ]);
             let page: Vec<WireOrder> = self.json("orders_after", request).await?;
-            Ok(page.into_iter().map(VenueOrder::from).collect())
+            let orders: Vec<VenueOrder> = page.into_iter().map(VenueOrder::from).collect();
+            // A full page may have more behind it: those created from its last on
+            // (a microsecond before, for orders created at the same instant).
+            let next = match orders.last() {
+                Some(last) if orders.len() >= super::ORDER_PAGE && last.created_at > after => {
+                    Some((last.created_at - chrono::TimeDelta::microseconds(1)).to_rfc3339())
+                }
+                _ => None,
+            };
+            Ok(Page {
+                items: orders,
+                next,
+            })
         })
     }
 
@@ -484,9 +518,7 @@ mod stream {
                     qty,
                     price,
                     at: data.timestamp.unwrap_or(order.updated_at),
-                    leaves_qty: order.qty - order.filled_qty,
-                    cum_qty: order.filled_qty,
-                    order_status: order.status,
+                    key: Fill::key_by_cumulative(&order.id, order.filled_qty),
                 })
             }
             _ => None,
@@ -618,17 +650,14 @@ struct WireFill {
     side: Side,
     symbol: String,
     #[serde(with = "rust_decimal::serde::str")]
-    leaves_qty: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
     cum_qty: Decimal,
     order_id: String,
-    order_status: String,
 }
 
 impl From<WireFill> for Fill {
     fn from(f: WireFill) -> Self {
         Self {
-            order_status: wire_status::from_alpaca(&f.order_status),
+            key: Fill::key_by_cumulative(&f.order_id, f.cum_qty),
             id: f.id,
             order_id: f.order_id,
             symbol: f.symbol,
@@ -636,8 +665,6 @@ impl From<WireFill> for Fill {
             qty: f.qty,
             price: f.price,
             at: f.transaction_time,
-            leaves_qty: f.leaves_qty,
-            cum_qty: f.cum_qty,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! not exist, and the OMS must look it up by client order id, never resend blindly.
 
 pub mod alpaca;
+pub mod binance;
 mod quotes;
 
 pub use quotes::QuoteCache;
@@ -154,8 +155,8 @@ pub struct Position {
 /// One fill of an order, as the venue reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fill {
-    /// The venue's own id of the fill (an activity id, an execution id): kept for
-    /// people; the dedupe key is [`Fill::key`].
+    /// The venue's own id of the fill (an activity id, a trade id): kept for people;
+    /// the dedupe key is [`Fill::key`].
     pub id: String,
     /// The venue's id of the order filled.
     pub order_id: String,
@@ -164,21 +165,45 @@ pub struct Fill {
     pub qty: Decimal,
     pub price: Decimal,
     pub at: DateTime<Utc>,
-    /// The order's quantity still open after this fill, and filled so far.
-    pub leaves_qty: Decimal,
-    pub cum_qty: Decimal,
-    /// The order's status after this fill.
-    pub order_status: OrderStatus,
+    /// The fill's key whatever path delivered it (stream or history), set by the
+    /// client: see [`Fill::key_by_cumulative`] and [`Fill::key_by_trade`].
+    pub key: String,
 }
 
 impl Fill {
-    /// The fill's key whatever path delivered it: the venue's order id and the order's
-    /// cumulative filled quantity after it. Alpaca's stream names a fill by an
-    /// `execution_id` and its FILL activities by an activity id, two ids for one fill;
-    /// both carry the order and `cum_qty` (the stream in the order's `filled_qty`), and
-    /// an order's cumulative quantity only grows, so this names one fill either way.
+    /// The fill's key in `fills.venue_fill_id`: one fill, one key, whichever path
+    /// (stream, history, reconciliation) reported it.
     pub fn key(&self) -> String {
-        format!("{}:{}", self.order_id, self.cum_qty.normalize())
+        self.key.clone()
+    }
+
+    /// Alpaca's key: the venue's order id and the order's cumulative filled quantity
+    /// after the fill. Alpaca's stream names a fill by an `execution_id` and its FILL
+    /// activities by an activity id, two ids for one fill; both carry the order and
+    /// `cum_qty` (the stream in the order's `filled_qty`), and an order's cumulative
+    /// quantity only grows, so this names one fill either way.
+    pub fn key_by_cumulative(order_id: &str, cum_qty: Decimal) -> String {
+        format!("{order_id}:{}", cum_qty.normalize())
+    }
+
+    /// The fill, if believable: a positive quantity at a positive price within
+    /// [`MAX_TRUSTED_PRICE`]. Anything else is an answer the venue does not send.
+    pub fn checked(self) -> Result<Fill, VenueError> {
+        if self.qty > Decimal::ZERO && self.price > Decimal::ZERO && self.price <= MAX_TRUSTED_PRICE
+        {
+            return Ok(self);
+        }
+        Err(VenueError::Unavailable(format!(
+            "unreadable venue answer: fill {} of {} at {}",
+            self.id, self.qty, self.price
+        )))
+    }
+
+    /// Binance's key: its trade id, which its trade history (`id`) and its user-data
+    /// stream (`t`) both report, unique per symbol. (Its history has no cumulative
+    /// quantity to key by.)
+    pub fn key_by_trade(symbol: &str, trade_id: i64) -> String {
+        format!("{symbol}:t{trade_id}")
     }
 }
 
@@ -267,6 +292,10 @@ pub enum VenueError {
     /// Too many requests: try again after `retry_after`.
     #[error("venue rate limit hit; retry after {retry_after:?}")]
     RateLimited { retry_after: Duration },
+    /// The venue banned this client for sending on through its rate limits (Binance's
+    /// 418): no request of the account may go until `retry_after` has passed.
+    #[error("venue banned our requests for {retry_after:?}")]
+    Banned { retry_after: Duration },
     /// Credentials refused.
     #[error("venue refused the credentials")]
     Unauthorized,
@@ -287,11 +316,14 @@ pub struct Connection<'a> {
     pub secret: crate::secrets::Secret,
     /// Where the client counts its requests, errors and rate limits.
     pub metrics: pulse_contract::metrics::Recorder,
+    /// The process's latest quotes (what the OMS priced legs at a moment ago).
+    pub quotes: std::sync::Arc<QuoteCache>,
 }
 
 /// The client of venue `venue_id` (the `venues` row), chosen by the dialect the venue
 /// speaks: the one place that knows which venues there are. `paper` is the local
-/// simulator of Alpaca's dialect.
+/// simulator of Alpaca's dialect; `binance` is Binance.US (or the paper venue's
+/// Binance-dialect front).
 pub fn connect(venue_id: &str, to: Connection<'_>) -> Result<std::sync::Arc<dyn Venue>, String> {
     match venue_id {
         "alpaca" | "paper" => Ok(std::sync::Arc::new(
@@ -299,13 +331,18 @@ pub fn connect(venue_id: &str, to: Connection<'_>) -> Result<std::sync::Arc<dyn 
                 .with_data_url(to.data_url)
                 .with_metrics(venue_id, to.metrics),
         )),
+        "binance" => Ok(std::sync::Arc::new(
+            binance::BinanceClient::new(to.http, to.base_url, to.key_id, to.secret)
+                .with_metrics(venue_id, to.metrics)
+                .with_quotes(to.quotes),
+        )),
         other => Err(format!("no client speaks the dialect of venue {other}")),
     }
 }
 
-/// The most fills one [`Venue::fills`] page holds (Alpaca's most).
+/// The most fills one page of Alpaca's fill activities holds (its most).
 pub const FILL_PAGE: usize = 100;
-/// The most orders one [`Venue::orders_after`] page holds (Alpaca's most).
+/// The most orders one page of Alpaca's order list holds (its most).
 pub const ORDER_PAGE: usize = 500;
 
 /// Where a stream listener puts the updates it reads (and learns of being connected).
@@ -322,33 +359,81 @@ pub enum StreamSignal {
 
 pub type VenueFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, VenueError>> + Send + 'a>>;
 
+/// One page of an account's history at a venue, and where the next page starts
+/// (`None`: this was the last). The token is the client's own; callers hand it back
+/// unread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    pub fn last(items: Vec<T>) -> Self {
+        Self { items, next: None }
+    }
+}
+
+/// What a request costs against the account's shared budget (Alpaca counts requests,
+/// Binance weighs them): the calls of [`Venue`], by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    CreateOrder,
+    GetOrder,
+    CancelOrder,
+    OpenOrders,
+    Quote,
+    Fills,
+    Orders,
+    Positions,
+}
+
 /// What the OMS and reconciliation need from a venue.
+///
+/// Calls about one order name its symbol, and history is read for the symbols the
+/// platform knows the account trades (`symbols`, venue spelling): Binance keys its
+/// orders and trades by symbol and has no account-wide list of them; Alpaca ignores
+/// both.
 pub trait Venue: Send + Sync {
     /// Where this client's quotes come from (the market-data host): what the quote
     /// cache keys them under, so every client of one host shares its quotes.
     fn quote_source(&self) -> &str;
+    /// What `call` costs against the account's per-minute budget, and that budget
+    /// (`None`: the fleet's configured request budget).
+    fn cost(&self, _call: Call) -> i32 {
+        1
+    }
+    fn budget_per_minute(&self) -> Option<i32> {
+        None
+    }
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder>;
     fn get_order_by_client_id<'a>(
         &'a self,
+        symbol: &'a str,
         client_order_id: &'a str,
     ) -> VenueFuture<'a, VenueOrder>;
-    fn get_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, VenueOrder>;
-    fn cancel_order<'a>(&'a self, id: &'a str) -> VenueFuture<'a, ()>;
+    fn get_order<'a>(&'a self, symbol: &'a str, id: &'a str) -> VenueFuture<'a, VenueOrder>;
+    fn cancel_order<'a>(&'a self, symbol: &'a str, id: &'a str) -> VenueFuture<'a, ()>;
     fn list_open_orders(&self) -> VenueFuture<'_, Vec<VenueOrder>>;
     /// The latest quote (market data); [`VenueError::NotFound`] when it has none.
     fn latest_quote<'a>(&'a self, symbol: &'a str) -> VenueFuture<'a, Quote>;
-    /// One page of fills, oldest first: those after `since` when given, continuing
-    /// after the fill `page_token` (a [`Fill::id`] of the previous page) when given.
-    /// A page shorter than [`FILL_PAGE`] is the last.
+    /// One page of fills, oldest first (per symbol where the venue lists them per
+    /// symbol): those after `since` when given, from `page` (a [`Page::next`]) on.
     fn fills<'a>(
         &'a self,
+        symbols: &'a [String],
         since: Option<DateTime<Utc>>,
-        page_token: Option<&'a str>,
-    ) -> VenueFuture<'a, Vec<Fill>>;
-    /// One page of orders created after `after`, open or closed, oldest first: what a
-    /// sync learns the fate of the account's working orders from. A page shorter than
-    /// [`ORDER_PAGE`] is the last.
-    fn orders_after(&self, after: DateTime<Utc>) -> VenueFuture<'_, Vec<VenueOrder>>;
+        page: Option<&'a str>,
+    ) -> VenueFuture<'a, Page<Fill>>;
+    /// One page of orders created after `after`, open or closed, oldest first (per
+    /// symbol where the venue lists them per symbol): what a sync learns the fate of
+    /// the account's working orders from.
+    fn orders_after<'a>(
+        &'a self,
+        symbols: &'a [String],
+        after: DateTime<Utc>,
+        page: Option<&'a str>,
+    ) -> VenueFuture<'a, Page<VenueOrder>>;
     /// Follows the account's order updates until the connection ends, sending each to
     /// `updates`; returns why it ended. `Ok` only when `updates` was closed.
     fn stream_updates(&self, updates: UpdateSink) -> VenueFuture<'_, ()>;

@@ -1,7 +1,7 @@
 //! What the OMS's requests cost the per-account venue budget (`crate::venue_budget`).
 
 use super::*;
-pub(super) use crate::venue_budget::{over_budget, take_budgets};
+pub(super) use crate::venue_budget::{Taken, over_budget, take_budgets};
 
 /// Takes one request from the account's budget, or says how long to wait.
 pub(super) async fn take_budget(

@@ -2,6 +2,7 @@
 //! account) and the entry locks an intent renews while it runs.
 
 use super::*;
+use crate::venue_budget::BanWatch;
 
 pub(super) type Credentials = Vec<(Uuid, Option<String>, String)>;
 /// The client the OMS speaks to a venue with.
@@ -31,10 +32,12 @@ pub(super) async fn load_credentials(
         .collect())
 }
 
-/// The venue clients of the legs' accounts; an account whose client cannot be built
-/// maps to the reason.
+/// The venue clients of the legs' accounts (each recording a ban the venue says,
+/// `crate::venue_budget::BanWatch`); an account whose client cannot be built maps to
+/// the reason.
 pub(super) fn build_clients(
-    services: &Services,
+    (pool, services): (&sqlx::PgPool, &Services),
+    tenant: Uuid,
     creds: &Credentials,
     legs: &[&OrderRow],
 ) -> Clients {
@@ -49,7 +52,8 @@ pub(super) fn build_clients(
             .ok_or_else(|| format!("account {} has no api_key credential", leg.account_id))
             .and_then(|(_, key_id, secret_ref)| {
                 services.venue_client(leg.account_id, &leg.venue_id, key_id.as_deref(), secret_ref)
-            });
+            })
+            .map(|c| BanWatch::wrap(c, pool.clone(), tenant, leg.account_id));
         out.insert(leg.account_id, client);
     }
     out
@@ -67,7 +71,12 @@ pub(super) async fn clients(
     renew_locks(&mut tx, intent).await?;
     let creds = load_credentials(&mut tx, legs).await?;
     tx.commit().await?;
-    Ok(build_clients(&ctx.services, &creds, legs))
+    Ok(build_clients(
+        (&ctx.pool, &ctx.services),
+        tenant,
+        &creds,
+        legs,
+    ))
 }
 
 /// An intent holds its entry locks from planning until it settles, over any number

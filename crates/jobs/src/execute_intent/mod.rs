@@ -93,11 +93,19 @@ pub fn check_legs(
     plan::parse_legs(legs, defaults).map(|legs| legs.len())
 }
 
+/// Hex digits of digest in [`client_order_id`].
+pub const CLIENT_ORDER_ID_HEX: usize = 28;
+
 /// A client order id: the same for (tenant, intent, leg) on every attempt, at most
-/// 48 characters (the strictest Alpaca API's limit), letters, digits and dashes.
+/// 36 characters (Binance's limit; Alpaca takes 48), letters, digits and dashes.
 pub fn client_order_id(tenant: Uuid, intent: Uuid, leg: i32) -> String {
+    // 112 bits of digest: with an unwind's leg number (1000 and up) the id stays
+    // within Binance's 36 characters (`^[.A-Z:/a-z0-9_-]{1,36}$`).
     let digest = Sha256::digest(format!("{tenant}:{intent}:{leg}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest[..CLIENT_ORDER_ID_HEX / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("pf{hex}-{leg}")
 }
 

@@ -22,7 +22,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    Clients, Credentials, LOCK_TTL_SECS, OrderRow, build_clients, client_order_id, over_budget,
+    Clients, Credentials, LOCK_TTL_SECS, OrderRow, Taken, build_clients, client_order_id,
+    over_budget,
 };
 use crate::JobContext;
 use pulse_domain::{
@@ -938,12 +939,13 @@ async fn plan_batch(
         }
     }
     let (budget_accounts, budget_counts): (Vec<Uuid>, Vec<i32>) = wants.into_iter().unzip();
-    let used = sqlx::query_scalar!(
+    let used = sqlx::query_as!(
+        Taken,
         r#"WITH reserve AS (
                INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
                SELECT $1, a, 'reserve_order', n, 'order', o
                FROM unnest($4::uuid[], $5::numeric[], $6::uuid[]) AS r(a, n, o))
-           SELECT used AS "used!" FROM take_venue_budget($1, $2, $3) AS used"#,
+           SELECT used AS "used!", banned_ms AS "banned_ms!" FROM take_venue_budget($1, $2, $3)"#,
         tenant,
         &budget_accounts,
         &budget_counts,
@@ -997,7 +999,12 @@ async fn plan_batch(
         .filter_map(|(a, _, key_id, secret_ref)| Some((*a, key_id.clone(), secret_ref.clone()?)))
         .collect();
     // One client per account for the whole batch (resolving a secret decrypts it).
-    let all_clients = build_clients(services, &creds, &orders.iter().collect::<Vec<_>>());
+    let all_clients = build_clients(
+        (pool, services),
+        tenant,
+        &creds,
+        &orders.iter().collect::<Vec<_>>(),
+    );
     let mut by_intent: HashMap<Uuid, Vec<OrderRow>> = HashMap::new();
     for order in orders {
         by_intent.entry(order.intent_id).or_default().push(order);

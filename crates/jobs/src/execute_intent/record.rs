@@ -187,6 +187,14 @@ pub(super) async fn record(
         }
         LegOutcome::Rejected(reason) => {
             set_status(tx, order.id, OrderStatus::Rejected).await?;
+            let said: String = reason.chars().take(300).collect();
+            sqlx::query!(
+                "UPDATE orders SET reject_reason = $2 WHERE id = $1",
+                order.id,
+                said
+            )
+            .execute(&mut **tx)
+            .await?;
             release(tx, tenant, order).await?;
             let details = json!({"intent": intent, "leg": order.leg_index, "reason": reason});
             tenancy::audit(tx, "leg_rejected", "order", &order.id.to_string(), &details).await?;

@@ -88,12 +88,16 @@ pub(super) fn lock_count(legs: &[OrderRow]) -> i64 {
         .len() as i64
 }
 
+/// A rate limit or a ban (refused unprocessed: nothing was sent) waits its time;
+/// anything else is the leg's outcome.
 pub(super) fn snooze_or(
     e: VenueError,
     otherwise: impl FnOnce(VenueError) -> LegOutcome,
 ) -> Result<LegOutcome, JobError> {
     match e {
-        VenueError::RateLimited { retry_after } => Err(JobError::Snooze(retry_after)),
+        VenueError::RateLimited { retry_after } | VenueError::Banned { retry_after } => {
+            Err(JobError::Snooze(retry_after))
+        }
         e => Ok(otherwise(e)),
     }
 }
@@ -106,7 +110,10 @@ pub(super) async fn submit_one(
     order: &OrderRow,
 ) -> Result<LegOutcome, JobError> {
     if look_up_first {
-        match venue.get_order_by_client_id(&order.client_order_id).await {
+        match venue
+            .get_order_by_client_id(&order.symbol, &order.client_order_id)
+            .await
+        {
             Ok(found) => return Ok(LegOutcome::Accepted(found)),
             Err(VenueError::NotFound) => {}
             Err(e) => return snooze_or(e, |e| LegOutcome::Unknown(e.to_string())),
@@ -116,7 +123,10 @@ pub(super) async fn submit_one(
         Ok(accepted) => Ok(LegOutcome::Accepted(accepted)),
         // Sent by an attempt this one cannot know about (its record was lost): adopt it.
         Err(VenueError::DuplicateClientOrderId) => {
-            match venue.get_order_by_client_id(&order.client_order_id).await {
+            match venue
+                .get_order_by_client_id(&order.symbol, &order.client_order_id)
+                .await
+            {
                 Ok(found) => Ok(LegOutcome::Accepted(found)),
                 Err(e) => snooze_or(e, |e| LegOutcome::Unknown(e.to_string())),
             }
@@ -134,7 +144,10 @@ pub(super) async fn resolve(venue: &VenueClient, order: &OrderRow) -> Result<Leg
     if !order.may_exist_at_venue() {
         return Ok(LegOutcome::NotPlaced);
     }
-    match venue.get_order_by_client_id(&order.client_order_id).await {
+    match venue
+        .get_order_by_client_id(&order.symbol, &order.client_order_id)
+        .await
+    {
         Ok(found) => Ok(LegOutcome::Accepted(found)),
         Err(VenueError::NotFound) => Ok(LegOutcome::NotPlaced),
         Err(e) => snooze_or(e, |e| LegOutcome::Unknown(e.to_string())),
@@ -143,8 +156,9 @@ pub(super) async fn resolve(venue: &VenueClient, order: &OrderRow) -> Result<Leg
 
 /// Why an attempt stopped going through the legs.
 pub(super) enum Halt {
-    /// A leg was rejected for good: the intent unwinds.
-    Rejected(i32),
+    /// A leg was rejected for good (the venue's words, when this attempt heard them):
+    /// the intent unwinds.
+    Rejected(i32, Option<String>),
     /// A kill switch, or a lost entry lock: the intent stops and unwinds.
     Stopped { event: &'static str, reason: String },
     /// The venue's rate limit: what was learnt is recorded, then the job snoozes.
@@ -170,7 +184,7 @@ pub(super) async fn submit_all(
     let mut halt = legs
         .iter()
         .find(|o| o.status == OrderStatus::Rejected && o.leg_index < UNWIND_BASE)
-        .map(|o| Halt::Rejected(o.leg_index));
+        .map(|o| Halt::Rejected(o.leg_index, None));
     let locks = lock_count(&legs);
     let mut outcomes = Vec::with_capacity(pending.len());
     if !pending.is_empty() {
@@ -207,7 +221,7 @@ pub(super) async fn submit_all(
                 Ok(venue) => venue,
                 Err(reason) if halt.is_none() => {
                     outcomes.push((*leg, LegOutcome::Rejected(reason.clone())));
-                    halt = Some(Halt::Rejected(leg.leg_index));
+                    halt = Some(Halt::Rejected(leg.leg_index, Some(reason.clone())));
                     continue;
                 }
                 Err(reason) => return Err(JobError::retryable(reason.clone())),
@@ -221,9 +235,9 @@ pub(super) async fn submit_all(
             match outcome {
                 Ok(outcome) => {
                     if halt.is_none()
-                        && let LegOutcome::Rejected(_) = outcome
+                        && let LegOutcome::Rejected(why) = &outcome
                     {
-                        halt = Some(Halt::Rejected(leg.leg_index));
+                        halt = Some(Halt::Rejected(leg.leg_index, Some(why.clone())));
                     }
                     outcomes.push((*leg, outcome));
                 }
@@ -286,9 +300,10 @@ pub(super) async fn submit_all(
     tx.commit().await?;
     match halt {
         Some(Halt::Snooze(wait)) => Err(JobError::Snooze(wait)),
-        Some(Halt::Rejected(leg)) => {
+        Some(Halt::Rejected(leg, why)) => {
+            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
             let reason = format!(
-                "leg {leg} was rejected by the venue; the other legs were cancelled or closed"
+                "leg {leg} was rejected by the venue{why}; the other legs were cancelled or closed"
             );
             unwind(ctx, tenant, intent, "intent_unwound", &reason).await
         }

@@ -81,7 +81,7 @@ pub(super) async fn unwind(
         }
         // A leg that has ended already answers NotCancelable (or NotFound): either way
         // it is looked up next.
-        match venue.cancel_order(venue_id).await {
+        match venue.cancel_order(&leg.symbol, venue_id).await {
             Ok(()) | Err(VenueError::NotCancelable) | Err(VenueError::NotFound) => {}
             Err(e) => {
                 return Err(venue_failure(
@@ -94,7 +94,7 @@ pub(super) async fn unwind(
         // (its status, the quantity filled in the end; the fills themselves, and the
         // release of the rest of its reservation once they are recorded, follow by the
         // stream or the sync), and its filled part closed.
-        let ended = match venue.get_order(venue_id).await {
+        let ended = match venue.get_order(&leg.symbol, venue_id).await {
             Ok(o) if o.is_terminal() => o,
             Ok(_) => {
                 return Err(JobError::retryable(format!(

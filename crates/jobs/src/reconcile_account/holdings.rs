@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::{Kind, Run};
 use crate::{JobError, venue_budget::venue_failure};
+use pulse_domain::venue::Call;
 use pulse_domain::{lifecycle, tenancy};
 
 /// Net quantity per symbol (negative: short).
@@ -66,7 +67,7 @@ impl Run<'_> {
 
     /// Symbols whose net quantity differs: (ours, the venue's).
     async fn position_diff(&mut self) -> Result<BTreeMap<String, (Decimal, Decimal)>, JobError> {
-        self.spend().await?;
+        self.spend(Call::Positions).await?;
         let theirs: Book = self
             .venue
             .positions()

@@ -41,7 +41,10 @@ use uuid::Uuid;
 use crate::{Job, JobContext, JobError};
 use findings::{Findings, Kind};
 use pulse_contract::{RetentionHook, retention_hook};
-use pulse_domain::{tenancy, venue::Venue};
+use pulse_domain::{
+    lifecycle, tenancy,
+    venue::{Call, Venue},
+};
 
 pub use findings::Kind as MismatchKind;
 
@@ -94,6 +97,8 @@ struct Run<'a> {
     account: Uuid,
     venue_id: String,
     venue: &'a dyn Venue,
+    /// The symbols the account's history can be in (venues that list it per symbol).
+    symbols: Vec<String>,
     findings: Findings,
     /// Where the lists start this run, and where the next run's will.
     orders_after: DateTime<Utc>,
@@ -103,11 +108,13 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn spend(&mut self) -> Result<(), JobError> {
+    /// What `call` costs, from the account's budget, before it is made.
+    async fn spend(&mut self, call: Call) -> Result<(), JobError> {
         crate::venue_budget::spend(
             self.ctx,
-            self.tenant,
-            self.account,
+            (self.tenant, self.account),
+            self.venue,
+            call,
             &mut self.findings.requests,
         )
         .await
@@ -189,21 +196,28 @@ impl Job for ReconcileAccount {
         }
         let venue = crate::venue_budget::account_venue(
             &ctx,
-            account,
+            (tenant, account),
             &row.venue_id,
             row.identifier.as_deref(),
             row.secret_ref.as_deref(),
         )?;
         let lookback = started - TimeDelta::from_std(ctx.reconcile.lookback).unwrap_or_default();
+        let orders_after = row.orders_after.unwrap_or(lookback) - MARGIN;
+        let fills_after = row.fills_after.unwrap_or(lookback) - MARGIN;
+        let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
+        let symbols =
+            lifecycle::account_symbols(&mut tx, account, orders_after.min(fills_after)).await?;
+        tx.commit().await?;
         let mut run = Run {
             ctx: &ctx,
             tenant,
             account,
             venue_id: row.venue_id,
             venue: venue.as_ref(),
+            symbols,
             findings: Findings::new(&ctx, tenant, account),
-            orders_after: row.orders_after.unwrap_or(lookback) - MARGIN,
-            fills_after: row.fills_after.unwrap_or(lookback) - MARGIN,
+            orders_after,
+            fills_after,
             next_orders_after: row.orders_after,
             next_fills_after: row.fills_after,
         };
@@ -316,7 +330,7 @@ fn ours(client_order_id: &str) -> bool {
     let Some((hex, leg)) = rest.split_once('-') else {
         return false;
     };
-    hex.len() == 32
+    hex.len() == crate::execute_intent::CLIENT_ORDER_ID_HEX
         && hex
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -342,10 +356,12 @@ mod tests {
             "pf",
             &Uuid::new_v4().to_string(),
             "pf0123-1",
-            "pf0123456789abcdef0123456789ABCDEF-1",
-            "pf0123456789abcdef0123456789abcdef-",
-            "pf0123456789abcdef0123456789abcdef-1x",
-            "xx0123456789abcdef0123456789abcdef-1",
+            "pf0123456789abcdef0123456789AB-1",
+            "pf0123456789abcdef0123456789ab-",
+            "pf0123456789abcdef0123456789ab-1x",
+            "xx0123456789abcdef0123456789ab-1",
+            // The longer digest of earlier ids.
+            "pf0123456789abcdef0123456789abcdef-1",
         ] {
             assert!(!ours(other), "{other}");
         }

@@ -12,7 +12,7 @@ use pulse_domain::{
     lifecycle::{self, Applied, LifecycleError},
     status::OrderStatus,
     tenancy,
-    venue::{FILL_PAGE, ORDER_PAGE, VenueError, VenueOrder},
+    venue::{Call, VenueError, VenueOrder},
 };
 
 /// An order of the account as the database holds it.
@@ -22,6 +22,7 @@ struct Ours {
     intent_id: Uuid,
     client_order_id: String,
     venue_order_id: Option<String>,
+    symbol: String,
     status: OrderStatus,
     origin: String,
     ended: bool,
@@ -35,26 +36,31 @@ impl Run<'_> {
         // The venue's side: what it listed since the cursor, then what is open now
         // (read last, so it is the freshest word on every order it names).
         let mut at_venue: HashMap<String, VenueOrder> = HashMap::new();
-        let mut after = self.orders_after;
+        let mut token: Option<String> = None;
+        let mut newest = None;
         for _ in 0..MAX_PAGES {
-            self.spend().await?;
+            self.spend(Call::Orders).await?;
             let page = self
                 .venue
-                .orders_after(after)
+                .orders_after(&self.symbols, self.orders_after, token.as_deref())
                 .await
                 .map_err(|e| venue_failure("reconcile: orders", e))?;
-            let full = page.len() >= ORDER_PAGE;
-            let last = page.last().map(|o| o.created_at);
-            for o in page {
-                self.next_orders_after = self.next_orders_after.max(Some(o.created_at));
+            for o in page.items {
+                newest = newest.max(Some(o.created_at));
                 at_venue.insert(o.client_order_id.clone(), o);
             }
-            match last {
-                Some(last) if full && last > after => after = last - TimeDelta::microseconds(1),
-                _ => break,
+            token = page.next;
+            if token.is_none() {
+                break;
             }
         }
-        self.spend().await?;
+        // The cursor moves only past lists read to their end: pages per symbol are
+        // oldest first within a symbol only, so a list cut short may have older
+        // orders of other symbols behind it.
+        if token.is_none() {
+            self.next_orders_after = self.next_orders_after.max(newest);
+        }
+        self.spend(Call::OpenOrders).await?;
         let open = self
             .venue
             .list_open_orders()
@@ -148,7 +154,7 @@ impl Run<'_> {
         let mut tx = tenancy::begin(&self.ctx.pool, self.tenant).await?;
         let rows = sqlx::query_as!(
             Ours,
-            r#"SELECT id, intent_id, client_order_id, venue_order_id, status AS "status: OrderStatus", origin,
+            r#"SELECT id, intent_id, client_order_id, venue_order_id, symbol, status AS "status: OrderStatus", origin,
                       final_filled_quantity IS NOT NULL AS "ended!", created_at, updated_at, inflight_checks
                FROM orders
                WHERE account_id = $1
@@ -237,8 +243,8 @@ impl Run<'_> {
         }
         tx.commit().await?;
         if o.origin == "oms" {
-            self.spend().await?;
-            match self.venue.cancel_order(&theirs.id).await {
+            self.spend(Call::CancelOrder).await?;
+            match self.venue.cancel_order(&theirs.symbol, &theirs.id).await {
                 Ok(()) | Err(VenueError::NotCancelable | VenueError::NotFound) => {}
                 Err(e) => return Err(venue_failure("reconcile: cancel", e)),
             }
@@ -248,10 +254,14 @@ impl Run<'_> {
 
     /// A working order the venue did not list: asked for by its id.
     async fn look_up_working(&mut self, o: &Ours) -> Result<(), JobError> {
-        self.spend().await?;
+        self.spend(Call::GetOrder).await?;
         let found = match &o.venue_order_id {
-            Some(id) => self.venue.get_order(id).await,
-            None => self.venue.get_order_by_client_id(&o.client_order_id).await,
+            Some(id) => self.venue.get_order(&o.symbol, id).await,
+            None => {
+                self.venue
+                    .get_order_by_client_id(&o.symbol, &o.client_order_id)
+                    .await
+            }
         };
         match found {
             Ok(theirs) => {
@@ -291,8 +301,12 @@ impl Run<'_> {
     /// Not found often enough, long enough after it was sent, with the OMS done with
     /// its intent: the venue never received it.
     async fn look_up_in_flight(&mut self, o: &Ours) -> Result<(), JobError> {
-        self.spend().await?;
-        match self.venue.get_order_by_client_id(&o.client_order_id).await {
+        self.spend(Call::GetOrder).await?;
+        match self
+            .venue
+            .get_order_by_client_id(&o.symbol, &o.client_order_id)
+            .await
+        {
             Ok(theirs) => {
                 self.apply(&theirs).await?;
                 self.findings
@@ -362,14 +376,15 @@ impl Run<'_> {
     /// anyone else's: imported).
     pub(super) async fn fills(&mut self, since: DateTime<Utc>) -> Result<(), JobError> {
         let mut token: Option<String> = None;
+        let mut newest = None;
         for _ in 0..MAX_PAGES {
-            self.spend().await?;
+            self.spend(Call::Fills).await?;
             let page = self
                 .venue
-                .fills(Some(since), token.as_deref())
+                .fills(&self.symbols, Some(since), token.as_deref())
                 .await
                 .map_err(|e| venue_failure("reconcile: fills", e))?;
-            let keys: Vec<String> = page.iter().map(|f| f.key()).collect();
+            let keys: Vec<String> = page.items.iter().map(|f| f.key()).collect();
             let mut tx = tenancy::begin(&self.ctx.pool, self.tenant).await?;
             let recorded: HashSet<String> = sqlx::query_scalar!(
                 "SELECT venue_fill_id FROM fills WHERE venue_fill_id = ANY($1)",
@@ -380,17 +395,17 @@ impl Run<'_> {
             .into_iter()
             .collect();
             tx.commit().await?;
-            for fill in &page {
-                self.next_fills_after = self.next_fills_after.max(Some(fill.at));
+            for fill in &page.items {
+                newest = newest.max(Some(fill.at));
                 if recorded.contains(&fill.key()) {
                     continue;
                 }
                 let mut applied = self.apply_fill(fill).await?;
                 if applied.unknown_order {
-                    self.spend().await?;
+                    self.spend(Call::GetOrder).await?;
                     let theirs = self
                         .venue
-                        .get_order(&fill.order_id)
+                        .get_order(&fill.symbol, &fill.order_id)
                         .await
                         .map_err(|e| venue_failure("reconcile: order of a fill", e))?;
                     if self.apply(&theirs).await?.unknown_order {
@@ -407,10 +422,14 @@ impl Run<'_> {
                         .await?;
                 }
             }
-            if page.len() < FILL_PAGE {
+            token = page.next;
+            if token.is_none() {
                 break;
             }
-            token = page.last().map(|f| f.id.clone());
+        }
+        // As for orders: the cursor moves only past a list read to its end.
+        if token.is_none() {
+            self.next_fills_after = self.next_fills_after.max(newest);
         }
         Ok(())
     }

@@ -17,6 +17,7 @@
 //!   `GET /v2/account`, and the `trade_updates` stream on `/stream` (`stream.rs`).
 //! - Market data: `GET /v2/stocks/{symbol}/quotes/latest`, outside the trading rate
 //!   limit as at Alpaca.
+//! - The same book also speaks Binance.US's spot API under `/api/v3` (`binance.rs`).
 //! - Limits and faults, chosen per run: requests per minute per key (429 with
 //!   `X-Ratelimit-Limit/Remaining/Reset` on every answer), latency, a 5xx rate
 //!   (nothing done), accept-then-drop (the order is created, the answer is a 502), and
@@ -29,6 +30,7 @@ use std::{
     time::Duration,
 };
 
+mod binance;
 mod engine;
 mod stream;
 pub mod wire;
@@ -108,6 +110,18 @@ pub struct PaperOptions {
     /// the ask, sells at the bid.
     #[arg(long, default_value_t = 1)]
     pub spread_cents: i64,
+    /// Binance dialect: API keys and their secrets, `key:secret`.
+    #[arg(long, value_delimiter = ',')]
+    pub binance_keys: Vec<String>,
+    /// Binance dialect: request weight per key per minute (Binance.US: 1200).
+    #[arg(long, default_value_t = 1200)]
+    pub binance_weight_per_minute: u32,
+    /// Binance dialect: how long a key that sends on through its 429s is banned (418).
+    #[arg(long, default_value_t = 120)]
+    pub binance_ban_secs: u64,
+    /// Binance dialect: made-up pairs `X0USD` .. listed besides the real ones.
+    #[arg(long, default_value_t = 0)]
+    pub binance_extra_pairs: usize,
 }
 
 impl Default for PaperOptions {
@@ -130,6 +144,10 @@ impl Default for PaperOptions {
             lose_symbols: vec![],
             price_step_cents: 10,
             spread_cents: 1,
+            binance_keys: vec![],
+            binance_weight_per_minute: 1200,
+            binance_ban_secs: 120,
+            binance_extra_pairs: 0,
         }
     }
 }
@@ -171,6 +189,8 @@ pub struct PaperVenue {
     drops: Arc<watch::Sender<u64>>,
     /// Requests per minute per key, changeable while serving.
     rate_limit: Arc<std::sync::atomic::AtomicU32>,
+    /// The Binance dialect's keys, clock, weights and bans.
+    binance: Arc<Mutex<binance::BinanceState>>,
 }
 
 fn error(status: StatusCode, code: i64, message: &str) -> Response {
@@ -199,14 +219,21 @@ impl PaperVenue {
     pub fn new(options: PaperOptions) -> Self {
         let rng = StdRng::seed_from_u64(options.seed);
         let rate_limit = options.rate_limit_per_minute;
-        Self {
+        let venue = Self {
             options: Arc::new(options),
             book: Arc::default(),
             rng: Arc::new(Mutex::new(rng)),
             updates: broadcast::channel(65_536).0,
             drops: Arc::new(watch::channel(0).0),
             rate_limit: Arc::new(rate_limit.into()),
+            binance: Arc::default(),
+        };
+        for pair in &venue.options.binance_keys {
+            if let Some((key, secret)) = pair.split_once(':') {
+                venue.register_key(key, secret);
+            }
         }
+        venue
     }
 
     pub fn router(&self) -> Router {
@@ -227,6 +254,7 @@ impl PaperVenue {
         let data = Router::new().route("/v2/stocks/{symbol}/quotes/latest", get(latest_quote));
         trading
             .merge(data)
+            .merge(self.binance_router())
             .route("/stream", get(stream::upgrade))
             .with_state(self.clone())
     }
