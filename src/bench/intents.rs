@@ -1,5 +1,9 @@
 //! `pulse-fleet bench intents`: two-leg intents inserted by SQL and traded on the
 //! paper venue (in this process, no injected latency), in a scratch database.
+//! `--venues paper` trades both legs on one Alpaca-dialect account; `--venues
+//! paper,binance` is cross-venue: the buy on a Binance account (the paper venue's
+//! Binance dialect: signed requests, exchangeInfo filters), the sell on the Alpaca
+//! one, each from its own ledger.
 //!
 //! - throughput: `--intents` intents inserted in one statement per tenant; intents
 //!   per second until every leg of every intent is accepted;
@@ -43,10 +47,16 @@ pub struct IntentBenchArgs {
     pub concurrency: usize,
     #[arg(long, default_value = "pulse_fleet_bench_intents")]
     pub database: String,
+    /// The venues the two legs trade on: `paper` (Alpaca's dialect) for both, or
+    /// `paper,binance` (`alpaca` names the paper venue too) for buy on Binance, sell
+    /// on Alpaca.
+    #[arg(long, value_delimiter = ',', default_value = "paper")]
+    pub venues: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
 pub struct IntentBenchResult {
+    pub venues: String,
     pub tenants: usize,
     pub throughput_intents: usize,
     pub throughput_intents_per_s: f64,
@@ -59,7 +69,18 @@ pub struct IntentBenchResult {
 
 const KEY: [u8; 32] = [11; 32];
 
-async fn seed(pool: &PgPool, tenants: usize) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+/// A tenant's accounts: the Alpaca-dialect one, and the Binance one when the legs
+/// cross venues.
+#[derive(Clone, Copy)]
+struct Desk {
+    tenant: Uuid,
+    account: Uuid,
+    binance: Option<Uuid>,
+}
+
+const BINANCE_KEY: &str = "bench-binance-key";
+
+async fn seed(pool: &PgPool, tenants: usize, cross: bool) -> anyhow::Result<Vec<Desk>> {
     let secret_ref = pulse_domain::secrets::seal("bench-secret", &KEY);
     let mut desks = vec![];
     for n in 0..tenants {
@@ -74,16 +95,52 @@ async fn seed(pool: &PgPool, tenants: usize) -> anyhow::Result<Vec<(Uuid, Uuid)>
             allocated,
         )
         .await?;
-        desks.push((tenant, account));
+        let binance = if cross {
+            let id = Uuid::new_v4();
+            let mut tx = tenancy::begin(pool, tenant).await?;
+            sqlx::query!(
+                "WITH a AS (INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, 'binance', 'binance')),
+                      c AS (INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
+                            VALUES ($2, $1, 'api_key', $3, $4))
+                 INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($2, $1, 'allocate', $5)",
+                id,
+                tenant,
+                BINANCE_KEY,
+                &secret_ref,
+                allocated,
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Some(id)
+        } else {
+            None
+        };
+        desks.push(Desk {
+            tenant,
+            account,
+            binance,
+        });
     }
     Ok(desks)
 }
 
-fn legs(account: Uuid, i: usize) -> serde_json::Value {
+fn legs(desk: Desk, i: usize) -> serde_json::Value {
     // Distinct symbols per intent: the entry lock serialises intents on one symbol.
+    // Binance is spot (a sell needs what it sells): the buy goes there.
+    let buy = match desk.binance {
+        Some(binance) => {
+            serde_json::json!({"account_id": binance, "symbol": format!("X{i}USD"), "side": "buy",
+                                            "quantity": 1, "type": "market", "reference_price": "100"})
+        }
+        None => {
+            serde_json::json!({"account_id": desk.account, "symbol": format!("S{i}A"), "side": "buy",
+                                   "quantity": 1, "type": "market", "reference_price": "10"})
+        }
+    };
     serde_json::json!([
-        {"account_id": account, "symbol": format!("S{i}A"), "side": "buy", "quantity": 1, "type": "market", "reference_price": "10"},
-        {"account_id": account, "symbol": format!("S{i}B"), "side": "sell", "quantity": 1, "type": "market", "reference_price": "10"},
+        buy,
+        {"account_id": desk.account, "symbol": format!("S{i}B"), "side": "sell", "quantity": 1, "type": "market", "reference_price": "10"},
     ])
 }
 
@@ -113,6 +170,12 @@ async fn wait_settled(pool: &PgPool, n: i64, within: Duration) -> anyhow::Result
     Ok(())
 }
 
+/// The first symbol number of the latency run's intents (after the throughput run's:
+/// at most `intents` rounded up to a multiple of the tenants).
+fn latency_base(args: &IntentBenchArgs) -> usize {
+    args.intents + args.tenants.max(1)
+}
+
 pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<()> {
     let url = recreate_database(&settings.database.url, &args.database).await?;
     let mut settings = settings.clone();
@@ -120,16 +183,34 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     settings.database.max_connections = (args.concurrency as u32 + 8).min(90);
     let pool = db::app_pool(&settings).await?;
     db::migrate(&pool, &crate::registry::registered(&settings)).await?;
-    let desks = seed(&pool, args.tenants.max(1)).await?;
+    let cross = match args.venues.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["paper" | "alpaca"] => false,
+        ["paper" | "alpaca", "binance"] | ["binance", "paper" | "alpaca"] => true,
+        _ => anyhow::bail!("--venues: paper, or paper,binance"),
+    };
+    let desks = seed(&pool, args.tenants.max(1), cross).await?;
 
-    let (venue, services) = super::local_venue(
+    let latency_intents = (args.rate * args.seconds as f64) as usize;
+    let (venue, mut services) = super::local_venue(
         PaperOptions {
             rate_limit_per_minute: u32::MAX,
+            binance_weight_per_minute: u32::MAX,
+            // A symbol of its own for every intent's Binance leg.
+            binance_extra_pairs: if cross {
+                latency_base(&args) + latency_intents
+            } else {
+                0
+            },
             ..Default::default()
         },
         KEY,
     )
     .await?;
+    if cross {
+        venue.register_key(BINANCE_KEY, "bench-secret");
+        let base = services.venue_urls["paper"].clone();
+        services.venue_urls.insert("binance".into(), base);
+    }
     let pools = db::queue_pools(&settings, 1).await?;
     let mut worker_settings = settings.worker.clone();
     worker_settings.batch_size = args.concurrency;
@@ -156,8 +237,9 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     );
     let per = args.intents.div_ceil(desks.len());
     let started = Instant::now();
-    for (n, (tenant, account)) in desks.iter().enumerate() {
-        let batch: Vec<serde_json::Value> = (0..per).map(|i| legs(*account, n * per + i)).collect();
+    for (n, desk) in desks.iter().enumerate() {
+        let tenant = &desk.tenant;
+        let batch: Vec<serde_json::Value> = (0..per).map(|i| legs(*desk, n * per + i)).collect();
         sqlx::query!(
             "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json)
              SELECT $1, 'tp-' || ord, l FROM unnest($2::jsonb[]) WITH ORDINALITY AS u(l, ord)",
@@ -172,18 +254,18 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     let throughput = total as f64 / started.elapsed().as_secs_f64();
 
     // Latency at a fixed rate.
-    let n = (args.rate * args.seconds as f64) as usize;
+    let n = latency_intents;
     eprintln!("latency: {n} intents at {}/s", args.rate);
     let period = Duration::from_secs_f64(1.0 / args.rate);
     let mut next = tokio::time::Instant::now();
     for i in 0..n {
-        let (tenant, account) = desks[i % desks.len()];
-        let mut tx = tenancy::begin(&pool, tenant).await?;
+        let desk = desks[i % desks.len()];
+        let mut tx = tenancy::begin(&pool, desk.tenant).await?;
         sqlx::query!(
             "INSERT INTO multi_leg_intents (tenant_id, idempotency_key, legs_json) VALUES ($1, $2, $3)",
-            tenant,
+            desk.tenant,
             format!("lat-{i}"),
-            legs(account, 1_000_000 + i),
+            legs(desk, latency_base(&args) + i),
         )
             .execute(&mut *tx)
             .await?;
@@ -215,6 +297,7 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
     );
 
     let result = IntentBenchResult {
+        venues: args.venues.join(","),
         tenants: desks.len(),
         throughput_intents: total as usize,
         throughput_intents_per_s: throughput,
@@ -232,8 +315,8 @@ pub async fn run(settings: &Settings, args: IntentBenchArgs) -> anyhow::Result<(
             .set_header(["metric", "value", "target"]);
         t.add_row([
             format!(
-                "two-leg intents to all legs accepted ({} tenant(s)), intents/s",
-                result.tenants
+                "two-leg intents on {} to all legs accepted ({} tenant(s)), intents/s",
+                result.venues, result.tenants
             ),
             format!("{:.0}", result.throughput_intents_per_s),
             ">= 500".into(),
