@@ -248,6 +248,84 @@ async fn orders_fill_and_are_read_back_by_symbol_as_orders_trades_and_balances()
     assert_eq!((quote.bid, quote.ask), (Some(d("60000")), Some(d("60000"))));
 }
 
+/// Requests as other Binance clients send them: parameters in the form body (signed
+/// there), split between query and body, a DELETE with a body; all accepted.
+#[tokio::test]
+async fn the_paper_venue_takes_parameters_in_the_query_the_body_or_both_as_binance_does() {
+    let (venue, base) = venue(PaperOptions::default()).await;
+    let http = http();
+    let now = || chrono::Utc::now().timestamp_millis();
+    let sign =
+        |params: &str| pulse_domain::venue::binance::signature(API_SECRET.as_bytes(), params);
+    // All in the body, as python-binance posts.
+    let body = format!(
+        "symbol=BTCUSD&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=50000&newClientOrderId=body-1&timestamp={}",
+        now()
+    );
+    let signed = format!("{body}&signature={}", sign(&body));
+    let placed: serde_json::Value = http
+        .post(format!("{base}/api/v3/order"))
+        .header("X-MBX-APIKEY", KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(signed)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(placed["clientOrderId"], "body-1", "{placed}");
+    // Split: the signature covers the query string, then the body, concatenated.
+    let query = "symbol=BTCUSD&side=BUY&type=LIMIT&timeInForce=GTC";
+    let body = format!(
+        "quantity=0.001&price=50000&newClientOrderId=mixed-1&recvWindow=10000&timestamp={}",
+        now()
+    );
+    let placed = http
+        .post(format!("{base}/api/v3/order?{query}"))
+        .header("X-MBX-APIKEY", KEY)
+        .body(format!(
+            "{body}&signature={}",
+            sign(&format!("{query}{body}"))
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 200, "{}", placed.text().await.unwrap());
+    // A cancel with its parameters in the body.
+    let body = format!(
+        "symbol=BTCUSD&origClientOrderId=mixed-1&timestamp={}",
+        now()
+    );
+    let cancelled: serde_json::Value = http
+        .delete(format!("{base}/api/v3/order"))
+        .header("X-MBX-APIKEY", KEY)
+        .body(format!("{body}&signature={}", sign(&body)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["status"], "CANCELED", "{cancelled}");
+    assert_eq!(cancelled["origClientOrderId"], "mixed-1");
+    // A signature over anything else than what was sent is refused.
+    let body = format!("symbol=BTCUSD&origClientOrderId=body-1&timestamp={}", now());
+    let forged = http
+        .delete(format!("{base}/api/v3/order?symbol=ETHUSD"))
+        .header("X-MBX-APIKEY", KEY)
+        .body(format!("{body}&signature={}", sign(&body)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert_eq!(
+        forged.json::<serde_json::Value>().await.unwrap()["code"],
+        -1022
+    );
+    assert_eq!(venue.orders().len(), 2);
+}
+
 #[tokio::test]
 async fn every_binance_error_code_maps_to_its_outcome_and_filters_refuse_before_sending() {
     let (venue, base) = venue(PaperOptions {
