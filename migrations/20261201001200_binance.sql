@@ -17,11 +17,12 @@ ON CONFLICT DO NOTHING;
 ALTER TABLE venue_request_budgets ADD COLUMN banned_until timestamptz;
 
 -- The budget, as before (`counts[i]` of `accounts[i]` in this minute's window, in the
--- venue's unit: requests at Alpaca, weight at Binance), and how long each account is
--- still banned (0: not banned; nothing is counted while banned).
+-- venue's unit: requests at Alpaca, weight at Binance), with each account's venue
+-- (whose limit applies) and how long it is still banned (0: not banned; nothing is
+-- counted while banned).
 DROP FUNCTION take_venue_budget(uuid, uuid[], integer[]);
 CREATE FUNCTION take_venue_budget(tenant uuid, accounts uuid[], counts integer[])
-RETURNS TABLE (used integer, banned_ms bigint)
+RETURNS TABLE (used integer, banned_ms bigint, venue_id text)
 LANGUAGE plpgsql
 SET search_path = public, pg_catalog, pg_temp
 AS $$
@@ -37,12 +38,13 @@ BEGIN
                         ELSE excluded.used END,
             window_start = CASE WHEN b.banned_until > now() THEN b.window_start
                                 ELSE date_trunc('minute', now()) END
-        RETURNING b.used,
+        RETURNING b.account_id, b.used,
                   CASE WHEN b.banned_until > now()
                        THEN ceil(extract(epoch FROM b.banned_until - now()) * 1000)::bigint
                        ELSE 0 END AS wait_ms
     )
-    SELECT taken.used, taken.wait_ms FROM taken;
+    SELECT taken.used, taken.wait_ms, coalesce(a.venue_id, '')
+    FROM taken LEFT JOIN trading_accounts a ON a.id = taken.account_id;
 END
 $$;
 

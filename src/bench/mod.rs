@@ -21,6 +21,7 @@ pub(crate) async fn local_venue(
     let mut services = pulse_domain::Services::new(std::time::Duration::from_secs(10), None);
     services.venue_urls = std::collections::HashMap::from([("paper".to_string(), base)]);
     services.venue_requests_per_minute = i32::MAX;
+    services.venue_budgets.insert("binance".into(), i32::MAX);
     services.secrets_key = Some(key);
     Ok((venue, services))
 }

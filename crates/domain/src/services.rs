@@ -18,6 +18,9 @@ pub struct Services {
     pub venue_data_urls: std::collections::HashMap<String, String>,
     /// Requests per minute per trading account (Alpaca: 200).
     pub venue_requests_per_minute: i32,
+    /// Per-venue budgets in the venue's own unit, over the built-in ones
+    /// (`venue::budget_per_minute`: Binance's 1,200 of weight): benchmarks lift them.
+    pub venue_budgets: std::collections::HashMap<String, i32>,
     /// Risk checks and reservations price a leg at the venue's quote raised by this
     /// share (0.05: 5 % above the higher side), never lower.
     pub price_collar: rust_decimal::Decimal,
@@ -90,6 +93,15 @@ impl Services {
         )
     }
 
+    /// The per-minute budget of an account at `venue_id`, in its client's unit.
+    pub fn venue_budget(&self, venue_id: &str) -> i32 {
+        self.venue_budgets
+            .get(venue_id)
+            .copied()
+            .or_else(|| crate::venue::budget_per_minute(venue_id))
+            .unwrap_or(self.venue_requests_per_minute)
+    }
+
     pub fn new(request_timeout: Duration, discord_fallback_url: Option<String>) -> Self {
         // No redirects: a vendor never needs one, and a tenant's URL could redirect
         // the request anywhere.
@@ -105,6 +117,7 @@ impl Services {
             venue_urls: Default::default(),
             venue_data_urls: Default::default(),
             venue_requests_per_minute: 200,
+            venue_budgets: Default::default(),
             price_collar: rust_decimal::Decimal::new(5, 2),
             quotes: Default::default(),
             secrets_key: crate::secrets::key_from_env().ok(),

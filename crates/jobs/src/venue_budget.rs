@@ -69,31 +69,30 @@ pub(crate) async fn spend(
     call: Call,
     requests: &mut i32,
 ) -> Result<(), JobError> {
-    let per_minute = venue
-        .budget_per_minute()
-        .unwrap_or(ctx.services.venue_requests_per_minute);
-    let taken = take(ctx, tenant, &[(account, venue.cost(call))]).await?;
-    if let Some(wait) = over_budget(per_minute, &taken) {
+    if let Some(wait) = take_budgets(ctx, tenant, &[(account, venue.cost(call))]).await? {
         return Err(JobError::Snooze(wait));
     }
     *requests += 1;
     Ok(())
 }
 
-/// An account's use of its budget after a take: this minute's use, and how long its
-/// requests are still banned (0: not banned).
-#[derive(Debug, Clone, Copy)]
+/// An account's use of its budget after a take: this minute's use, how long its
+/// requests are still banned (0: not banned), and its venue (whose limit applies).
+#[derive(Debug, Clone)]
 pub(crate) struct Taken {
     pub used: i32,
     pub banned_ms: i64,
+    pub venue_id: String,
 }
 
-/// How long to wait: until a ban ends, or for the next window when a budget is spent.
-pub(crate) fn over_budget(per_minute: i32, taken: &[Taken]) -> Option<Duration> {
+/// How long to wait: until a ban ends, or for the next window when an account has
+/// spent its venue's budget.
+pub(crate) fn over_budget(services: &pulse_domain::Services, taken: &[Taken]) -> Option<Duration> {
     if let Some(ban) = taken.iter().map(|t| t.banned_ms).max().filter(|ms| *ms > 0) {
         return Some(Duration::from_millis(ban as u64));
     }
-    if taken.iter().any(|t| t.used > per_minute) {
+    let spent = |t: &Taken| t.used > services.venue_budget(&t.venue_id);
+    if taken.iter().any(spent) {
         let secs_left = 60 - (chrono::Utc::now().timestamp() % 60);
         return Some(Duration::from_secs(secs_left as u64));
     }
@@ -105,20 +104,12 @@ pub(crate) async fn take_budgets(
     tenant: Uuid,
     wants: &[(Uuid, i32)],
 ) -> Result<Option<Duration>, JobError> {
-    let taken = take(ctx, tenant, wants).await?;
-    Ok(over_budget(ctx.services.venue_requests_per_minute, &taken))
-}
-
-async fn take(
-    ctx: &JobContext,
-    tenant: Uuid,
-    wants: &[(Uuid, i32)],
-) -> Result<Vec<Taken>, JobError> {
     let (accounts, counts): (Vec<Uuid>, Vec<i32>) = wants.iter().copied().unzip();
     let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
     let taken = sqlx::query_as!(
         Taken,
-        r#"SELECT used AS "used!", banned_ms AS "banned_ms!" FROM take_venue_budget($1, $2, $3)"#,
+        r#"SELECT used AS "used!", banned_ms AS "banned_ms!", venue_id AS "venue_id!"
+           FROM take_venue_budget($1, $2, $3)"#,
         tenant,
         &accounts,
         &counts,
@@ -126,7 +117,7 @@ async fn take(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(taken)
+    Ok(over_budget(&ctx.services, &taken))
 }
 
 /// Records that the venue banned the account's requests for `wait`: every process's
@@ -223,9 +214,6 @@ impl Venue for BanWatch {
     }
     fn cost(&self, call: Call) -> i32 {
         self.inner.cost(call)
-    }
-    fn budget_per_minute(&self) -> Option<i32> {
-        self.inner.budget_per_minute()
     }
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder> {
         self.watch(self.inner.create_order(order))

@@ -604,10 +604,6 @@ impl Venue for BinanceClient {
         }
     }
 
-    fn budget_per_minute(&self) -> Option<i32> {
-        Some(WEIGHT_PER_MINUTE)
-    }
-
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder> {
         Box::pin(async move {
             let params = Self::order_params(order)?;

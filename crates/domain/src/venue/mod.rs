@@ -340,6 +340,16 @@ pub fn connect(venue_id: &str, to: Connection<'_>) -> Result<std::sync::Arc<dyn 
     }
 }
 
+/// The per-minute request budget of an account at venue `venue_id`, in the unit its
+/// client's [`Venue::cost`] counts: Binance's request weight; `None` for venues that
+/// count requests (the fleet's configured budget, Alpaca's 200).
+pub fn budget_per_minute(venue_id: &str) -> Option<i32> {
+    match venue_id {
+        "binance" => Some(binance::WEIGHT_PER_MINUTE),
+        _ => None,
+    }
+}
+
 /// The most fills one page of Alpaca's fill activities holds (its most).
 pub const FILL_PAGE: usize = 100;
 /// The most orders one page of Alpaca's order list holds (its most).
@@ -398,13 +408,10 @@ pub trait Venue: Send + Sync {
     /// Where this client's quotes come from (the market-data host): what the quote
     /// cache keys them under, so every client of one host shares its quotes.
     fn quote_source(&self) -> &str;
-    /// What `call` costs against the account's per-minute budget, and that budget
-    /// (`None`: the fleet's configured request budget).
+    /// What `call` costs against the account's per-minute budget (in the unit of
+    /// [`budget_per_minute`]).
     fn cost(&self, _call: Call) -> i32 {
         1
-    }
-    fn budget_per_minute(&self) -> Option<i32> {
-        None
     }
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder>;
     fn get_order_by_client_id<'a>(

@@ -945,7 +945,8 @@ async fn plan_batch(
                INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_reserved_for_orders, ref_type, ref_id)
                SELECT $1, a, 'reserve_order', n, 'order', o
                FROM unnest($4::uuid[], $5::numeric[], $6::uuid[]) AS r(a, n, o))
-           SELECT used AS "used!", banned_ms AS "banned_ms!" FROM take_venue_budget($1, $2, $3)"#,
+           SELECT used AS "used!", banned_ms AS "banned_ms!", venue_id AS "venue_id!"
+           FROM take_venue_budget($1, $2, $3)"#,
         tenant,
         &budget_accounts,
         &budget_counts,
@@ -975,7 +976,7 @@ async fn plan_batch(
         }
         Err(e) => return Err(e.into()),
     };
-    let wait = over_budget(services.venue_requests_per_minute, &used);
+    let wait = over_budget(services, &used);
     // The orders were written `sent`: their legs go out right after this commit,
     // released in the transaction that checked the kill switches and took the entry
     // locks. When the budget is spent they wait instead, unreleased, and the attempt
