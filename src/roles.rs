@@ -192,6 +192,11 @@ pub async fn run(settings: &Settings, roles: Roles) -> anyhow::Result<()> {
         });
     }
 
+    // The first run's story, through this process's own web server.
+    if local && roles.web && roles.worker.as_ref().is_some_and(|a| a.demo) {
+        tasks.spawn(crate::demo::story::play(app_pool.clone(), settings.clone()));
+    }
+
     match worker.as_mut() {
         Some(w) => tokio::select! {
             _ = &mut shutdown => {}
@@ -227,7 +232,7 @@ async fn start_paper_venue(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&settings.paper.bind).await?;
     tracing::info!(
-        "paper venue (Alpaca dialect) on http://{}",
+        "paper venue (Alpaca's and Binance.US's dialects) on http://{}",
         listener.local_addr()?
     );
     let venue = pulse_sims::paper::PaperVenue::new(pulse_sims::paper::PaperOptions {
@@ -237,6 +242,7 @@ async fn start_paper_venue(
         session_secs: settings.paper.session_secs,
         ..Default::default()
     });
+    crate::demo::prepare_venue(&venue);
     spawn_until_stopped(tasks, "paper venue", venue.serve(listener), stop);
     Ok(())
 }

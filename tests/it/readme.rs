@@ -135,6 +135,69 @@ async fn the_readme_examples_work_as_pasted() {
         },
     )
     .await;
+    // The first run's story: a cross-venue arbitrage per tenant, filled on both
+    // venues; the fund's intent with a rejected Binance leg, unwound and failed with
+    // Binance's words; Stripe events out of order and twice; a watcher switched off.
+    wait_until(
+        "both arbitrages filled",
+        Duration::from_secs(60),
+        || async {
+            db.count(
+                "SELECT count(*) FROM multi_leg_intents i
+             WHERE idempotency_key LIKE 'story-arb-%' AND status = 'filled'
+               AND (SELECT count(DISTINCT venue_id) FROM orders o
+                    WHERE o.intent_id = i.id AND o.status = 'filled') = 2",
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    wait_until(
+        "the unwound intent failed",
+        Duration::from_secs(30),
+        || async {
+            db.count(
+                "SELECT count(*) FROM multi_leg_intents WHERE idempotency_key = 'story-unwound'
+               AND status = 'failed' AND reason LIKE '%insufficient balance%'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM orders WHERE symbol = 'SOL/USD' AND status = 'cancelled'")
+            .await,
+        1,
+        "the accepted leg was cancelled on its own venue"
+    );
+    wait_until("the Stripe story", Duration::from_secs(30), || async {
+        db.count(
+            "SELECT count(*) FROM billing.stripe_events WHERE event_id LIKE 'evt_story_%'
+               AND outcome = CASE event_id WHEN 'evt_story_sub_created' THEN 'stale' ELSE 'applied' END",
+        )
+        .await
+            == 3
+    })
+    .await;
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM billing.subscriptions WHERE status = 'active' AND tier = 'pro'"
+        )
+        .await,
+        1
+    );
+    wait_until(
+        "the watcher switched off",
+        Duration::from_secs(30),
+        || async {
+            db.count("SELECT count(*) FROM watchers WHERE symbol = 'ETH/USDT' AND NOT active")
+                .await
+                == 1
+        },
+    )
+    .await;
     sigterm(&fleet);
     tokio::time::timeout(Duration::from_secs(30), fleet.wait())
         .await
