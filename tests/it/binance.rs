@@ -456,6 +456,10 @@ async fn weight_past_the_limit_is_a_429_with_its_wait_and_5xx_is_an_unknown_outc
 /// default for `binance`, on the same paper venue's Binance dialect; both with 10,000.
 async fn binance_desk(options: PaperOptions) -> (Desk, Uuid) {
     let mut desk = desk(options, 10_000).await;
+    // Stopped before the account exists: a stream listener that found it without a URL
+    // for its venue would retry in a loop, and stopping that mid-transaction can hand
+    // the pool a connection still inside it.
+    desk.halt().await;
     desk.venue.register_key(KEY, API_SECRET);
     for (symbol, price) in [
         ("BTCUSD", "60000"),
@@ -473,7 +477,6 @@ async fn binance_desk(options: PaperOptions) -> (Desk, Uuid) {
         .await
         .unwrap();
     member(&desk.db, desk.tenant, "arb-bot").await;
-    desk.halt().await;
     let mut services = desk.services();
     services
         .venue_urls

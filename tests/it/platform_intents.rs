@@ -24,6 +24,8 @@ use crate::{
 /// paper venue), an account there, and both accounts their venue's default.
 async fn two_venue_desk(b: PaperOptions) -> (Desk, PaperVenue, Uuid) {
     let mut desk = desk(held(), 10_000).await;
+    // Stopped before the second account exists (see binance::binance_desk).
+    desk.halt().await;
     let venue_b = PaperVenue::new(PaperOptions {
         price_step_cents: 0,
         spread_cents: 0,
@@ -47,7 +49,6 @@ async fn two_venue_desk(b: PaperOptions) -> (Desk, PaperVenue, Uuid) {
         .unwrap();
     // The platform's bot, a member of the tenant.
     member(&desk.db, desk.tenant, "arb-bot").await;
-    desk.halt().await;
     let mut services = desk.services();
     services.venue_urls = HashMap::from([
         ("paper".to_string(), desk.base.clone()),

@@ -38,7 +38,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::{Book, Order, OrderType, PaperVenue, Side, Update, engine, holdings};
+use super::{Book, Order, OrderType, PaperVenue, Side, holdings};
 
 /// Quote asset of every pair here, as at Binance.US.
 const QUOTE: &str = "USD";
@@ -658,52 +658,33 @@ fn place(venue: &PaperVenue, key: &str, p: &HashMap<String, String>) -> Result<V
     }
     drop(book);
     let now = Utc::now();
-    let (created, at_once) = {
+    let id = {
         let mut state = venue.binance();
         state.next_order_id += 1;
-        let id = state.next_order_id;
-        drop(state);
-        let mut book = venue.book.lock().expect("book");
-        let order = Order {
-            id: id.to_string(),
-            client_order_id: coid,
-            symbol: symbol.clone(),
-            qty,
-            filled_qty: Decimal::ZERO,
-            filled_avg_price: None,
-            side,
-            order_type,
-            time_in_force: tif,
-            limit_price: (order_type == OrderType::Limit).then_some(price).flatten(),
-            status: "new".into(),
-            created_at: now,
-            updated_at: now,
-            account: key.to_owned(),
-        };
-        let i = book.orders.len();
-        book.by_client_id.insert(by_coid, i);
-        book.by_id.insert(order.id.clone(), i);
-        book.orders.push(order);
-        book.working.insert(i);
-        book.schedule(
-            i,
-            tokio::time::Instant::now()
-                + std::time::Duration::from_millis(venue.options.fill_delay_ms),
-        );
-        let at_once = (venue.options.fill_delay_ms == 0 && !venue.options.hold_fills)
-            .then(|| engine::step_one(venue, &mut book, i))
-            .flatten();
-        (book.orders[i].clone(), at_once)
+        state.next_order_id
     };
-    venue.publish(Update {
+    let Some((_, created)) = venue.open(Order {
+        id: id.to_string(),
+        client_order_id: coid,
+        symbol: symbol.clone(),
+        qty,
+        filled_qty: Decimal::ZERO,
+        filled_avg_price: None,
+        side,
+        order_type,
+        time_in_force: tif,
+        limit_price: (order_type == OrderType::Limit).then_some(price).flatten(),
+        status: "new".into(),
+        created_at: now,
+        updated_at: now,
         account: key.to_owned(),
-        event: "new",
-        order: created.clone(),
-        fill: None,
-    });
-    if let Some(update) = at_once {
-        venue.publish(update);
-    }
+    }) else {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            -2010,
+            "Duplicate order sent.",
+        ));
+    };
     if venue.options.drop_symbols.iter().any(|s| s == symbol)
         || venue.chance(venue.options.drop_rate)
     {
@@ -840,19 +821,48 @@ fn limit(p: &HashMap<String, String>) -> Result<usize, Response> {
     }
 }
 
+/// A signed history request of `weight`: `list` reads the book for the key's
+/// parameters; its items are the answer.
+async fn history(
+    venue: &PaperVenue,
+    headers: &HeaderMap,
+    query: Option<String>,
+    weight: u32,
+    list: impl FnOnce(&Book, &str, &HashMap<String, String>) -> Result<Vec<Value>, Response>,
+) -> Response {
+    let (key, p, used) = match venue.signed(headers, query, &[], weight).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let listed = {
+        let book = venue.book.lock().expect("book");
+        list(&book, &key, &p)
+    };
+    match listed {
+        Ok(items) => ok(used, Value::Array(items)),
+        Err(r) => r,
+    }
+}
+
+/// Of ids in ascending order, those a history request asks for: from an id on, in a
+/// window of time, or the most recent; at most `limit`.
+fn page<T>(mut items: Vec<T>, from_or_window: bool, limit: usize) -> Vec<T> {
+    if !from_or_window {
+        let skip = items.len().saturating_sub(limit);
+        items.drain(..skip);
+    }
+    items.truncate(limit);
+    items
+}
+
 async fn all_orders(
     State(venue): State<PaperVenue>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let (key, p, used) = match venue.signed(&headers, query, &[], 20).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let listed = (|| {
+    history(&venue, &headers, query, 20, |book, key, p| {
         let symbol = p.get("symbol").ok_or_else(|| mandatory("symbol"))?;
-        let (from, window, limit) = (param_i64(&p, "orderId")?, window(&p)?, limit(&p)?);
-        let book = venue.book.lock().expect("book");
+        let (from, window, limit) = (param_i64(p, "orderId")?, window(p)?, limit(p)?);
         let mut mine: Vec<(i64, &Order)> = book
             .orders
             .iter()
@@ -865,22 +875,10 @@ async fn all_orders(
             })
             .collect();
         mine.sort_by_key(|(id, _)| *id);
-        if from.is_none() && window.is_none() {
-            // The most recent ones.
-            let skip = mine.len().saturating_sub(limit);
-            mine.drain(..skip);
-        }
-        Ok::<_, Response>(
-            mine.into_iter()
-                .take(limit)
-                .map(|(_, o)| order_json(o))
-                .collect::<Vec<_>>(),
-        )
-    })();
-    match listed {
-        Ok(orders) => ok(used, Value::Array(orders)),
-        Err(r) => r,
-    }
+        let picked = page(mine, from.is_some() || window.is_some(), limit);
+        Ok(picked.into_iter().map(|(_, o)| order_json(o)).collect())
+    })
+    .await
 }
 
 async fn my_trades(
@@ -888,21 +886,16 @@ async fn my_trades(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let (key, p, used) = match venue.signed(&headers, query, &[], 20).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let listed = (|| {
+    history(&venue, &headers, query, 20, |book, key, p| {
         let symbol = p.get("symbol").ok_or_else(|| mandatory("symbol"))?;
         let (from, order, window, limit) = (
-            param_i64(&p, "fromId")?,
-            param_i64(&p, "orderId")?,
-            window(&p)?,
-            limit(&p)?,
+            param_i64(p, "fromId")?,
+            param_i64(p, "orderId")?,
+            window(p)?,
+            limit(p)?,
         );
-        let book = venue.book.lock().expect("book");
         // A trade's id is its place in the venue's fills (ids only grow).
-        let mut mine: Vec<Value> = book
+        let mine: Vec<Value> = book
             .fills
             .iter()
             .enumerate()
@@ -924,17 +917,9 @@ async fn my_trades(
                 })
             })
             .collect();
-        if from.is_none() && window.is_none() && order.is_none() {
-            let skip = mine.len().saturating_sub(limit);
-            mine.drain(..skip);
-        }
-        mine.truncate(limit);
-        Ok::<_, Response>(mine)
-    })();
-    match listed {
-        Ok(trades) => ok(used, Value::Array(trades)),
-        Err(r) => r,
-    }
+        Ok(page(mine, from.is_some() || window.is_some() || order.is_some(), limit))
+    })
+    .await
 }
 
 async fn account(

@@ -376,6 +376,44 @@ impl PaperVenue {
         self.drops.send_modify(|n| *n += 1);
     }
 
+    /// Opens `order` on the book, unless its account already has an order with its
+    /// client order id (`None`): working from now, looked at by the engine once the
+    /// fill delay is over (at once when there is none), the stream told. The order as
+    /// accepted, and as it stands after a fill made at once.
+    fn open(&self, order: Order) -> Option<(Order, Order)> {
+        let (accepted, now, at_once) = {
+            let mut book = self.book.lock().expect("book");
+            let key = (order.account.clone(), order.client_order_id.clone());
+            if book.by_client_id.contains_key(&key) {
+                return None;
+            }
+            let i = book.orders.len();
+            book.by_client_id.insert(key, i);
+            book.by_id.insert(order.id.clone(), i);
+            book.orders.push(order);
+            book.working.insert(i);
+            book.schedule(
+                i,
+                tokio::time::Instant::now() + Duration::from_millis(self.options.fill_delay_ms),
+            );
+            let accepted = book.orders[i].clone();
+            let at_once = (self.options.fill_delay_ms == 0 && !self.options.hold_fills)
+                .then(|| engine::step_one(self, &mut book, i))
+                .flatten();
+            (accepted, book.orders[i].clone(), at_once)
+        };
+        self.publish(Update {
+            account: accepted.account.clone(),
+            event: "new",
+            order: accepted.clone(),
+            fill: None,
+        });
+        if let Some(update) = at_once {
+            self.publish(update);
+        }
+        Some((accepted, now))
+    }
+
     /// Tells the stream listeners of `update`, whether or not anyone listens.
     fn publish(&self, update: Update) {
         let _ = self
@@ -676,58 +714,29 @@ async fn create_order(
         );
     }
     let account = account_of(&headers);
-    let created = {
-        let mut book = venue.book.lock().expect("book");
-        let key = (account.clone(), request.client_order_id.clone());
-        if book.by_client_id.contains_key(&key) {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                40010001,
-                "client_order_id must be unique",
-            );
-        }
-        let now: DateTime<Utc> = Utc::now();
-        let order = Order {
-            id: uuid::Uuid::new_v4().to_string(),
-            client_order_id: request.client_order_id.clone(),
-            symbol: request.symbol.clone(),
-            qty: request.qty,
-            filled_qty: Decimal::ZERO,
-            filled_avg_price: None,
-            side: request.side,
-            order_type: request.order_type,
-            time_in_force: request.time_in_force.clone(),
-            limit_price: request.limit_price,
-            status: "new".into(),
-            created_at: now,
-            updated_at: now,
-            account: account.clone(),
-        };
-        let i = book.orders.len();
-        book.by_client_id.insert(key, i);
-        book.by_id.insert(order.id.clone(), i);
-        book.orders.push(order);
-        book.working.insert(i);
-        book.schedule(
-            i,
-            tokio::time::Instant::now() + Duration::from_millis(venue.options.fill_delay_ms),
-        );
-        let created = book.orders[i].clone();
-        let at_once = (venue.options.fill_delay_ms == 0 && !venue.options.hold_fills)
-            .then(|| engine::step_one(&venue, &mut book, i))
-            .flatten();
-        (created, at_once)
-    };
-    let (created, at_once) = created;
-    venue.publish(Update {
+    let now: DateTime<Utc> = Utc::now();
+    let Some((created, _)) = venue.open(Order {
+        id: uuid::Uuid::new_v4().to_string(),
+        client_order_id: request.client_order_id.clone(),
+        symbol: request.symbol.clone(),
+        qty: request.qty,
+        filled_qty: Decimal::ZERO,
+        filled_avg_price: None,
+        side: request.side,
+        order_type: request.order_type,
+        time_in_force: request.time_in_force.clone(),
+        limit_price: request.limit_price,
+        status: "new".into(),
+        created_at: now,
+        updated_at: now,
         account,
-        event: "new",
-        order: created.clone(),
-        fill: None,
-    });
-    if let Some(update) = at_once {
-        venue.publish(update);
-    }
+    }) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            40010001,
+            "client_order_id must be unique",
+        );
+    };
     if venue.options.drop_symbols.contains(&created.symbol) || venue.chance(venue.options.drop_rate)
     {
         // The order exists; the answer is lost on the way back.
