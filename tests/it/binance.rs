@@ -248,6 +248,26 @@ async fn orders_fill_and_are_read_back_by_symbol_as_orders_trades_and_balances()
     assert_eq!((quote.bid, quote.ask), (Some(d("60000")), Some(d("60000"))));
 }
 
+/// Orders sent at once by a process that has not read exchangeInfo yet read it once
+/// (it weighs 20 and lists the whole exchange: read by each, it cost the cross-venue
+/// benchmark half its throughput).
+#[tokio::test]
+async fn concurrent_orders_read_exchange_info_once() {
+    let (venue, base) = venue(PaperOptions::default()).await;
+    let client = client(&base);
+    let orders: Vec<OrderRequest> = (0..20)
+        .map(|i| btc(&format!("pf-c{i}-0"), Side::Buy, "0.001", Some("50000")))
+        .collect();
+    let placed =
+        futures_util::future::join_all(orders.iter().map(|o| client.create_order(o))).await;
+    assert!(placed.iter().all(Result::is_ok), "{placed:?}");
+    assert_eq!(
+        venue.binance_requests(""),
+        1,
+        "one public request: exchangeInfo, once"
+    );
+}
+
 /// Requests as other Binance clients send them: parameters in the form body (signed
 /// there), split between query and body, a DELETE with a body; all accepted.
 #[tokio::test]

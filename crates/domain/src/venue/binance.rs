@@ -65,6 +65,10 @@ struct ErrorBody {
 struct HostState {
     clock_offset_ms: i64,
     info: Option<(Instant, Arc<HashMap<String, SymbolInfo>>)>,
+    /// Held by the one request that reads `exchangeInfo` again: the process's other
+    /// orders wait for its answer instead of each asking (it weighs 20, and lists
+    /// every symbol of the exchange).
+    info_read: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Hosts at most (base URLs come from configuration; a bound all the same).
@@ -395,13 +399,21 @@ impl BinanceClient {
 
     /// The host's symbols, from `exchangeInfo` (read again after [`INFO_TTL`]).
     pub async fn symbols(&self) -> Result<Arc<HashMap<String, SymbolInfo>>, VenueError> {
-        let cached = with_host(&self.base_url, |h| {
-            h.info
-                .as_ref()
-                .filter(|(at, _)| at.elapsed() < INFO_TTL)
-                .map(|(_, i)| i.clone())
-        });
-        if let Some(info) = cached {
+        let cached = || {
+            with_host(&self.base_url, |h| {
+                h.info
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() < INFO_TTL)
+                    .map(|(_, i)| i.clone())
+            })
+        };
+        if let Some(info) = cached() {
+            return Ok(info);
+        }
+        let reading = with_host(&self.base_url, |h| h.info_read.clone());
+        let _reading = reading.lock().await;
+        // Read meanwhile by the request this one waited for.
+        if let Some(info) = cached() {
             return Ok(info);
         }
         let body: WireExchangeInfo = self
