@@ -10,6 +10,7 @@ mod chaos;
 mod console;
 mod enqueue;
 mod failures;
+mod hosts;
 mod lifecycle;
 mod oms;
 mod payments;
