@@ -719,4 +719,14 @@ async fn a_418_stops_every_request_of_the_account_until_the_ban_ends_and_alerts_
     .await
     .unwrap();
     assert_eq!(audited, 1);
+    // Operators see it on the console's Trading page (its read model).
+    let accounts = pulse_fleet::web::read_model::accounts(&desk.db.pool)
+        .await
+        .unwrap();
+    let banned: Vec<_> = accounts
+        .iter()
+        .filter(|a| a.venue_banned_until.is_some())
+        .map(|a| a.account_id)
+        .collect();
+    assert_eq!(banned, vec![binance]);
 }

@@ -167,11 +167,7 @@ fn logged(lines: &Mutex<Vec<Value>>, what: &str) -> Vec<(DateTime<Utc>, Value)> 
         .lock()
         .unwrap()
         .iter()
-        .filter(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(what))
-        })
+        .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(what)))
         .filter_map(|l| Some((l["timestamp"].as_str()?.parse().ok()?, l.clone())))
         .collect()
 }
@@ -250,10 +246,7 @@ async fn a_host_cut_off_mid_job_loses_its_jobs_to_another_host_and_its_late_acks
     // a gave its attempts up before its lease could lapse in the database.
     let gave_up = logged(&log_a, "lease presumed lost");
     assert_eq!(gave_up.len(), 1, "{:?}", log_a.lock().unwrap());
-    assert_eq!(
-        gave_up[0].1["aborted"], 2,
-        "the two jobs still running"
-    );
+    assert_eq!(gave_up[0].1["aborted"], 2, "the two jobs still running");
     let rescued_at: Vec<DateTime<Utc>> = {
         let mut all = vec![];
         for id in &ids {

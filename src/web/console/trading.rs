@@ -40,7 +40,13 @@ pub async fn index(State(state): State<AppState>) -> page::Page {
                         @else if a.waiting_for_startup_reconciliation { span.pill.pending { "waiting for start-up reconciliation" } }
                         @else { span.pill.ok { "trading" } }
                     }
-                    td { (match a.venue_reachable { Some(true) => "yes", Some(false) => "no", None => "not tried" }) }
+                    td {
+                        @if let Some(until) = a.venue_banned_until {
+                            span.pill.failed title="HTTP 418: no request of this account goes until then" { "banned until " (when(until)) }
+                        } @else {
+                            (match a.venue_reachable { Some(true) => "yes", Some(false) => "no", None => "not tried" })
+                        }
+                    }
                 }
             }
         } }

@@ -52,6 +52,8 @@ pub struct AccountHealth {
     pub paused_reason: Option<String>,
     /// New intents wait for its start-up reconciliation.
     pub waiting_for_startup_reconciliation: bool,
+    /// The venue banned the account's requests until then (Binance's 418): none goes.
+    pub venue_banned_until: Option<DateTime<Utc>>,
     /// The last reconciliation reached the venue, or its stream is connected (None:
     /// neither has been tried).
     pub venue_reachable: Option<bool>,
@@ -68,6 +70,8 @@ pub async fn accounts(pool: &PgPool) -> sqlx::Result<Vec<AccountHealth>> {
                   lr.ok AS "last_ok?", lr.error AS "last_error?", r.gate_since IS NOT NULL AS "gated!",
                   coalesce(s.stream_connected, false) AS "connected!", coalesce(s.stream_connects, 0) AS "connects!",
                   k.reason AS "paused_reason?", k.id IS NOT NULL AS "paused!",
+                  (SELECT b.banned_until FROM venue_request_budgets b
+                   WHERE b.account_id = a.id AND b.banned_until > now()) AS banned_until,
                   (SELECT jsonb_object_agg(kind, n) FROM (
                        SELECT m.kind, count(*) AS n FROM reconciliation_mismatches m
                        WHERE m.account_id = a.id AND m.resolved_at IS NULL GROUP BY m.kind) x) AS mismatches,
@@ -115,6 +119,7 @@ pub async fn accounts(pool: &PgPool) -> sqlx::Result<Vec<AccountHealth>> {
             trading_paused: r.paused,
             paused_reason: r.paused_reason,
             waiting_for_startup_reconciliation: r.gated,
+            venue_banned_until: r.banned_until,
             stream_connected: r.connected,
             stream_connects: r.connects,
         })
