@@ -65,7 +65,7 @@ pub async fn play(pool: PgPool, settings: Settings) {
     if let Err(error) = intents(&pool).await {
         tracing::warn!(error = format!("{error:#}"), "demo story: intents");
     }
-    if let Err(error) = stripe(&http, &web, &settings).await {
+    if let Err(error) = stripe(&pool, &http, &web, &settings).await {
         tracing::warn!(error = format!("{error:#}"), "demo story: Stripe events");
     }
     if let Err(error) = watchers(&http, &web, &settings).await {
@@ -141,7 +141,12 @@ async fn post(
     Ok(body)
 }
 
-async fn stripe(http: &reqwest::Client, web: &str, settings: &Settings) -> anyhow::Result<()> {
+async fn stripe(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    web: &str,
+    settings: &Settings,
+) -> anyhow::Result<()> {
     let secret = *settings
         .stripe
         .secrets()
@@ -155,42 +160,78 @@ async fn stripe(http: &reqwest::Client, web: &str, settings: &Settings) -> anyho
     let event = |id: &str, kind: &str, created: i64, object: Value| {
         json!({"id": id, "type": kind, "created": created, "data": {"object": object}}).to_string()
     };
-    // Newest first: the subscription's update, then its creation (out of order), then
-    // a paid invoice, delivered twice.
+    // Newest first: the subscription's update, processed, then its creation (out of
+    // order: recorded as stale), then a paid invoice, delivered twice.
     let invoice = json!({"id": "in_demo_1", "customer": DEMO_CUSTOMER, "subscription": "sub_demo",
                          "amount_paid": 4900, "currency": "eur"});
-    for body in [
-        event(
+    let deliveries = [
+        (
             "evt_story_sub_updated",
-            "customer.subscription.updated",
-            now - 30,
-            sub("active", "pro"),
+            event(
+                "evt_story_sub_updated",
+                "customer.subscription.updated",
+                now - 30,
+                sub("active", "pro"),
+            ),
         ),
-        event(
+        (
             "evt_story_sub_created",
-            "customer.subscription.created",
-            now - 60,
-            sub("incomplete", "basic"),
+            event(
+                "evt_story_sub_created",
+                "customer.subscription.created",
+                now - 60,
+                sub("incomplete", "basic"),
+            ),
         ),
-        event(
+        (
             "evt_story_invoice",
-            "invoice.paid",
-            now - 10,
-            invoice.clone(),
+            event(
+                "evt_story_invoice",
+                "invoice.paid",
+                now - 10,
+                invoice.clone(),
+            ),
         ),
-        event("evt_story_invoice", "invoice.paid", now - 10, invoice),
-    ] {
+        (
+            "evt_story_invoice",
+            event("evt_story_invoice", "invoice.paid", now - 10, invoice),
+        ),
+    ];
+    for (n, (id, body)) in deliveries.iter().enumerate() {
         let header =
             signature::stripe_header(secret, body.as_bytes(), chrono::Utc::now().timestamp());
         post(
             http,
             &format!("{web}/webhooks/stripe"),
             ("Stripe-Signature", header),
-            &body,
+            body,
         )
         .await?;
+        if n == 0 {
+            // Delivered and processed before the older one arrives, as out-of-order
+            // deliveries happen (processing in parallel could take them in any order).
+            processed(pool, id).await?;
+        }
     }
     Ok(())
+}
+
+/// Waits until Stripe event `id` is processed.
+async fn processed(pool: &PgPool, id: &str) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        let done: Option<bool> = sqlx::query_scalar!(
+            "SELECT processed_at IS NOT NULL FROM billing.stripe_events WHERE event_id = $1",
+            id
+        )
+        .fetch_optional(pool)
+        .await?
+        .flatten();
+        if done == Some(true) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("Stripe event {id} was not processed within a minute")
 }
 
 async fn watchers(http: &reqwest::Client, web: &str, settings: &Settings) -> anyhow::Result<()> {

@@ -172,7 +172,7 @@ async fn the_readme_examples_work_as_pasted() {
         1,
         "the accepted leg was cancelled on its own venue"
     );
-    wait_until("the Stripe story", Duration::from_secs(30), || async {
+    wait_until("the Stripe story", Duration::from_secs(60), || async {
         db.count(
             "SELECT count(*) FROM billing.stripe_events WHERE event_id LIKE 'evt_story_%'
                AND outcome = CASE event_id WHEN 'evt_story_sub_created' THEN 'stale' ELSE 'applied' END",
