@@ -45,20 +45,14 @@ async fn answer(
 fn server() -> &'static (tokio::runtime::Runtime, Answer, BinanceClient) {
     static SERVER: OnceLock<(tokio::runtime::Runtime, Answer, BinanceClient)> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
         let a: Answer = Arc::new(Mutex::new((200, "1".into(), b"{}".to_vec())));
-        let client = rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let base = format!("http://{}", listener.local_addr().unwrap());
-            let app = Router::new().fallback(answer).with_state(a.clone());
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            BinanceClient::new(
-                reqwest::Client::new(),
-                &base,
-                "BNFUZZ",
-                Secret::new("fuzz-secret".into()),
-            )
-        });
+        let (rt, base) = crate::serve(Router::new().fallback(answer).with_state(a.clone()));
+        let client = BinanceClient::new(
+            reqwest::Client::new(),
+            &base,
+            "BNFUZZ",
+            Secret::new("fuzz-secret".into()),
+        );
         (rt, a, client)
     })
 }

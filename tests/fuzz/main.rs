@@ -11,3 +11,16 @@ mod payloads;
 mod signatures;
 mod venue_answers;
 mod webhooks;
+
+/// A runtime of its own serving `app` on a free local port (venue answer targets: one
+/// server for every case), and the server's base URL.
+fn serve(app: axum::Router) -> (tokio::runtime::Runtime, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    });
+    (rt, base)
+}

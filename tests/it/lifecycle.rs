@@ -522,35 +522,8 @@ async fn a_venue_that_reports_more_filled_than_ordered_fails_one_event_and_write
 
 /// Another account of the desk's tenant at the same venue (its own API key).
 async fn second_account(desk: &Desk, allocated: i64) -> Uuid {
-    let account = Uuid::new_v4();
-    let mut tx = tenancy::begin(&desk.db.pool, desk.tenant).await.unwrap();
-    sqlx::query("INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, $3, 'paper')")
-        .bind(account)
-        .bind(desk.tenant)
-        .bind(account.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
-         VALUES ($1, $2, 'api_key', $3, $4)",
-    )
-    .bind(desk.tenant)
-    .bind(account)
-    .bind(format!("PK{}", &account.simple().to_string()[..8]))
-    .bind(pulse_domain::secrets::seal("paper-api-secret-do-not-log", &[42; 32]))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($1, $2, 'allocate', $3)")
-        .bind(desk.tenant)
-        .bind(account)
-        .bind(Decimal::from(allocated))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    account
+    let key = format!("PK{}", &Uuid::new_v4().simple().to_string()[..8]);
+    crate::platform_intents::add_account(desk, "paper", &key, allocated).await
 }
 
 /// A small deterministic generator (xorshift), so that a failing case is replayed

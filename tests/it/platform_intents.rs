@@ -58,18 +58,19 @@ async fn two_venue_desk(b: PaperOptions) -> (Desk, PaperVenue, Uuid) {
     (desk, venue_b, account_b)
 }
 
-/// Opens a second account of the desk's tenant at `venue`, with API key `key` (the
-/// desk's API secret) and `allocated` of capital; returns its id.
+/// Opens another account of the desk's tenant at `venue`, labelled by its API key
+/// `key` (with the desk's API secret), with `allocated` of capital; returns its id.
 pub(crate) async fn add_account(desk: &Desk, venue: &str, key: &str, allocated: i64) -> Uuid {
     let account = Uuid::new_v4();
     let mut tx = pulse_domain::tenancy::begin(&desk.db.pool, desk.tenant)
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, $3, $3)",
+        "INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, $3, $4)",
     )
     .bind(account)
     .bind(desk.tenant)
+    .bind(key)
     .bind(venue)
     .execute(&mut *tx)
     .await

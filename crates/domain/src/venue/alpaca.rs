@@ -101,18 +101,7 @@ impl AlpacaClient {
         request: RequestBuilder,
     ) -> Result<Response, VenueError> {
         let result = self.send_unmetered(request).await;
-        let m = &self.metrics;
-        m.add("venue_requests", &self.venue, endpoint, 1.0);
-        match &result {
-            Err(VenueError::RateLimited { .. }) => {
-                m.add("venue_rate_limited", &self.venue, endpoint, 1.0)
-            }
-            // A refusal of the request itself is the venue's answer, not its failure.
-            Err(VenueError::Unavailable(_) | VenueError::Unauthorized) => {
-                m.add("venue_errors", &self.venue, endpoint, 1.0)
-            }
-            _ => {}
-        }
+        super::count_request(&self.metrics, &self.venue, endpoint, &result);
         result
     }
 

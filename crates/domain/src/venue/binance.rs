@@ -343,17 +343,7 @@ impl BinanceClient {
         request: reqwest::RequestBuilder,
     ) -> Result<Response, VenueError> {
         let result = self.send_unmetered(request).await;
-        let m = &self.metrics;
-        m.add("venue_requests", &self.venue, endpoint, 1.0);
-        match &result {
-            Err(VenueError::RateLimited { .. } | VenueError::Banned { .. }) => {
-                m.add("venue_rate_limited", &self.venue, endpoint, 1.0)
-            }
-            Err(VenueError::Unavailable(_) | VenueError::Unauthorized) => {
-                m.add("venue_errors", &self.venue, endpoint, 1.0)
-            }
-            _ => {}
-        }
+        super::count_request(&self.metrics, &self.venue, endpoint, &result);
         result
     }
 
@@ -607,9 +597,8 @@ impl Venue for BinanceClient {
     fn cost(&self, call: Call) -> i32 {
         // Binance.US's weights of the endpoints each call uses.
         match call {
-            Call::CreateOrder | Call::CancelOrder => 1,
+            Call::CancelOrder => 1,
             Call::GetOrder => 4,
-            Call::Quote => 2,
             Call::OpenOrders => 80,
             Call::Fills | Call::Orders => 20,
             Call::Positions => 20,
@@ -787,6 +776,11 @@ impl Venue for BinanceClient {
             let symbols = self.symbols().await?;
             // Spot holdings: each asset held, as a position in its pair against the
             // quote asset (a balance of an asset with no such pair is not a position).
+            let pairs: HashMap<&str, &str> = symbols
+                .values()
+                .filter(|s| s.quote_asset == self.quote_asset)
+                .map(|s| (s.base_asset.as_str(), s.symbol.as_str()))
+                .collect();
             let mut held = vec![];
             for b in account.balances {
                 if b.free.is_sign_negative() || b.locked.is_sign_negative() {
@@ -796,13 +790,12 @@ impl Venue for BinanceClient {
                     .free
                     .checked_add(b.locked)
                     .ok_or_else(|| unreadable("balance"))?;
-                if qty.is_zero() || b.asset == self.quote_asset {
+                if qty.is_zero() {
                     continue;
                 }
-                let symbol = format!("{}{}", b.asset, self.quote_asset);
-                if symbols.contains_key(&symbol) {
+                if let Some(symbol) = pairs.get(b.asset.as_str()) {
                     held.push(Position {
-                        symbol,
+                        symbol: (*symbol).to_owned(),
                         qty,
                         avg_entry_price: Decimal::ZERO,
                     });
@@ -900,17 +893,6 @@ pub mod wire {
             "EXPIRED" | "EXPIRED_IN_MATCH" => OrderStatus::Expired,
             // NEW, PENDING_NEW, PENDING_CANCEL (still working until it is done).
             _ => OrderStatus::Accepted,
-        }
-    }
-
-    pub fn status_name(s: OrderStatus) -> &'static str {
-        match s {
-            OrderStatus::PartiallyFilled => "PARTIALLY_FILLED",
-            OrderStatus::Filled => "FILLED",
-            OrderStatus::Cancelled => "CANCELED",
-            OrderStatus::Rejected => "REJECTED",
-            OrderStatus::Expired => "EXPIRED",
-            _ => "NEW",
         }
     }
 

@@ -305,6 +305,27 @@ pub enum VenueError {
     Unavailable(String),
 }
 
+/// Counts one request of a client to `venue` at `endpoint` in `metrics`, and its
+/// failure by kind: rate limits and bans apart from the venue's failures (a refusal
+/// of the request itself is the venue's answer, not its failure).
+pub(crate) fn count_request<T>(
+    metrics: &pulse_contract::metrics::Recorder,
+    venue: &str,
+    endpoint: &'static str,
+    result: &Result<T, VenueError>,
+) {
+    metrics.add("venue_requests", venue, endpoint, 1.0);
+    match result {
+        Err(VenueError::RateLimited { .. } | VenueError::Banned { .. }) => {
+            metrics.add("venue_rate_limited", venue, endpoint, 1.0)
+        }
+        Err(VenueError::Unavailable(_) | VenueError::Unauthorized) => {
+            metrics.add("venue_errors", venue, endpoint, 1.0)
+        }
+        _ => {}
+    }
+}
+
 /// Where and how to reach one account at a venue.
 pub struct Connection<'a> {
     pub http: reqwest::Client,
@@ -385,14 +406,14 @@ impl<T> Page<T> {
 }
 
 /// What a request costs against the account's shared budget (Alpaca counts requests,
-/// Binance weighs them): the calls of [`Venue`], by name.
+/// Binance weighs them): the calls of [`Venue`] that the sync and reconciliation take
+/// budget for, by name. (The OMS counts one per order it sends or looks up: a new
+/// order weighs 1 at Binance too.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
-    CreateOrder,
     GetOrder,
     CancelOrder,
     OpenOrders,
-    Quote,
     Fills,
     Orders,
     Positions,

@@ -190,6 +190,13 @@ impl Job for ReconcileAccount {
                 "no account {account} in tenant {tenant}"
             )));
         };
+        // Where this run's lists start, and the symbols the account's history since
+        // then can be in (read in the same transaction).
+        let lookback = started - TimeDelta::from_std(ctx.reconcile.lookback).unwrap_or_default();
+        let orders_after = row.orders_after.unwrap_or(lookback) - MARGIN;
+        let fills_after = row.fills_after.unwrap_or(lookback) - MARGIN;
+        let symbols =
+            lifecycle::account_symbols(&mut tx, account, orders_after.min(fills_after)).await?;
         tx.commit().await?;
         if !row.active {
             return open_gate(&ctx, tenant, account, started).await;
@@ -201,13 +208,6 @@ impl Job for ReconcileAccount {
             row.identifier.as_deref(),
             row.secret_ref.as_deref(),
         )?;
-        let lookback = started - TimeDelta::from_std(ctx.reconcile.lookback).unwrap_or_default();
-        let orders_after = row.orders_after.unwrap_or(lookback) - MARGIN;
-        let fills_after = row.fills_after.unwrap_or(lookback) - MARGIN;
-        let mut tx = tenancy::begin(&ctx.pool, tenant).await?;
-        let symbols =
-            lifecycle::account_symbols(&mut tx, account, orders_after.min(fills_after)).await?;
-        tx.commit().await?;
         let mut run = Run {
             ctx: &ctx,
             tenant,
