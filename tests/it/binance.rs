@@ -650,6 +650,41 @@ async fn a_seed_000_cross_exchange_intent_trades_on_alpaca_and_binance_and_recon
     no_drift(&desk).await;
 }
 
+/// A ban of the public endpoints (an IP's) refuses the quote a market leg is priced at:
+/// the intent waits for the venue, it is not refused for want of a quote.
+#[tokio::test]
+async fn a_quote_refused_by_a_ban_keeps_a_market_intent_waiting_not_refused() {
+    let (desk, _) = binance_desk(held()).await;
+    desk.venue.ban("", 300);
+    let id = insert_as_platform(
+        &desk,
+        json!({"buy_leg": {"venue": "binance", "symbol": "BTC/USD", "side": "buy", "size": 0.001, "order_type": "market"}}),
+    )
+    .await;
+    wait_until("the OMS tried twice", Duration::from_secs(20), || async {
+        desk.db
+            .count(
+                "SELECT count(*) FROM fleet.jobs WHERE job_name = 'execute_intent'
+                 AND jsonb_array_length(errors) >= 2",
+            )
+            .await
+            == 1
+    })
+    .await;
+    let (status, reason) = desk.intent_state(id).await;
+    assert_eq!(status, "pending", "{reason:?}");
+    let errors: serde_json::Value =
+        sqlx::query_scalar("SELECT errors FROM fleet.jobs WHERE job_name = 'execute_intent'")
+            .fetch_one(&desk.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        errors.to_string().contains("no quote for BTCUSD just now"),
+        "{errors}"
+    );
+    assert!(desk.venue.orders().is_empty());
+}
+
 #[tokio::test]
 async fn a_418_stops_every_request_of_the_account_until_the_ban_ends_and_alerts_once() {
     let (desk, binance) = binance_desk(held()).await;

@@ -41,11 +41,9 @@ pub(crate) fn account_venue(
 /// recorded by [`BanWatch`]) snoozes until it ends; anything else is retried, `doing`
 /// saying what failed.
 pub(crate) fn venue_failure(doing: impl std::fmt::Display, e: VenueError) -> JobError {
-    match e {
-        VenueError::RateLimited { retry_after } | VenueError::Banned { retry_after } => {
-            JobError::Snooze(retry_after)
-        }
-        e => JobError::retryable(format!("{doing}: {e}")),
+    match e.wait() {
+        Some(wait) => JobError::Snooze(wait),
+        None => JobError::retryable(format!("{doing}: {e}")),
     }
 }
 

@@ -305,6 +305,19 @@ pub enum VenueError {
     Unavailable(String),
 }
 
+impl VenueError {
+    /// How long the venue refuses requests for (its rate limit or a ban): the request
+    /// was refused unprocessed and may go again after this. `None` for anything else.
+    pub fn wait(&self) -> Option<Duration> {
+        match self {
+            VenueError::RateLimited { retry_after } | VenueError::Banned { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Counts one request of a client to `venue` at `endpoint` in `metrics`, and its
 /// failure by kind: rate limits and bans apart from the venue's failures (a refusal
 /// of the request itself is the venue's answer, not its failure).

@@ -478,7 +478,8 @@ async fn fetch_quotes(services: &Services, wants: Vec<QuoteWant>) -> Quotes {
                         .put(client.quote_source(), &w.symbol, Some(q));
                     q.high().map_or(Trusted::None, Trusted::Price)
                 }
-                Err(VenueError::RateLimited { .. } | VenueError::Unavailable(_)) => {
+                // Refused for now (a rate limit, a ban) or an outage: not "no quote".
+                Err(e) if e.wait().is_some() || matches!(e, VenueError::Unavailable(_)) => {
                     Trusted::Unavailable(format!("no quote for {} just now", w.symbol))
                 }
                 Err(_) => {

@@ -94,11 +94,9 @@ pub(super) fn snooze_or(
     e: VenueError,
     otherwise: impl FnOnce(VenueError) -> LegOutcome,
 ) -> Result<LegOutcome, JobError> {
-    match e {
-        VenueError::RateLimited { retry_after } | VenueError::Banned { retry_after } => {
-            Err(JobError::Snooze(retry_after))
-        }
-        e => Ok(otherwise(e)),
+    match e.wait() {
+        Some(wait) => Err(JobError::Snooze(wait)),
+        None => Ok(otherwise(e)),
     }
 }
 
