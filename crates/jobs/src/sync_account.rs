@@ -168,7 +168,8 @@ impl Job for SyncAccount {
 }
 
 /// Reads the fills since `since`, page after page, applying each; the newest fill's
-/// time, if any.
+/// time, if any, when everything before it has been read (the list read to its end,
+/// or pages oldest first over the whole account: see `Venue::pages_in_time_order`).
 async fn sync_fills(
     ctx: &JobContext,
     venue: &dyn Venue,
@@ -209,10 +210,13 @@ async fn sync_fills(
         }
         match page.next {
             Some(next) => token = Some(next),
-            None => break,
+            None => {
+                token = None;
+                break;
+            }
         }
     }
-    Ok(newest)
+    Ok(newest.filter(|_| token.is_none() || venue.pages_in_time_order()))
 }
 
 /// What the database holds of the account's orders created since `since`, by client

@@ -213,6 +213,9 @@ impl Venue for BanWatch {
     fn cost(&self, call: Call) -> i32 {
         self.inner.cost(call)
     }
+    fn pages_in_time_order(&self) -> bool {
+        self.inner.pages_in_time_order()
+    }
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder> {
         self.watch(self.inner.create_order(order))
     }

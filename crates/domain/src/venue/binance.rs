@@ -594,6 +594,10 @@ impl Venue for BinanceClient {
         &self.base_url
     }
 
+    fn pages_in_time_order(&self) -> bool {
+        false
+    }
+
     fn cost(&self, call: Call) -> i32 {
         // Binance.US's weights of the endpoints each call uses.
         match call {

@@ -447,6 +447,13 @@ pub trait Venue: Send + Sync {
     fn cost(&self, _call: Call) -> i32 {
         1
     }
+    /// Whether [`Venue::fills`] and [`Venue::orders_after`] page through the account's
+    /// whole history oldest first (Alpaca), so that a list cut short still ends at a
+    /// point everything before has been read; not so when pages go symbol by symbol
+    /// (Binance).
+    fn pages_in_time_order(&self) -> bool {
+        true
+    }
     fn create_order<'a>(&'a self, order: &'a OrderRequest) -> VenueFuture<'a, VenueOrder>;
     fn get_order_by_client_id<'a>(
         &'a self,

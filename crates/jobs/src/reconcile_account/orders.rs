@@ -54,10 +54,11 @@ impl Run<'_> {
                 break;
             }
         }
-        // The cursor moves only past lists read to their end: pages per symbol are
-        // oldest first within a symbol only, so a list cut short may have older
-        // orders of other symbols behind it.
-        if token.is_none() {
+        // The cursor moves past what was read when the list is read to its end, or
+        // when its pages run oldest first over the whole account: pages per symbol
+        // (Binance) are oldest first within a symbol only, so a list cut short there
+        // may have older orders of other symbols behind it.
+        if token.is_none() || self.venue.pages_in_time_order() {
             self.next_orders_after = self.next_orders_after.max(newest);
         }
         self.spend(Call::OpenOrders).await?;
@@ -427,8 +428,8 @@ impl Run<'_> {
                 break;
             }
         }
-        // As for orders: the cursor moves only past a list read to its end.
-        if token.is_none() {
+        // As for orders.
+        if token.is_none() || self.venue.pages_in_time_order() {
             self.next_fills_after = self.next_fills_after.max(newest);
         }
         Ok(())
