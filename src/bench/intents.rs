@@ -97,21 +97,15 @@ async fn seed(pool: &PgPool, tenants: usize, cross: bool) -> anyhow::Result<Vec<
         .await?;
         let binance = if cross {
             let id = Uuid::new_v4();
-            let mut tx = tenancy::begin(pool, tenant).await?;
-            sqlx::query!(
-                "WITH a AS (INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, 'binance', 'binance')),
-                      c AS (INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
-                            VALUES ($2, $1, 'api_key', $3, $4))
-                 INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated) VALUES ($2, $1, 'allocate', $5)",
-                id,
-                tenant,
+            crate::demo::open_account(
+                pool,
+                (tenant, id),
+                ("binance", "binance"),
                 BINANCE_KEY,
                 &secret_ref,
                 allocated,
             )
-            .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             Some(id)
         } else {
             None

@@ -55,37 +55,15 @@ pub async fn open_desk(
     )
     .execute(pool)
     .await?;
-    let mut tx = tenancy::begin(pool, tenant).await?;
-    let created = sqlx::query!(
-        "INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, 'main', 'paper')
-         ON CONFLICT DO NOTHING",
-        account,
-        tenant,
+    open_account(
+        pool,
+        (tenant, account),
+        ("paper", "main"),
+        "PKPAPER",
+        secret_ref,
+        allocated,
     )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if created == 1 {
-        sqlx::query!(
-            "INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
-             VALUES ($1, $2, 'api_key', 'PKPAPER', $3)",
-            tenant,
-            account,
-            secret_ref,
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated)
-             VALUES ($1, $2, 'allocate', $3)",
-            tenant,
-            account,
-            allocated,
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await
+    .await
 }
 
 /// The demo desk's capital: enough for a few entries at a time, so that a desk whose
@@ -146,7 +124,15 @@ pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
         (FUND, FUND_PAPER, "paper", "PKPAPERFUND"),
         (FUND, FUND_BINANCE, "binance", BINANCE_KEYS[1]),
     ] {
-        open_account(pool, (tenant, account), venue, key, &secret_ref, capital).await?;
+        open_account(
+            pool,
+            (tenant, account),
+            (venue, venue),
+            key,
+            &secret_ref,
+            capital,
+        )
+        .await?;
     }
     sqlx::query!(
         "UPDATE trading_accounts SET is_default = true WHERE id = ANY($1)",
@@ -164,26 +150,28 @@ pub async fn seed(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An account of `tenant` at `venue` with an `api_key` credential and `allocated`
-/// capital; an account that exists is left as it is.
-async fn open_account(
+/// An account of `tenant` at `venue`, labelled `label`, with an `api_key` credential
+/// (`key`, its secret behind `secret_ref`) and `allocated` capital journalled in. An
+/// account that exists (same id or label) is left as it is.
+pub async fn open_account(
     pool: &PgPool,
     (tenant, account): (Uuid, Uuid),
-    venue: &str,
+    (venue, label): (&str, &str),
     key: &str,
     secret_ref: &str,
     allocated: Decimal,
 ) -> sqlx::Result<()> {
     let mut tx = tenancy::begin(pool, tenant).await?;
     sqlx::query!(
-        "WITH a AS (INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, $3, $3)
+        "WITH a AS (INSERT INTO trading_accounts (id, tenant_id, label, venue_id) VALUES ($1, $2, $3, $4)
                     ON CONFLICT DO NOTHING RETURNING id),
               c AS (INSERT INTO account_credentials (tenant_id, account_id, credential_type, identifier, secret_ref)
-                    SELECT $2, id, 'api_key', $4, $5 FROM a)
+                    SELECT $2, id, 'api_key', $5, $6 FROM a)
          INSERT INTO capital_journal (tenant_id, account_id, entry_type, d_allocated)
-         SELECT $2, id, 'allocate', $6 FROM a",
+         SELECT $2, id, 'allocate', $7 FROM a",
         account,
         tenant,
+        label,
         venue,
         key,
         secret_ref,
