@@ -205,6 +205,12 @@ pub enum BenchCommand {
     Reconcile(bench::reconcile::ReconcileBenchArgs),
     /// The operators' console: every page and filter over a million jobs.
     Console(bench::console::ConsoleBenchArgs),
+    /// The queue over a long horizon (idle-in-transaction, readers, 1.5x load, a
+    /// killed worker), beside graphile-worker and PgQ: samples, plots, a summary.
+    Soak(bench::soak::SoakArgs),
+    /// One worker process of the soak benchmark.
+    #[command(hide = true)]
+    SoakWorker(bench::soak::worker::SoakWorkerArgs),
     /// Worker for the shared peer harness (bench/peers/compare.sh).
     #[command(hide = true)]
     Peer(bench::peer::PeerArgs),
@@ -354,6 +360,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Console(args)) => bench::console::run(&settings, args).await?,
         Command::Bench(BenchCommand::Peer(args)) => bench::peer::run(&settings, args).await?,
+        Command::Bench(BenchCommand::Soak(args)) => bench::soak::run(&settings, args).await?,
+        Command::Bench(BenchCommand::SoakWorker(args)) => {
+            bench::soak::worker::run(&settings, args).await?
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod lifecycle;
 pub mod peer;
 pub mod queue;
 pub mod reconcile;
+pub mod soak;
 
 /// The paper venue served in this process (on a free port), and the clients jobs get
 /// to reach it: credentials sealed under `key`, no request budget of the fleet's own

@@ -10,6 +10,7 @@ mod chaos;
 mod console;
 mod enqueue;
 mod failures;
+mod horizon;
 mod hosts;
 mod lifecycle;
 mod oms;

@@ -540,7 +540,7 @@ pub async fn queue_lags(pool: &PgPool, names: &[String]) -> sqlx::Result<Vec<(St
          LEFT JOIN LATERAL (
              SELECT j.run_at FROM fleet.jobs j
              WHERE j.job_name = q.name AND j.state = 'available' AND j.run_at <= now()
-             ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1
+             ORDER BY -(j.priority::int), j.run_at, j.id LIMIT 1
          ) head ON true
          ORDER BY q.name"#,
         names,

@@ -1,32 +1,36 @@
 //! The worker's side of "notify only when someone waits" (see the enqueue
-//! migration). Before a fetcher parks, it takes the queue's idle lock in shared mode
-//! on a connection of its own and claims once more; it holds the lock while parked,
-//! so enqueuers know to NOTIFY, and releases it when it wakes.
+//! migrations). A fetcher parks by taking one of the queue's idle slots exclusively
+//! on a connection of its own, then claims once more; it holds the slot while parked,
+//! so enqueuers (which try every slot in shared mode) know to NOTIFY, and releases
+//! it when it wakes.
 //!
-//! Taking the lock waits for in-flight enqueues that skipped their NOTIFY (they hold
-//! it exclusively until commit). That wait is capped by `lock_timeout`: a long
-//! business transaction that enqueued early only makes the fetcher re-claim sooner.
+//! An enqueue in flight holds every slot in shared mode until it commits, so a slot
+//! taken means every enqueue that skipped its NOTIFY has committed, and the claim
+//! made once parked sees its job. While one is in flight no slot can be taken: the
+//! fetcher claims again a few milliseconds later instead of parking.
 
 use std::sync::Arc;
 
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 
-const LOCK_TIMEOUT: &str = "100ms";
+/// Slots per queue: how many fetchers of one queue can park at once (the enqueue
+/// migration tries as many).
+const SLOTS: i32 = 4;
 
 pub struct IdleLock {
     queue: &'static str,
     options: Arc<PgConnectOptions>,
     conn: Option<PgConnection>,
-    /// Holding the lock (parked).
-    held: bool,
+    /// The slot held (parked).
+    held: Option<i32>,
 }
 
 /// What an attempt to park found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Park {
-    /// Holding the lock: claim once more, then wait for NOTIFY.
+    /// Holding a slot: claim once more, then wait for NOTIFY.
     Parked,
-    /// An enqueue is in flight: claim again soon.
+    /// An enqueue is in flight, or every slot is taken: claim again soon.
     Busy,
     /// No lock connection: rely on polling.
     Unavailable,
@@ -38,48 +42,55 @@ impl IdleLock {
             queue,
             options,
             conn: None,
-            held: false,
+            held: None,
         }
     }
 
     pub fn is_parked(&self) -> bool {
-        self.held
+        self.held.is_some()
     }
 
     async fn connection(&mut self) -> sqlx::Result<&mut PgConnection> {
         if self.conn.is_none() {
-            let mut conn = PgConnection::connect_with(&self.options).await?;
-            sqlx::query_scalar!("SELECT set_config('lock_timeout', $1, false)", LOCK_TIMEOUT)
-                .fetch_one(&mut conn)
-                .await?;
-            self.conn = Some(conn);
+            self.conn = Some(PgConnection::connect_with(&self.options).await?);
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
     pub async fn park(&mut self) -> Park {
         let queue = self.queue;
-        let result = match self.connection().await {
-            Ok(conn) => {
-                sqlx::query!(
-                    "SELECT pg_advisory_lock_shared(hashtext('fleet.idle'), hashtext($1))",
-                    queue
-                )
-                .execute(conn)
-                .await
+        let mut result = Ok(None);
+        for slot in 0..SLOTS {
+            let taken = match self.connection().await {
+                Ok(conn) => {
+                    sqlx::query_scalar!(
+                        r#"SELECT pg_try_advisory_lock(hashtext('fleet.idle.' || $2::int), hashtext($1)) AS "taken!""#,
+                        queue,
+                        slot
+                    )
+                    .fetch_one(conn)
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            match taken {
+                Ok(true) => {
+                    result = Ok(Some(slot));
+                    break;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
             }
-            Err(error) => Err(error),
-        };
+        }
         match result {
-            Ok(_) => {
-                self.held = true;
+            Ok(Some(slot)) => {
+                self.held = Some(slot);
                 Park::Parked
             }
-            Err(error)
-                if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("55P03") =>
-            {
-                Park::Busy
-            }
+            Ok(None) => Park::Busy,
             Err(error) => {
                 tracing::warn!(queue, %error, "idle lock unavailable; polling only");
                 self.conn = None;
@@ -91,15 +102,16 @@ impl IdleLock {
     /// Releases the lock if held; a no-op otherwise.
     pub async fn unpark(&mut self) {
         let queue = self.queue;
-        if !std::mem::take(&mut self.held) {
+        let Some(slot) = self.held.take() else {
             return;
-        }
+        };
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
         let released = sqlx::query_scalar!(
-            "SELECT pg_advisory_unlock_shared(hashtext('fleet.idle'), hashtext($1))",
-            queue
+            "SELECT pg_advisory_unlock(hashtext('fleet.idle.' || $2::int), hashtext($1))",
+            queue,
+            slot
         )
         .fetch_one(conn)
         .await;

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -46,7 +47,7 @@ impl WorkerIdentity {
             .await?;
         sqlx::query!(
             "INSERT INTO fleet.workers (id, name, host, pid, queues) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), stopped_at = NULL",
+             ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), stopped_at = NULL, swept_at = NULL",
             self.id,
             self.name,
             self.host,
@@ -58,19 +59,23 @@ impl WorkerIdentity {
         tx.commit().await
     }
 
-    /// Renews the lease and reports the jobs held. Returns false when the worker row
-    /// is gone or marked stopped: others have rescued (or will rescue) its jobs.
-    pub async fn heartbeat(&self, pool: &PgPool, held: &[i64]) -> sqlx::Result<bool> {
-        let updated = sqlx::query!(
-            "UPDATE fleet.workers SET last_heartbeat_at = now(), held = $2
-             WHERE id = $1 AND stopped_at IS NULL",
+    /// Renews the lease and reports the jobs held. Returns when the database server
+    /// started, or `None` when the worker row is gone or marked stopped: others have
+    /// rescued (or will rescue) its jobs.
+    pub async fn heartbeat(
+        &self,
+        pool: &PgPool,
+        held: &[i64],
+    ) -> sqlx::Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar!(
+            r#"UPDATE fleet.workers SET last_heartbeat_at = now(), held = $2, swept_at = NULL
+             WHERE id = $1 AND stopped_at IS NULL
+             RETURNING pg_postmaster_start_time() AS "server_started!""#,
             self.id,
             held,
         )
-        .execute(pool)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
+        .fetch_optional(pool)
+        .await
     }
 
     pub async fn mark_stopped(&self, pool: &PgPool) -> sqlx::Result<()> {
@@ -90,17 +95,45 @@ impl Default for WorkerIdentity {
     }
 }
 
-/// Re-queues (or kills, when out of attempts) the jobs of dead workers. Returns how
-/// many were rescued.
+/// Logs each rescued job; returns how many.
+fn log_rescued<'a>(rows: impl Iterator<Item = (i64, &'a str)>) -> u64 {
+    let mut n = 0;
+    for (id, job_name) in rows {
+        tracing::warn!(job.id = id, job.name = %job_name, "rescued job {id} from a dead worker");
+        n += 1;
+    }
+    n
+}
+
+/// Re-queues (or kills, when out of attempts) the jobs of workers that died or
+/// stopped since the last such rescue, probing their jobs worker by worker. Returns
+/// how many were rescued.
+pub async fn rescue_dead_workers(pool: &PgPool, lease_timeout: Duration) -> sqlx::Result<u64> {
+    let rows = sqlx::query_file!("src/sql/rescue_dead.sql", lease_timeout.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
+    Ok(log_rescued(
+        rows.iter().map(|r| (r.id, r.job_name.as_str())),
+    ))
+}
+
+/// The full rescue ([`rescue_expired`]) runs at every heartbeat for two lease
+/// timeouts after a worker starts and after the database server restarted (what it
+/// alone finds, settlements and registrations lost, only a server crash loses), and
+/// otherwise this often; every other heartbeat runs the worker-by-worker one
+/// ([`rescue_dead_workers`]).
+const FULL_RESCUE_EVERY: Duration = Duration::from_secs(300);
+
+/// Re-queues (or kills, when out of attempts) every job no live worker holds: those
+/// of dead workers, of workers whose row is gone, and those whose settlement was
+/// lost. Scans every running job. Returns how many were rescued.
 pub async fn rescue_expired(pool: &PgPool, lease_timeout: Duration) -> sqlx::Result<u64> {
     let rows = sqlx::query_file!("src/sql/rescue.sql", lease_timeout.as_secs_f64())
         .fetch_all(pool)
         .await?;
-    for row in &rows {
-        let (id, job_name) = (row.id, &row.job_name);
-        tracing::warn!(job.id = id, job.name = %job_name, "rescued job {id} from a dead worker");
-    }
-    Ok(rows.len() as u64)
+    Ok(log_rescued(
+        rows.iter().map(|r| (r.id, r.job_name.as_str())),
+    ))
 }
 
 /// Gives back, without using an attempt, every job this worker still holds: what a
@@ -161,6 +194,12 @@ pub async fn run_heartbeat(
     let mut watchdog =
         tokio::time::interval((timing.heartbeat_interval / 4).max(Duration::from_millis(10)));
     let mut last_ok = Instant::now();
+    // When the server last heartbeated to had started; until when full rescues run at
+    // every heartbeat; when the last one ran.
+    let mut server_started_seen: Option<DateTime<Utc>> = None;
+    let mut full_until = Instant::now();
+    let mut last_full = Instant::now();
+    let mut rescue: Option<tokio::task::JoinHandle<()>> = None;
     // The watchdog must tick while a heartbeat hangs, so every wait below races it.
     let watch = |last_ok: Instant| {
         if holdings.lease_ok() && last_ok.elapsed() > timing.give_up_after() {
@@ -188,12 +227,13 @@ pub async fn run_heartbeat(
                 _ = stop.wait_for(|s| *s) => return,
             }
         };
-        match beat {
-            Ok(Ok(true)) => {
+        let server_started = match beat {
+            Ok(Ok(Some(server_started))) => {
                 last_ok = sent;
                 holdings.lease_renewed();
+                server_started
             }
-            Ok(Ok(false)) => {
+            Ok(Ok(None)) => {
                 // Pruned or marked stopped while we stalled: our jobs were (or will be)
                 // rescued. Abort what we run, unsettled, then live on as a fresh worker.
                 let aborted = holdings.lose_lease();
@@ -216,9 +256,34 @@ pub async fn run_heartbeat(
                 tracing::warn!("heartbeat timed out");
                 continue;
             }
+        };
+        // The rescue runs beside the heartbeats, one at a time: however long it takes,
+        // the next heartbeat goes out on time (a heartbeat waiting on a slow rescue
+        // would make this worker give up its own lease).
+        if rescue.as_ref().is_some_and(|r| !r.is_finished()) {
+            continue;
         }
-        if let Err(error) = rescue_expired(&pool, timing.lease_timeout).await {
-            tracing::warn!(%error, "rescue failed");
+        // After a start or a server restart, full rescues run at every heartbeat for
+        // two lease timeouts: a lost settlement is found only once its job's claim is
+        // a lease timeout older than its owner's heartbeat.
+        if server_started_seen != Some(server_started) {
+            server_started_seen = Some(server_started);
+            full_until = Instant::now() + timing.lease_timeout * 2 + timing.heartbeat_interval;
         }
+        let full = Instant::now() < full_until || last_full.elapsed() >= FULL_RESCUE_EVERY;
+        if full {
+            last_full = Instant::now();
+        }
+        let (pool, lease_timeout) = (pool.clone(), timing.lease_timeout);
+        rescue = Some(tokio::spawn(async move {
+            let rescued = if full {
+                rescue_expired(&pool, lease_timeout).await
+            } else {
+                rescue_dead_workers(&pool, lease_timeout).await
+            };
+            if let Err(error) = rescued {
+                tracing::warn!(%error, full, "rescue failed");
+            }
+        }));
     }
 }

@@ -17,6 +17,7 @@
 //!   its lease still lets it hold them.
 //! - [`listener`]: LISTEN `fleet_jobs`, waking the fetcher of the named queue.
 //! - [`idle`]: parked fetchers hold an advisory lock so enqueue NOTIFYs only then.
+//! - [`maintenance`]: the queue vacuums and analyses its own tables.
 //! - [`admin`]: what operators do to jobs (list, show, retry, cancel, stats): rows,
 //!   which the CLI and the console render.
 //! - [`scheduler`]: cron ticks become jobs. [`prune`]: the runtime's retention job.
@@ -32,6 +33,7 @@ pub mod holdings;
 pub mod idle;
 pub mod lease;
 pub mod listener;
+pub mod maintenance;
 pub mod pools;
 pub mod prune;
 pub mod scheduler;

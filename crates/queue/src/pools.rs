@@ -17,7 +17,7 @@ use sqlx::{
 pub enum Purpose {
     /// Handlers, the web process, the CLI.
     App,
-    /// Claims, heartbeats, rescues, stats.
+    /// Claims, heartbeats, rescues, stats, the queue tables' maintenance.
     Queue,
     /// The acker's one connection. Custom plans, because its batches vary from one
     /// row to thousands and a generic plan (estimated for a handful) is quadratic on
@@ -37,9 +37,20 @@ impl Purpose {
     fn session_settings(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Purpose::App => &[],
-            Purpose::Queue => &[("synchronous_commit", "off")],
+            // No sequential scans: every statement of the machinery reads by index,
+            // and a plan made from stale statistics (a job table analysed when small,
+            // or never) must not turn each claim into a scan of the whole table. No
+            // JIT: these are short statements, and the cost a disabled scan adds (of a
+            // tiny table without a usable index) crosses `jit_above_cost`, which made
+            // the rescue compile for half a second at every heartbeat.
+            Purpose::Queue => &[
+                ("synchronous_commit", "off"),
+                ("enable_seqscan", "off"),
+                ("jit", "off"),
+            ],
             Purpose::Acker => &[
                 ("synchronous_commit", "off"),
+                ("jit", "off"),
                 ("plan_cache_mode", "force_custom_plan"),
                 ("enable_nestloop", "off"),
             ],

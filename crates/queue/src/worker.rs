@@ -154,6 +154,7 @@ pub async fn start_with(
         holdings.clone(),
         stop_rx.clone(),
     ));
+    background.spawn(crate::maintenance::run(queue_pool.clone(), stop_rx.clone()));
     background.spawn(crate::stats::run_flusher(
         recorder.clone(),
         queue_pool.clone(),

@@ -1,4 +1,5 @@
--- Claim up to $2 due jobs of queue $1 for worker $3, in priority then due order.
+-- Claim up to $2 due jobs of queue $1 for worker $3, in priority then due order,
+-- from the floor ($4, $5, $6) on.
 -- At most one job per concurrency key is running fleet-wide: keys already running are
 -- skipped, one job per key is picked from the batch, and the partial unique index
 -- jobs_one_running_per_concurrency_key refuses the rare race between two claimers.
@@ -12,11 +13,15 @@ WITH candidates AS (
     WHERE j.job_name = $1
       AND j.state = 'available'
       AND j.run_at <= now()
+      -- The floor ($4, $5, $6): where in the claim index this claim starts. A sweep
+      -- passes the lowest position (NULL run_at): the head.
+      AND (-(j.priority::int), j.run_at, j.id)
+          >= ($4::int, coalesce($5::timestamptz, '-infinity'), $6::bigint)
       AND NOT EXISTS (SELECT 1 FROM fleet.paused_queues p WHERE p.job_name = $1)
       AND (j.concurrency_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM fleet.jobs r
             WHERE r.concurrency_key = j.concurrency_key AND r.state = 'running'))
-    ORDER BY j.priority DESC, j.run_at, j.id
+    ORDER BY -(j.priority::int), j.run_at, j.id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), picked AS (
@@ -33,7 +38,8 @@ WITH candidates AS (
         started_at = now()
     -- An array of ids, not a join: always primary-key lookups, whatever the estimates.
     WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
-    RETURNING j.id, j.payload, j.attempts, j.max_attempts, j.lease_token, j.run_at, j.created_at, j.started_at
+    RETURNING j.id, j.payload, j.attempts, j.max_attempts, j.lease_token, j.run_at, j.created_at, j.started_at,
+              -(j.priority::int) AS rank
 ), counted AS (
     SELECT fleet.count_moves(array_agg($1::text), array_agg('available'::fleet.job_state),
                              array_agg('running'::fleet.job_state)) AS moved
@@ -41,5 +47,5 @@ WITH candidates AS (
 )
 SELECT id AS "id!", payload AS "payload!", attempts AS "attempts!", max_attempts AS "max_attempts!",
        lease_token AS "lease_token!", run_at AS "run_at!", created_at AS "created_at!",
-       started_at AS "started_at!"
+       started_at AS "started_at!", rank AS "rank!"
 FROM claimed WHERE (SELECT moved FROM counted) >= 0

@@ -31,13 +31,15 @@ WITH stale AS (
         run_at = now(),
         finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempts, 'at', now(), 'kind', stale.kind, 'worker', stale.worker,
-            'error', CASE stale.kind
+            'attempt', j.attempts, 'at', now(), 'kind', s.kind, 'worker', s.worker,
+            'error', CASE s.kind
                 WHEN 'lease_expired' THEN 'the worker running this attempt stopped heartbeating; attempt abandoned'
                 ELSE 'the worker no longer holds this attempt (its settlement was lost); attempt abandoned'
             END))
-    FROM stale
-    WHERE j.id = stale.id
+    FROM (SELECT st.kind, st.worker, st.id FROM stale st) s
+    -- An array of ids as well as the join: primary-key lookups, whatever the
+    -- estimates (a join planned for many rows scans the whole job table).
+    WHERE j.id = ANY (ARRAY(SELECT id FROM stale)) AND j.id = s.id
     RETURNING j.id, j.job_name, j.state
 ), counted AS (
     SELECT fleet.count_moves(array_agg(job_name), array_agg('running'::fleet.job_state),
