@@ -315,7 +315,7 @@ async fn a_dead_workers_jobs_are_rescued_worker_by_worker_and_the_worker_swept_o
 }
 
 #[test]
-fn the_queue_vacuums_a_table_with_dead_rows_unless_an_older_transaction_holds_them() {
+fn the_queue_vacuums_and_analyses_its_tables_unless_an_older_transaction_holds_the_horizon() {
     let at = |s: i64| Some(chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
     let many = maintenance::DEAD_ROWS;
     assert_eq!(
@@ -327,10 +327,17 @@ fn the_queue_vacuums_a_table_with_dead_rows_unless_an_older_transaction_holds_th
         Some(Action::Vacuum)
     );
     // The oldest transaction began before the last vacuum: the dead rows since are
-    // still visible to it, a vacuum would remove none.
+    // still visible to it, a vacuum would remove none, and an analysis would count
+    // the dead versions' table.
     assert_eq!(maintenance::decide(many, 0, at(10), at(0)), None);
+    let changed = maintenance::CHANGED_ROWS;
+    assert_eq!(maintenance::decide(many, changed, at(10), at(0)), None);
     assert_eq!(
-        maintenance::decide(many, maintenance::CHANGED_ROWS, at(10), at(0)),
+        maintenance::decide(0, changed, at(0), at(10)),
+        Some(Action::Analyze)
+    );
+    assert_eq!(
+        maintenance::decide(0, changed, None, None),
         Some(Action::Analyze)
     );
     assert_eq!(maintenance::decide(many - 1, 0, None, None), None);

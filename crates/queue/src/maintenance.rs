@@ -12,8 +12,8 @@
 //!
 //! A vacuum cannot remove what an older snapshot may still see: while a transaction
 //! older than the last vacuum holds the xmin horizon, another vacuum would scan the
-//! table and indexes for nothing, so it waits (the claim's floor keeps claims cheap
-//! meanwhile, `fetcher.rs`).
+//! table and indexes for nothing, and an analysis would mislead the planner, so both
+//! wait (the claim's floor keeps claims cheap meanwhile, `fetcher.rs`).
 
 use std::time::Duration;
 
@@ -101,9 +101,13 @@ async fn check_locked(conn: &mut PgConnection) -> sqlx::Result<Vec<Maintained>> 
     Ok(done)
 }
 
-/// Vacuum a table with enough dead rows, unless a transaction older than its last
-/// vacuum still holds them; otherwise analyse one changed enough since its last
-/// analysis.
+/// Vacuum a table with enough dead rows, or analyse one changed enough since its
+/// last analysis; neither while a transaction older than its last vacuum holds the
+/// horizon. A vacuum would remove nothing then; an analysis would sample a table of
+/// dead versions and tell the planner that almost nothing is available, and the
+/// plans it then picks (another index's range, then a sort) walk every dead entry.
+/// Measured: a soak's claims stalled for seconds after each analysis under a held
+/// horizon, and ran at 15 ms p99 between them.
 pub fn decide(
     dead: i64,
     changed: i64,
@@ -114,7 +118,9 @@ pub fn decide(
         (Some(oldest), Some(vacuumed)) => oldest < vacuumed,
         _ => false,
     };
-    if dead >= DEAD_ROWS && !horizon_held {
+    if horizon_held {
+        None
+    } else if dead >= DEAD_ROWS {
         Some(Action::Vacuum)
     } else if changed >= CHANGED_ROWS {
         Some(Action::Analyze)

@@ -99,6 +99,10 @@ pub(crate) struct Tally {
     issued: AtomicU64,
     enqueued: AtomicU64,
     enqueue_failures: AtomicU64,
+    /// Set when the scenario ends: what the producers had not enqueued by then is
+    /// dropped (counted in `shed`), not enqueued at whatever rate the system allows.
+    shedding: std::sync::atomic::AtomicBool,
+    shed: AtomicU64,
 }
 
 const WINDOW: Duration = Duration::from_secs(30);
@@ -306,6 +310,10 @@ async fn spawn_producers(
                 let Some(seq) = jobs.lock().await.recv().await else {
                     return;
                 };
+                if tally.shedding.load(Ordering::Relaxed) {
+                    tally.shed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let t = Instant::now();
                 let result = sqlx::query(system.enqueue_sql())
                     .bind(seq as i64)
@@ -376,6 +384,8 @@ pub(crate) struct SystemResult {
     pub samples: Vec<sample::Sample>,
     pub enqueued: u64,
     pub enqueue_failures: u64,
+    /// Issued by the load but not enqueued when the scenario ended (dropped).
+    pub shed: u64,
     pub lost: u64,
     pub ran_twice: u64,
     pub drained_in: Option<Duration>,
@@ -459,7 +469,9 @@ async fn run_system(
         effect.end(&rate, args.rate).await?;
     }
 
-    // The load stops; the producers finish what was issued; the workers the backlog.
+    // The load stops; what the producers had not enqueued is dropped; the workers
+    // finish the backlog.
+    tally.shedding.store(true, Ordering::Relaxed);
     stop_load.notify_one();
     producers.join_all().await;
     let drain_started = Instant::now();
@@ -483,6 +495,7 @@ async fn run_system(
         samples,
         enqueued: tally.enqueued.load(Ordering::Relaxed),
         enqueue_failures: tally.enqueue_failures.load(Ordering::Relaxed),
+        shed: tally.shed.load(Ordering::Relaxed),
         lost,
         ran_twice,
         drained_in,
