@@ -114,15 +114,22 @@ async fn with_the_horizon_held_a_claim_from_its_floor_skips_the_dead_entries_a_s
 const LATE_ENQUEUE: &str =
     "SELECT fleet.enqueue('canary', '{}', run_at => now() - interval '10 seconds')";
 
-#[tokio::test]
-async fn a_job_whose_transaction_began_before_the_floor_is_claimed_by_the_next_sweep() {
-    let db = TestDb::new(&[]).await;
+/// Opens a transaction that enqueues one job by [`LATE_ENQUEUE`]; commit it to
+/// make the job visible.
+async fn begin_late_enqueue(db: &TestDb) -> (PgConnection, i64) {
     let mut late = PgConnection::connect(&db.url).await.unwrap();
     late.execute("BEGIN").await.unwrap();
-    let late_id: i64 = sqlx::query_scalar(LATE_ENQUEUE)
+    let id = sqlx::query_scalar(LATE_ENQUEUE)
         .fetch_one(&mut late)
         .await
         .unwrap();
+    (late, id)
+}
+
+#[tokio::test]
+async fn a_job_whose_transaction_began_before_the_floor_is_claimed_by_the_next_sweep() {
+    let db = TestDb::new(&[]).await;
+    let (mut late, late_id) = begin_late_enqueue(&db).await;
     let worker = WorkerIdentity::new();
     worker.register(&db.pool, &["canary"]).await.unwrap();
     let newer = db.enqueue("canary", serde_json::json!({})).await;
@@ -161,12 +168,7 @@ async fn a_job_whose_transaction_began_before_the_floor_is_claimed_by_the_next_s
 async fn a_worker_runs_a_job_committed_behind_its_floor() {
     let db = TestDb::new(&[]).await;
     let worker = db.start_worker(vec![canary()], 4).await;
-    let mut late = PgConnection::connect(&db.url).await.unwrap();
-    late.execute("BEGIN").await.unwrap();
-    let late_id: i64 = sqlx::query_scalar(LATE_ENQUEUE)
-        .fetch_one(&mut late)
-        .await
-        .unwrap();
+    let (mut late, late_id) = begin_late_enqueue(&db).await;
     // Newer jobs run first: the worker's floor moves past the late job.
     for _ in 0..5 {
         let id = db.enqueue("canary", serde_json::json!({})).await;

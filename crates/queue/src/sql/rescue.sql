@@ -36,7 +36,7 @@ WITH stale AS (
                 WHEN 'lease_expired' THEN 'the worker running this attempt stopped heartbeating; attempt abandoned'
                 ELSE 'the worker no longer holds this attempt (its settlement was lost); attempt abandoned'
             END))
-    FROM (SELECT st.kind, st.worker, st.id FROM stale st) s
+    FROM stale s
     -- An array of ids as well as the join: primary-key lookups, whatever the
     -- estimates (a join planned for many rows scans the whole job table).
     WHERE j.id = ANY (ARRAY(SELECT id FROM stale)) AND j.id = s.id
