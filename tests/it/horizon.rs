@@ -387,3 +387,27 @@ async fn the_queues_maintenance_vacuums_and_analyses_its_tables() {
         1
     );
 }
+
+#[tokio::test]
+async fn the_queues_maintenance_folds_the_metrics_deltas_when_nobody_reads_them() {
+    let db = TestDb::new(&[]).await;
+    sqlx::query("SELECT count(fleet.enqueue('canary', '{}')) FROM generate_series(1, 300)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM fleet.stat_deltas").await,
+        300
+    );
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    maintenance::check(&mut conn).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM fleet.stat_deltas").await, 0);
+    assert_eq!(
+        db.count(
+            "SELECT value::bigint FROM fleet.stats
+             WHERE metric = 'jobs' AND job_name = 'canary' AND label = 'available'"
+        )
+        .await,
+        300
+    );
+}

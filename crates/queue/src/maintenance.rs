@@ -10,6 +10,11 @@
 //! `VACUUM (ANALYZE)` on those with [`DEAD_ROWS`] dead rows, or `ANALYZE` on those
 //! changed by [`CHANGED_ROWS`] since their last analysis.
 //!
+//! Each check also folds `fleet.stat_deltas` into `fleet.stats` (`fleet.roll_up_stats`):
+//! readers of the metrics fold them too, but a fleet nobody scrapes must not pile
+//! deltas up (measured: a 30-minute soak left 2.6 million rows, 171 MB, beside 1.5
+//! million jobs).
+//!
 //! A vacuum cannot remove what an older snapshot may still see: while a transaction
 //! older than the last vacuum holds the xmin horizon, another vacuum would scan the
 //! table and indexes for nothing, and an analysis would mislead the planner, so both
@@ -67,6 +72,9 @@ pub async fn check(conn: &mut PgConnection) -> sqlx::Result<Vec<Maintained>> {
 }
 
 async fn check_locked(conn: &mut PgConnection) -> sqlx::Result<Vec<Maintained>> {
+    sqlx::query_scalar!("SELECT fleet.roll_up_stats()")
+        .fetch_one(&mut *conn)
+        .await?;
     let tables: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
     let stats = sqlx::query!(
         r#"SELECT s.schemaname || '.' || s.relname AS "table!", s.n_dead_tup AS "dead!",
