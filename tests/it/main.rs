@@ -21,6 +21,7 @@ mod readme;
 mod reconcile;
 mod schedule;
 mod security;
+mod shards;
 mod tenancy;
 mod venue;
 mod watchers;

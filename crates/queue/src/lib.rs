@@ -39,6 +39,7 @@ pub mod prune;
 pub mod scheduler;
 pub mod service;
 pub mod settings;
+pub mod shards;
 mod state;
 pub mod stats;
 pub mod worker;
