@@ -10,6 +10,7 @@
 # usage: bench/drain-profile.sh [JOBS] (default 100000). Needs perf and a release build.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"   # the binary reads config/ from here
 JOBS="${1:-100000}"
 BIN="${PULSE_FLEET_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/pulse-fleet}"
 [ -x "$BIN" ] || { echo "build the release binary first ($BIN)" >&2; exit 1; }
@@ -35,7 +36,7 @@ SQL="psql -X -q -h 127.0.0.1 -p $PORT -U postgres"
 DB=pulse_fleet_drain
 export APP_ENV=local RUST_LOG=warn DATABASE_URL="postgres://postgres@127.0.0.1:$PORT/$DB"
 $SQL -d postgres -c "CREATE DATABASE $DB" >/dev/null
-(cd "$ROOT" && "$BIN" migrate >/dev/null)
+"$BIN" migrate >/dev/null
 $SQL -d "$DB" -c "CREATE EXTENSION pg_stat_statements" >/dev/null
 
 # The jobs are enqueued first, as the peer harness does (one fleet.enqueue per row, as
@@ -46,15 +47,15 @@ enqueue() {
     -c "VACUUM ANALYZE" >/dev/null
   $SQL -d "$DB" -c "SELECT pg_stat_statements_reset()" -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
 }
-drain() { (cd "$ROOT" && "$BIN" bench peer drain "$JOBS" --concurrency "${CONCURRENCY:-2000}" --batch "${BATCH:-1000}" | grep RESULT); }
+# The drain, after what its arguments say to run it under (nothing, or perf).
+drain() { "$@" "$BIN" bench peer drain "$JOBS" --concurrency "${CONCURRENCY:-2000}" --batch "${BATCH:-1000}" | grep RESULT; }
 
 echo "== plain run"
 enqueue
 drain
 echo "== under perf record -a -g"
 enqueue
-perf record -a -g -o "$DIR/perf.data" -- "$BIN" bench peer drain "$JOBS" \
-  --concurrency "${CONCURRENCY:-2000}" --batch "${BATCH:-1000}" 2>"$DIR/perf.err" | grep RESULT
+drain perf record -a -g -o "$DIR/perf.data" -- 2>"$DIR/perf.err"
 
 echo "== statements by total time (pg_stat_statements, the profiled drain)"
 $SQL -d "$DB" -c "

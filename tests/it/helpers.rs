@@ -62,6 +62,13 @@ impl TestDb {
         Self { pool, url }
     }
 
+    /// The database's name: the path of its URL.
+    pub fn name(&self) -> String {
+        url::Url::parse(&self.url)
+            .map(|u| u.path().trim_start_matches('/').to_owned())
+            .unwrap_or_default()
+    }
+
     pub fn settings(&self) -> pulse_fleet::config::Settings {
         let mut s = load_test_settings();
         s.database.url = self.url.clone();
@@ -186,9 +193,7 @@ impl TestDb {
 /// Drops the database, even when the test panicked (FORCE ends open connections).
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = url::Url::parse(&self.url)
-            .map(|u| u.path().trim_start_matches('/').to_owned())
-            .unwrap_or_default();
+        let name = self.name();
         if !name.starts_with("pf_test_") {
             return;
         }

@@ -13,6 +13,15 @@ use sqlx::{Connection, Executor, PgConnection, postgres::PgListener};
 
 use crate::helpers::*;
 
+/// `n` canary jobs, enqueued by one statement as a trigger would, one call a row.
+async fn enqueue_canaries(db: &TestDb, n: i64) {
+    sqlx::query("SELECT count(fleet.enqueue('canary', '{}')) FROM generate_series(1, $1)")
+        .bind(n)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
 /// Shared buffers a claim statement's scan of the claim index touches (EXPLAIN
 /// ANALYZE), from `floor` on.
 async fn claim_buffers(db: &TestDb, floor: Option<fetcher::Position>) -> i64 {
@@ -87,10 +96,7 @@ async fn with_the_horizon_held_a_claim_from_its_floor_skips_the_dead_entries_a_s
         .await
         .unwrap();
     }
-    sqlx::query("SELECT count(fleet.enqueue('canary', '{}')) FROM generate_series(1, 10)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    enqueue_canaries(&db, 10).await;
 
     let from = floor
         .next()
@@ -348,10 +354,7 @@ fn the_queue_vacuums_and_analyses_its_tables_unless_an_older_transaction_holds_t
 #[tokio::test]
 async fn the_queues_maintenance_vacuums_and_analyses_its_tables() {
     let db = TestDb::new(&[]).await;
-    sqlx::query("SELECT count(fleet.enqueue('canary', '{}')) FROM generate_series(1, 25000)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    enqueue_canaries(&db, 25000).await;
     // The statistics system counts the dead rows once the deleting backend reports:
     // delete on one connection and have it report at its next transaction's end.
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
@@ -391,10 +394,7 @@ async fn the_queues_maintenance_vacuums_and_analyses_its_tables() {
 #[tokio::test]
 async fn the_queues_maintenance_folds_the_metrics_deltas_when_nobody_reads_them() {
     let db = TestDb::new(&[]).await;
-    sqlx::query("SELECT count(fleet.enqueue('canary', '{}')) FROM generate_series(1, 300)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    enqueue_canaries(&db, 300).await;
     assert_eq!(
         db.count("SELECT count(*) FROM fleet.stat_deltas").await,
         300

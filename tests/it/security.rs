@@ -122,10 +122,7 @@ async fn f01_a_client_cannot_run_code_as_a_definer_functions_owner() {
     db.pool
         .execute(sqlx::AssertSqlSafe(format!(
             "GRANT TEMPORARY ON DATABASE {} TO {}",
-            url::Url::parse(&db.url)
-                .unwrap()
-                .path()
-                .trim_start_matches('/'),
+            db.name(),
             client.name
         )))
         .await

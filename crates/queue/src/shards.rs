@@ -81,18 +81,6 @@ impl ShardMap {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.pools.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pools.is_empty()
-    }
-
-    pub fn pool(&self, shard: usize) -> &PgPool {
-        &self.pools[shard]
-    }
-
     /// The shard a job with these options goes to.
     pub fn route(&self, options: &EnqueueOptions) -> usize {
         match options
